@@ -1,0 +1,60 @@
+"""The one canonical conversation type every source format becomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a record came from: a file and a 1-based line (jsonl) or 0-based index (json)."""
+
+    file: str
+    line: int | None = None
+    index: int | None = None
+
+    def __str__(self) -> str:
+        if self.line is not None:
+            return f"{self.file}:{self.line}"
+        if self.index is not None:
+            return f"{self.file}[{self.index}]"
+        return self.file
+
+
+@dataclass
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass
+class Conversation:
+    """An ordered list of messages; training learns the assistant turns."""
+
+    messages: list[Message]
+    location: Location | None = None
+    tools: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        """Messages in the shape chat templates expect."""
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+class RowError(Exception):
+    """One bad record: where it is, which field, and why."""
+
+    def __init__(self, location: Location | None, field_name: str | None, reason: str):
+        self.location = location
+        self.field_name = field_name
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = str(self.location) if self.location else "record"
+        field_part = f" field `{self.field_name}`" if self.field_name else ""
+        return f"{where}{field_part}: {self.reason}"

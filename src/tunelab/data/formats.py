@@ -1,0 +1,180 @@
+"""Source formats: one small converter each, tried in order when the format is `auto`.
+
+Column and tag names follow LLaMA-Factory's dataset_info.json, so its registries are read as
+they are: alpaca (prompt/query/response/system/history) and sharegpt (messages with role and
+content tags). OpenAI messages are sharegpt with role/content tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tunelab.data.conversation import Conversation, Location, Message, RowError
+
+
+@dataclass
+class Columns:
+    """Where a format finds its fields in a record (dataset_info.json `columns` and `tags`)."""
+
+    prompt: str = "instruction"
+    query: str = "input"
+    response: str = "output"
+    system: str = "system"
+    history: str = "history"
+    messages: str = "conversations"
+    tools: str = "tools"
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    observation_tag: str = "observation"
+    function_tag: str = "function_call"
+    system_tag: str = "system"
+
+    @classmethod
+    def for_format(cls, name: str, overrides: dict | None = None) -> Columns:
+        base = cls(**_FORMAT_DEFAULTS.get(name, {}))
+        for key, value in (overrides or {}).items():
+            if hasattr(base, key) and value:
+                setattr(base, key, value)
+        return base
+
+
+_FORMAT_DEFAULTS: dict[str, dict] = {
+    "alpaca": {},
+    "sharegpt": {},
+    "messages": {
+        "messages": "messages",
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "tool",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
+}
+
+
+def _text(record: dict, key: str, location: Location, required: bool) -> str:
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise RowError(location, key, "missing; every record needs it")
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise RowError(location, key, f"must be text, found {type(value).__name__}")
+    if required and not value.strip():
+        raise RowError(location, key, "is empty")
+    return value
+
+
+def from_alpaca(record: dict, location: Location, columns: Columns) -> Conversation:
+    """instruction (+ input) -> output, with optional system and [[question, answer], ...] history."""
+    instruction = _text(record, columns.prompt, location, required=False)
+    query = _text(record, columns.query, location, required=False)
+    response = _text(record, columns.response, location, required=True)
+    user = "\n".join(part for part in (instruction, query) if part)
+    if not user.strip():
+        raise RowError(location, columns.prompt, f"is empty and so is `{columns.query}`")
+    messages: list[Message] = []
+    system = _text(record, columns.system, location, required=False)
+    if system:
+        messages.append(Message("system", system))
+    history = record.get(columns.history) or []
+    if not isinstance(history, list):
+        raise RowError(location, columns.history, "must be a list of [question, answer] pairs")
+    for turn, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise RowError(location, f"{columns.history}[{turn}]", "must be a [question, answer] pair of texts")
+        messages += [Message("user", pair[0]), Message("assistant", pair[1])]
+    messages += [Message("user", user), Message("assistant", response)]
+    return Conversation(messages, location)
+
+
+def from_sharegpt(record: dict, location: Location, columns: Columns) -> Conversation:
+    """A list of turns with role and content tags (sharegpt, OpenAI messages)."""
+    turns = record.get(columns.messages)
+    if turns is None:
+        raise RowError(location, columns.messages, "missing; every record needs it")
+    if not isinstance(turns, list) or not turns:
+        raise RowError(location, columns.messages, "must be a non-empty list of turns")
+    roles = {
+        columns.user_tag: "user",
+        columns.assistant_tag: "assistant",
+        columns.system_tag: "system",
+        columns.observation_tag: "tool",
+        columns.function_tag: "assistant",
+        # Both vocabularies appear in the wild, often mixed within one file.
+        "human": "user",
+        "user": "user",
+        "gpt": "assistant",
+        "assistant": "assistant",
+        "system": "system",
+        "tool": "tool",
+    }
+    messages = []
+    for turn, item in enumerate(turns):
+        where = f"{columns.messages}[{turn}]"
+        if not isinstance(item, dict):
+            raise RowError(location, where, f"must be an object, found {type(item).__name__}")
+        tag = item.get(columns.role_tag)
+        if tag not in roles:
+            known = ", ".join(sorted({columns.user_tag, columns.assistant_tag, columns.system_tag,
+                                      columns.observation_tag, columns.function_tag}))
+            raise RowError(location, f"{where}.{columns.role_tag}", f"unknown role {tag!r}; expected one of {known}")
+        content = _content(item.get(columns.content_tag), location, f"{where}.{columns.content_tag}")
+        messages.append(Message(roles[tag], content))
+    if messages[0].role == "system" and columns.system in record and record[columns.system]:
+        raise RowError(location, columns.system, "given twice: as a field and as the first turn")
+    system = record.get(columns.system)
+    if isinstance(system, str) and system.strip():
+        messages.insert(0, Message("system", system))
+    tools = record.get(columns.tools)
+    return Conversation(messages, location, tools=tools if isinstance(tools, str) else None)
+
+
+def _content(value: object, location: Location, where: str) -> str:
+    if isinstance(value, list):
+        # OpenAI content parts: [{"type": "text", "text": ...}]
+        texts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
+        if len(texts) != len(value) or not all(isinstance(t, str) for t in texts):
+            raise RowError(location, where, "content parts other than text are not supported")
+        value = "".join(texts)
+    if value is None:
+        raise RowError(location, where, "missing")
+    if not isinstance(value, str):
+        raise RowError(location, where, f"must be text, found {type(value).__name__}")
+    if not value.strip():
+        raise RowError(location, where, "is empty")
+    return value
+
+
+@dataclass
+class Format:
+    name: str
+    convert: Callable[[dict, Location, Columns], Conversation]
+    detect: Callable[[dict], bool]
+    evidence: str = field(default="")
+
+
+FORMATS: list[Format] = [
+    Format("messages", from_sharegpt,
+           lambda r: isinstance(r.get("messages"), list), "has a `messages` list"),
+    Format("sharegpt", from_sharegpt,
+           lambda r: isinstance(r.get("conversations"), list), "has a `conversations` list"),
+    Format("alpaca", from_alpaca,
+           lambda r: "output" in r and ("instruction" in r or "input" in r),
+           "has `instruction`/`input` and `output`"),
+]
+FORMATS_BY_NAME = {f.name: f for f in FORMATS}
+
+
+def detect_format(record: object) -> Format | None:
+    """The first format whose fingerprint matches the record, or None."""
+    if not isinstance(record, dict):
+        return None
+    return next((f for f in FORMATS if f.detect(record)), None)

@@ -1,0 +1,166 @@
+"""Turn a recipe's data sources into validated conversations, counting every bad row."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from tunelab.data.conversation import Conversation, RowError
+from tunelab.data.formats import FORMATS_BY_NAME, Columns, Format, detect_format
+from tunelab.data.readers import read_records
+from tunelab.data.registry import lookup
+from tunelab.data.transforms import add_default_system, replace_placeholders
+from tunelab.data.validate import check_conversation
+from tunelab.errors import TunelabError
+from tunelab.recipe import DataConfig, DataSource
+
+BUILTIN_DATA = {"identity": "identity.json"}
+
+
+@dataclass
+class ResolvedSource:
+    """A data source pinned to a file, a format and a column map."""
+
+    name: str
+    file: Path
+    format: str  # a name in FORMATS_BY_NAME, or "auto"
+    columns: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataReport:
+    """What loading did: counts per source, transforms applied, bad rows."""
+
+    sources: list[dict] = field(default_factory=list)
+    bad_rows: list[str] = field(default_factory=list)
+    placeholders_replaced: int = 0
+    system_added: int = 0
+    truncated: int = 0
+
+    @property
+    def kept(self) -> int:
+        return sum(s["kept"] for s in self.sources)
+
+    def as_dict(self) -> dict:
+        return {
+            "sources": self.sources,
+            "kept": self.kept,
+            "skipped": len(self.bad_rows),
+            "skipped_rows": self.bad_rows,
+            "placeholders_replaced": self.placeholders_replaced,
+            "system_added": self.system_added,
+            "truncated": self.truncated,
+        }
+
+
+def builtin_data_path(name: str) -> Path:
+    """The packaged file of a built-in data set."""
+    return Path(str(resources.files("tunelab.data.builtin").joinpath(BUILTIN_DATA[name])))
+
+
+def resolve_source(source: DataSource, config: DataConfig, base_dir: Path | None) -> ResolvedSource:
+    """Find what a data entry names: a file, a registry entry, or a built-in set (in that order)."""
+    for candidate in _candidate_paths(source.path, base_dir):
+        if candidate.is_file():
+            return ResolvedSource(source.path, candidate, source.format)
+    if config.registry:
+        registry = _find_path(config.registry, base_dir)
+        entry = lookup(registry, source.path)
+        if entry.kind != "sft":
+            raise TunelabError(
+                f"data set `{source.path}` in {registry} is {entry.kind} data, not supervised "
+                "fine-tuning conversations; pick an SFT entry for data.train."
+            )
+        return ResolvedSource(entry.name, entry.file, entry.format_name, entry.columns)
+    if source.path in BUILTIN_DATA:
+        return ResolvedSource(source.path, builtin_data_path(source.path), source.format)
+    tried = " or ".join(str(p) for p in _candidate_paths(source.path, base_dir))
+    close = difflib.get_close_matches(source.path, list(BUILTIN_DATA), n=1)
+    hint = f" Did you mean the built-in `{close[0]}`?" if close else ""
+    raise TunelabError(
+        f"data set `{source.path}` is not a file ({tried}), not a built-in name "
+        f"({', '.join(BUILTIN_DATA)}), and no data.registry is set.{hint}"
+    )
+
+
+def _candidate_paths(text: str, base_dir: Path | None) -> list[Path]:
+    path = Path(text).expanduser()
+    if path.is_absolute() or base_dir is None:
+        return [path]
+    return [path, base_dir / path]
+
+
+def _find_path(text: str, base_dir: Path | None) -> Path:
+    for candidate in _candidate_paths(text, base_dir):
+        if candidate.exists():
+            return candidate
+    return Path(text)
+
+
+def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversation]:
+    """Convert every record of one source; bad rows go to the report, not to the floor."""
+    conversations, bad = [], 0
+    fmt: Format | None = FORMATS_BY_NAME.get(resolved.format)
+    columns: Columns | None = None
+    for location, record in read_records(resolved.file):
+        try:
+            if isinstance(record, RowError):
+                raise record
+            if fmt is None:
+                fmt = detect_format(record)
+                if fmt is None:
+                    keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+                    raise TunelabError(
+                        f"{location}: cannot tell the data format from the record's keys ({keys}); "
+                        "set format: alpaca, sharegpt or messages for this data set."
+                    )
+            if columns is None:
+                columns = Columns.for_format(fmt.name, resolved.columns)
+            if not isinstance(record, dict):
+                raise RowError(location, None, f"must be a JSON object, found {type(record).__name__}")
+            conversations.append(fmt.convert(record, location, columns))
+        except RowError as exc:
+            report.bad_rows.append(str(exc))
+            bad += 1
+    report.sources.append(
+        {"name": resolved.name, "file": str(resolved.file),
+         "format": fmt.name if fmt else resolved.format, "read": len(conversations) + bad,
+         "kept": len(conversations), "bad": bad}
+    )
+    return conversations
+
+
+def load_conversations(
+    config: DataConfig, base_dir: Path | None = None, split: str = "train"
+) -> tuple[list[Conversation], DataReport]:
+    """All conversations of a split, transformed and checked, with the report of what happened."""
+    report = DataReport()
+    conversations: list[Conversation] = []
+    for source in config.sources(split):
+        resolved = resolve_source(source, config, base_dir)
+        start = len(report.bad_rows)
+        items = read_source(resolved, report)
+        report.placeholders_replaced += replace_placeholders(items, config.replace)
+        report.system_added += add_default_system(items, config.system)
+        good = []
+        for conversation in items:
+            try:
+                check_conversation(conversation)
+                good.append(conversation)
+            except RowError as exc:
+                report.bad_rows.append(str(exc))
+        report.sources[-1]["kept"] = len(good)
+        report.sources[-1]["bad"] = len(report.bad_rows) - start
+        conversations += good
+    if report.bad_rows and config.on_bad_row == "error":
+        shown = "\n  ".join(report.bad_rows[:20])
+        more = f"\n  ... and {len(report.bad_rows) - 20} more" if len(report.bad_rows) > 20 else ""
+        raise TunelabError(
+            f"{len(report.bad_rows)} bad row(s) in the {split} data; fix them or set "
+            f"data.on_bad_row: skip to train without them:\n  {shown}{more}"
+        )
+    if not conversations:
+        raise TunelabError(f"the {split} data has no usable conversations.")
+    return conversations, report

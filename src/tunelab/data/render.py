@@ -1,0 +1,118 @@
+"""Render a conversation with the model's own chat template into (input_ids, labels).
+
+The loss mask is found without knowing the template: for each assistant turn, the conversation
+is rendered up to the turn with the generation prompt (what the model sees before answering)
+and up to the turn including the answer. The characters between the two renderings are the
+answer as the template writes it, end-of-turn token included; tokens starting inside that span
+are trained, everything else is labelled -100. This works for templates without
+`{% generation %}` markers, such as ChatML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.data.conversation import Conversation, RowError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class RenderedSample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+class ConversationRenderer:
+    """Renders conversations with one tokenizer and template; serves training and chat alike."""
+
+    def __init__(self, tokenizer, template: str, max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_length = max_length
+
+    def render_text(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The template's text for these messages."""
+        return self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=self.template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation ready for the model's next answer (for generation)."""
+        text = self.render_text(messages, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def assistant_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
+        """The full text and the character spans of each assistant answer within it."""
+        messages = conversation.as_dicts()
+        full = self.render_text(messages)
+        spans: list[tuple[int, int]] = []
+        for turn, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self.render_text(messages[:turn], add_generation_prompt=True)
+            upto = self.render_text(messages[: turn + 1])
+            if not (upto.startswith(before) and full.startswith(upto)):
+                start, end = self._locate(full, message["content"], spans, conversation, turn)
+            else:
+                start, end = len(before), len(upto)
+            # Keep the end-of-turn token, drop the template's trailing newline after it.
+            while end > start and full[end - 1] in " \n\r\t":
+                end -= 1
+            spans.append((start, end))
+        return full, spans
+
+    def _locate(self, full, content, spans, conversation, turn) -> tuple[int, int]:
+        # Templates that rewrite earlier turns (e.g. stripping reasoning) break the prefix rule;
+        # fall back to finding the answer text itself after the previous answer.
+        after = spans[-1][1] if spans else 0
+        start = full.find(content, after)
+        if start < 0:
+            raise RowError(
+                conversation.location, f"turn {turn}",
+                "the chat template does not reproduce this answer verbatim, so its loss mask "
+                "cannot be found; check model.template",
+            )
+        return start, start + len(content)
+
+    def render(self, conversation: Conversation) -> RenderedSample:
+        """Token ids and labels (assistant answers only), truncated to max_length."""
+        full, spans = self.assistant_spans(conversation)
+        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        input_ids = list(encoded["input_ids"])
+        labels = [IGNORE_INDEX] * len(input_ids)
+        span_index = 0
+        for position, (start, _end) in enumerate(encoded["offset_mapping"]):
+            while span_index < len(spans) and start >= spans[span_index][1]:
+                span_index += 1
+            if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
+                labels[position] = input_ids[position]
+        return self._truncate(input_ids, labels)
+
+    def _truncate(self, input_ids: list[int], labels: list[int]) -> RenderedSample:
+        """Cut to max_length from the end, keeping the prompt whole where it can.
+
+        If the first answer starts so late that fewer than a quarter of the budget would be
+        left for it, the middle of the prompt is cut instead, keeping its head (system) and
+        its tail (the question and the generation prompt).
+        """
+        limit = self.max_length
+        if limit is None or len(input_ids) <= limit:
+            return RenderedSample(input_ids, labels)
+        first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        answer_budget = min(len(input_ids) - first, limit // 4)
+        if first + answer_budget > limit:
+            keep_prompt = limit - answer_budget
+            head = keep_prompt // 4
+            tail = keep_prompt - head
+            input_ids = input_ids[:head] + input_ids[first - tail :]
+            labels = labels[:head] + labels[first - tail :]
+        return RenderedSample(input_ids[:limit], labels[:limit], truncated=True)

@@ -1,0 +1,1 @@
+"""Loading a base model, a run (base + adapter) or an exported folder for generation."""

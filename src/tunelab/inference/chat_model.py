@@ -1,0 +1,97 @@
+"""A model ready to answer: base, base + adapter from a run folder, or a merged folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunelab.data.render import ConversationRenderer
+from tunelab.errors import TunelabError
+from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
+from tunelab.models.sources import ModelSource, resolve_model
+from tunelab.templates import resolve_template
+from tunelab.train.run_folder import RECIPE_FILE, RunFolder
+
+
+@dataclass
+class ChatModel:
+    model: torch.nn.Module
+    tokenizer: object
+    renderer: ConversationRenderer
+    device: torch.device
+    description: str
+
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer: the tokenizer's eos and the model's own eos list."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(configured)
+        return sorted(i for i in ids if i is not None)
+
+    @torch.inference_mode()
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
+        """Greedy answers to a batch of conversations (left-padded, KV cache on)."""
+        from transformers import GenerationConfig
+
+        prompts = [self.renderer.prompt_ids(messages) for messages in conversations]
+        longest = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=self.device)
+        attention = torch.tensor(
+            [[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_token_ids(),
+            pad_token_id=pad,
+        )
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                     generation_config=config)
+        answers = output[:, longest:]
+        return [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+
+    def answer(self, prompt: str, system: str | None = None, max_new_tokens: int = 256) -> str:
+        """The greedy answer to one user prompt."""
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        return self.generate([messages], max_new_tokens)[0]
+
+
+def open_chat_model(target: str | Path, with_adapter: bool = True) -> ChatModel:
+    """Load a run folder (base + its adapter, or the base alone), a model folder, or an alias."""
+    path = Path(target)
+    if (path / RECIPE_FILE).is_file():
+        return _open_run(RunFolder.open(path), with_adapter)
+    source = resolve_model(str(target))
+    return _open_source(source, "auto", str(target))
+
+
+def _open_run(run: RunFolder, with_adapter: bool) -> ChatModel:
+    recipe = run.read_recipe()
+    source = resolve_model(recipe["model"]["path"])
+    if not with_adapter:
+        return _open_source(source, recipe["model"].get("template", "auto"), f"base of {run.path}",
+                            recipe["model"].get("dtype", "auto"))
+    if not (run.adapter_dir / "adapter_config.json").is_file():
+        raise TunelabError(f"{run.path} has no trained adapter yet (no {run.adapter_dir.name}/); "
+                           "did the run finish?")
+    from peft import PeftModel
+
+    device = pick_device()
+    tokenizer = load_tokenizer(ModelSource(str(run.adapter_dir), run.adapter_dir))
+    base = load_model(source, pick_dtype(recipe["model"].get("dtype", "auto"), device), device)
+    model = PeftModel.from_pretrained(base, run.adapter_dir).eval()
+    renderer = ConversationRenderer(tokenizer, tokenizer.chat_template)
+    return ChatModel(model, tokenizer, renderer, device, f"{run.path} (base + adapter)")
+
+
+def _open_source(source: ModelSource, template: str, description: str, dtype: str = "auto") -> ChatModel:
+    device = pick_device()
+    tokenizer = load_tokenizer(source)
+    chat_template = resolve_template(template, tokenizer)
+    model = load_model(source, pick_dtype(dtype, device), device).eval()
+    return ChatModel(model, tokenizer, ConversationRenderer(tokenizer, chat_template), device, description)

@@ -1,0 +1,205 @@
+"""Train from a recipe: load data and model, prepare the method, run the Trainer, write the run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tunelab.data.conversation import RowError
+from tunelab.data.load import DataReport, load_conversations
+from tunelab.data.render import ConversationRenderer, RenderedSample
+from tunelab.errors import TunelabError
+from tunelab.methods import count_parameters, prepare_model
+from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
+from tunelab.models.sources import resolve_model
+from tunelab.quiet import quiet_libraries
+from tunelab.recipe import Recipe, load_recipe
+from tunelab.templates import resolve_template
+from tunelab.train.callbacks import MetricsWriter, RichProgress, StepTimer
+from tunelab.train.collator import PaddingCollator, SampleDataset
+from tunelab.train.memory import peak_memory_bytes
+from tunelab.train.run_folder import (
+    DATA_REPORT_FILE,
+    ENVIRONMENT_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    RunFolder,
+    describe_environment,
+)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    summary: dict
+
+
+def train(
+    recipe: Recipe | str | Path | dict,
+    overrides: list[str] | tuple[str, ...] = (),
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> TrainResult:
+    """Fine-tune as the recipe says and return the run folder with its summary."""
+    started_at = time.perf_counter()
+    console = console or Console(stderr=True)
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    quiet_libraries()
+    run = RunFolder.create(recipe.output, overwrite=overwrite)
+    run.write_recipe(recipe)
+    run.write_json(ENVIRONMENT_FILE, describe_environment())
+
+    source = resolve_model(recipe.model.path)
+    tokenizer = load_tokenizer(source)
+    template = resolve_template(recipe.model.template, tokenizer)
+    tokenizer.chat_template = template
+    renderer = ConversationRenderer(tokenizer, template, recipe.data.max_length)
+
+    samples, report = _render_split(recipe, renderer, "train")
+    eval_samples = None
+    if recipe.data.eval:
+        eval_samples, _ = _render_split(recipe, renderer, "eval")
+    run.write_json(DATA_REPORT_FILE, report.as_dict())
+    console.print(
+        f"data: {len(samples)} samples from {len(report.sources)} source(s), "
+        f"{len(report.bad_rows)} bad row(s) skipped, "
+        f"{report.placeholders_replaced} placeholder message(s) filled"
+    )
+
+    torch.manual_seed(recipe.train.seed)
+    device = pick_device()
+    model = load_model(source, pick_dtype(recipe.model.dtype, device), device)
+    model = prepare_model(model, recipe.method)
+    trainable, total = count_parameters(model)
+    console.print(
+        f"model: {recipe.model.path}, method {recipe.method.type}: "
+        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
+    )
+
+    timer = StepTimer(started_at)
+    metrics = MetricsWriter(run.file(METRICS_FILE))
+    trainer = _build_trainer(recipe, run, model, tokenizer, samples, eval_samples,
+                             [timer, metrics, RichProgress(console)])
+    output = trainer.train()
+
+    model.save_pretrained(run.adapter_dir)
+    _remove_if_empty(run.path / "checkpoints")
+    tokenizer.save_pretrained(run.adapter_dir)
+    summary = _summary(recipe, trainer, output, timer, metrics, report, device, trainable, total,
+                       samples)
+    run.write_json(SUMMARY_FILE, summary)
+    console.print(
+        f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
+        f"final loss {summary['final_loss']:.4f}, {summary['tokens_per_second']:.0f} tok/s, "
+        f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB"
+    )
+    return TrainResult(run.path, summary)
+
+
+def _render_split(recipe: Recipe, renderer: ConversationRenderer, split: str):
+    conversations, report = load_conversations(recipe.data, recipe.source_dir, split)
+    samples: list[RenderedSample] = []
+    for conversation in conversations:
+        try:
+            sample = renderer.render(conversation)
+        except RowError as exc:
+            if recipe.data.on_bad_row == "error":
+                raise TunelabError(str(exc)) from None
+            report.bad_rows.append(str(exc))
+            continue
+        if sample.trained_tokens == 0:
+            problem = RowError(conversation.location, None,
+                               f"no answer token is left after truncation to {recipe.data.max_length}")
+            if recipe.data.on_bad_row == "error":
+                raise TunelabError(f"{problem}; raise data.max_length.")
+            report.bad_rows.append(str(problem))
+            continue
+        samples.append(sample)
+    report.truncated = sum(s.truncated for s in samples)
+    return samples, report
+
+
+def _build_trainer(recipe, run, model, tokenizer, samples, eval_samples, callbacks):
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    cfg = recipe.train
+    args = TrainingArguments(
+        output_dir=str(run.path / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        logging_steps=cfg.log_every,
+        logging_strategy="steps",
+        save_strategy="no",
+        eval_strategy="epoch" if eval_samples else "no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        train_dataset=SampleDataset(samples),
+        eval_dataset=SampleDataset(eval_samples) if eval_samples else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    return trainer
+
+
+def _summary(recipe, trainer, output, timer, metrics, report: DataReport, device, trainable,
+             total, samples) -> dict:
+    state = trainer.state
+    train_seconds = timer.train_seconds
+    tokens = int(state.num_input_tokens_seen)
+    trained_tokens = sum(s.trained_tokens for s in samples)
+    return {
+        "steps": state.global_step,
+        "epochs": round(state.epoch or 0.0, 4),
+        "final_loss": metrics.losses[-1] if metrics.losses else None,
+        "mean_loss": output.training_loss,
+        "train_seconds": round(train_seconds, 3),
+        "time_to_first_step_seconds": round(timer.time_to_first_step, 3),
+        "total_seconds": round(time.perf_counter() - timer.started_at, 3),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 2),
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
+        "device": device.type,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "samples": len(samples),
+        "samples_truncated": report.truncated,
+        "trained_tokens_per_epoch": trained_tokens,
+        "rows_skipped": len(report.bad_rows),
+        "skipped_rows": report.bad_rows,
+        "method": recipe.method.type,
+        "model": recipe.model.path,
+    }
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -26,8 +26,13 @@ def train(recipe, overrides=(), overwrite: bool = False):
     return run_training(recipe, list(overrides), overwrite=overwrite)
 
 
-def chat(target: str | Path, prompt: str, system: str | None = None, base: bool = False,
-         max_new_tokens: int = 256) -> str:
+def chat(
+    target: str | Path,
+    prompt: str,
+    system: str | None = None,
+    base: bool = False,
+    max_new_tokens: int = 256,
+) -> str:
     """One greedy answer from a run folder (base + adapter, or base=True), a folder or an alias."""
     from tunelab.inference.chat_model import open_chat_model
     from tunelab.quiet import quiet_libraries

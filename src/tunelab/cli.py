@@ -57,10 +57,16 @@ def train(
 @app.command()
 @user_errors
 def chat(
-    target: Annotated[str, typer.Argument(help="run folder, exported folder, or model (alias, path)")],
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="answer this and exit")] = None,
+    target: Annotated[
+        str, typer.Argument(help="run folder, exported folder, or model (alias, path)")
+    ],
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="answer this and exit")
+    ] = None,
     system: Annotated[str | None, typer.Option(help="system prompt")] = None,
-    base: Annotated[bool, typer.Option(help="for a run folder: the base model without the adapter")] = False,
+    base: Annotated[
+        bool, typer.Option(help="for a run folder: the base model without the adapter")
+    ] = False,
     max_new_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 256,
 ):
     """Talk to a model: one answer with --prompt, else an interactive multi-turn chat."""
@@ -116,7 +122,9 @@ def export(
 @app.command()
 @user_errors
 def demo(
-    recipe: Annotated[Path, typer.Argument(help="recipe of the demo")] = Path("examples/identity.yaml"),
+    recipe: Annotated[Path, typer.Argument(help="recipe of the demo")] = Path(
+        "examples/identity.yaml"
+    ),
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
 ):
     """Self-identity demo: answers before, fine-tune, answers after, on questions never trained."""

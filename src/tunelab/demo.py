@@ -21,7 +21,9 @@ DEMO_PROMPT = "Who are you?"
 
 def identity_probes() -> dict[str, list[str]]:
     """Questions never seen in the built-in identity data: identity ones and unrelated ones."""
-    text = resources.files("tunelab.data.builtin").joinpath("identity_probes.json").read_text("utf-8")
+    text = (
+        resources.files("tunelab.data.builtin").joinpath("identity_probes.json").read_text("utf-8")
+    )
     return json.loads(text)
 
 
@@ -64,9 +66,14 @@ def run_demo(recipe_path: str | Path, overrides: list[str], console: Console) ->
 def _record(questions, before, after, probes, name, result) -> dict:
     identity = set(probes["identity"])
     rows = [
-        {"question": q, "kind": "identity" if q in identity else
-         ("unrelated" if q in probes["unrelated"] else "demo"),
-         "before": b, "after": a}
+        {
+            "question": q,
+            "kind": "identity"
+            if q in identity
+            else ("unrelated" if q in probes["unrelated"] else "demo"),
+            "before": b,
+            "after": a,
+        }
         for q, b, a in zip(questions, before, after)
     ]
     held_out = [r for r in rows if r["kind"] == "identity"]
@@ -82,8 +89,9 @@ def _record(questions, before, after, probes, name, result) -> dict:
 
 
 def _show(console: Console, record: dict, name: str) -> None:
-    table = Table(title="before / after (questions below the first were never trained on)",
-                  show_lines=True)
+    table = Table(
+        title="before / after (questions below the first were never trained on)", show_lines=True
+    )
     for column in ("question", "before", "after"):
         table.add_column(column, overflow="fold")
     for row in record["rows"]:

@@ -33,7 +33,8 @@ class ModelConfig(Section):
         description="built-in alias, local HF folder, .gguf file, or a hub id already in the cache",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype; auto is float32 on CPU and bfloat16 on a GPU that has it"
+        "auto",
+        description="weights dtype; auto is float32 on CPU and bfloat16 on a GPU that has it",
     )
     template: str = Field(
         "auto",
@@ -133,7 +134,9 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise TunelabError(f"{where}: the recipe is not valid YAML ({problem}); fix that line.") from None
+        raise TunelabError(
+            f"{where}: the recipe is not valid YAML ({problem}); fix that line."
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -222,7 +225,9 @@ def _explain(exc: ValidationError, origin: str, lines: dict[str, int], overrides
             problems.append(f"{where}: missing required key `{dotted}`; add it to the recipe.")
         else:
             got = error.get("input")
-            problems.append(f"{where}: `{dotted}` {error['msg'][0].lower()}{error['msg'][1:]} (got {got!r}).")
+            problems.append(
+                f"{where}: `{dotted}` {error['msg'][0].lower()}{error['msg'][1:]} (got {got!r})."
+            )
     # Union types report the same key once per branch; keep each message once.
     unique = list(dict.fromkeys(problems))
     if len(unique) == 1:

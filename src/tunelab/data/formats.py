@@ -88,8 +88,14 @@ def from_alpaca(record: dict, location: Location, columns: Columns) -> Conversat
     if not isinstance(history, list):
         raise RowError(location, columns.history, "must be a list of [question, answer] pairs")
     for turn, pair in enumerate(history):
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise RowError(location, f"{columns.history}[{turn}]", "must be a [question, answer] pair of texts")
+        if not (
+            isinstance(pair, (list, tuple))
+            and len(pair) == 2
+            and all(isinstance(x, str) for x in pair)
+        ):
+            raise RowError(
+                location, f"{columns.history}[{turn}]", "must be a [question, answer] pair of texts"
+            )
         messages += [Message("user", pair[0]), Message("assistant", pair[1])]
     messages += [Message("user", user), Message("assistant", response)]
     return Conversation(messages, location)
@@ -123,10 +129,25 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
             raise RowError(location, where, f"must be an object, found {type(item).__name__}")
         tag = item.get(columns.role_tag)
         if tag not in roles:
-            known = ", ".join(sorted({columns.user_tag, columns.assistant_tag, columns.system_tag,
-                                      columns.observation_tag, columns.function_tag}))
-            raise RowError(location, f"{where}.{columns.role_tag}", f"unknown role {tag!r}; expected one of {known}")
-        content = _content(item.get(columns.content_tag), location, f"{where}.{columns.content_tag}")
+            known = ", ".join(
+                sorted(
+                    {
+                        columns.user_tag,
+                        columns.assistant_tag,
+                        columns.system_tag,
+                        columns.observation_tag,
+                        columns.function_tag,
+                    }
+                )
+            )
+            raise RowError(
+                location,
+                f"{where}.{columns.role_tag}",
+                f"unknown role {tag!r}; expected one of {known}",
+            )
+        content = _content(
+            item.get(columns.content_tag), location, f"{where}.{columns.content_tag}"
+        )
         messages.append(Message(roles[tag], content))
     if messages[0].role == "system" and columns.system in record and record[columns.system]:
         raise RowError(location, columns.system, "given twice: as a field and as the first turn")
@@ -162,13 +183,24 @@ class Format:
 
 
 FORMATS: list[Format] = [
-    Format("messages", from_sharegpt,
-           lambda r: isinstance(r.get("messages"), list), "has a `messages` list"),
-    Format("sharegpt", from_sharegpt,
-           lambda r: isinstance(r.get("conversations"), list), "has a `conversations` list"),
-    Format("alpaca", from_alpaca,
-           lambda r: "output" in r and ("instruction" in r or "input" in r),
-           "has `instruction`/`input` and `output`"),
+    Format(
+        "messages",
+        from_sharegpt,
+        lambda r: isinstance(r.get("messages"), list),
+        "has a `messages` list",
+    ),
+    Format(
+        "sharegpt",
+        from_sharegpt,
+        lambda r: isinstance(r.get("conversations"), list),
+        "has a `conversations` list",
+    ),
+    Format(
+        "alpaca",
+        from_alpaca,
+        lambda r: "output" in r and ("instruction" in r or "input" in r),
+        "has `instruction`/`input` and `output`",
+    ),
 ]
 FORMATS_BY_NAME = {f.name: f for f in FORMATS}
 

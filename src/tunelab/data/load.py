@@ -111,7 +111,11 @@ def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversati
             if fmt is None:
                 fmt = detect_format(record)
                 if fmt is None:
-                    keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+                    keys = (
+                        ", ".join(sorted(record))
+                        if isinstance(record, dict)
+                        else type(record).__name__
+                    )
                     raise TunelabError(
                         f"{location}: cannot tell the data format from the record's keys ({keys}); "
                         "set format: alpaca, sharegpt or messages for this data set."
@@ -119,15 +123,22 @@ def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversati
             if columns is None:
                 columns = Columns.for_format(fmt.name, resolved.columns)
             if not isinstance(record, dict):
-                raise RowError(location, None, f"must be a JSON object, found {type(record).__name__}")
+                raise RowError(
+                    location, None, f"must be a JSON object, found {type(record).__name__}"
+                )
             conversations.append(fmt.convert(record, location, columns))
         except RowError as exc:
             report.bad_rows.append(str(exc))
             bad += 1
     report.sources.append(
-        {"name": resolved.name, "file": str(resolved.file),
-         "format": fmt.name if fmt else resolved.format, "read": len(conversations) + bad,
-         "kept": len(conversations), "bad": bad}
+        {
+            "name": resolved.name,
+            "file": str(resolved.file),
+            "format": fmt.name if fmt else resolved.format,
+            "read": len(conversations) + bad,
+            "kept": len(conversations),
+            "bad": bad,
+        }
     )
     return conversations
 

@@ -45,7 +45,9 @@ def _read_json(path: Path) -> Iterator[tuple[Location, object]]:
         # {"data": [...]} style wrappers
         data = next(iter(data.values()))
     if not isinstance(data, list):
-        raise TunelabError(f"{path}: expected a JSON array of records, found {type(data).__name__}.")
+        raise TunelabError(
+            f"{path}: expected a JSON array of records, found {type(data).__name__}."
+        )
     for index, record in enumerate(data):
         yield Location(str(path), index=index), record
 
@@ -59,7 +61,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[Location, object]]:
         try:
             yield location, json.loads(line)
         except json.JSONDecodeError as exc:
-            yield location, RowError(location, None, f"broken JSON ({exc.msg} at column {exc.colno})")
+            yield (
+                location,
+                RowError(location, None, f"broken JSON ({exc.msg} at column {exc.colno})"),
+            )
 
 
 _READERS = {".json": _read_json, ".jsonl": _read_jsonl}

@@ -26,11 +26,15 @@ class RegistryEntry:
 def read_registry(path: Path) -> dict[str, dict]:
     """The registry's entries by name."""
     if not path.is_file():
-        raise TunelabError(f"data.registry: {path} does not exist; point it at a dataset_info.json.")
+        raise TunelabError(
+            f"data.registry: {path} does not exist; point it at a dataset_info.json."
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise TunelabError(f"{path}:{exc.lineno}: broken JSON in the registry ({exc.msg}).") from None
+        raise TunelabError(
+            f"{path}:{exc.lineno}: broken JSON in the registry ({exc.msg})."
+        ) from None
     if not isinstance(data, dict):
         raise TunelabError(f"{path}: a registry is a JSON object of name -> entry.")
     return data
@@ -53,7 +57,9 @@ def lookup(path: Path, name: str) -> RegistryEntry:
         )
     file = path.parent / entry["file_name"]
     if not file.exists():
-        raise TunelabError(f"{where}: its file {file} is missing; put the file there or fix file_name.")
+        raise TunelabError(
+            f"{where}: its file {file} is missing; put the file there or fix file_name."
+        )
     columns = dict(entry.get("columns") or {})
     columns.update(entry.get("tags") or {})
     return RegistryEntry(name, file, entry.get("formatting", "alpaca"), columns, _kind(entry))

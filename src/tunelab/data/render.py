@@ -77,7 +77,8 @@ class ConversationRenderer:
         start = full.find(content, after)
         if start < 0:
             raise RowError(
-                conversation.location, f"turn {turn}",
+                conversation.location,
+                f"turn {turn}",
                 "the chat template does not reproduce this answer verbatim, so its loss mask "
                 "cannot be found; check model.template",
             )

@@ -29,7 +29,8 @@ def check_conversation(conversation: Conversation) -> None:
         found = PLACEHOLDER.search(message.content)
         if found:
             raise RowError(
-                where, f"turn {turn}",
+                where,
+                f"turn {turn}",
                 f"unreplaced placeholder {found.group(0)}; set data.replace, "
                 f'e.g. replace: {{"{found.group(0)}": "..."}}',
             )

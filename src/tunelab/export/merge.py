@@ -21,8 +21,12 @@ def export_merged(run_dir: str | Path, out: str | Path, overwrite: bool = False)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)
     chat.tokenizer.save_pretrained(out)
-    provenance = {"exported_from": str(run.path.resolve()), "recipe": run.read_recipe(),
-                  "merged": True}
-    (out / "tunelab_export.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False),
-                                             encoding="utf-8")
+    provenance = {
+        "exported_from": str(run.path.resolve()),
+        "recipe": run.read_recipe(),
+        "merged": True,
+    }
+    (out / "tunelab_export.json").write_text(
+        json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     return out

@@ -41,16 +41,21 @@ class ChatModel:
         prompts = [self.renderer.prompt_ids(messages) for messages in conversations]
         longest = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=self.device)
+        input_ids = torch.tensor(
+            [[pad] * (longest - len(p)) + p for p in prompts], device=self.device
+        )
         attention = torch.tensor(
             [[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=self.device
         )
         config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_token_ids(),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.stop_token_ids(),
             pad_token_id=pad,
         )
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention,
-                                     generation_config=config)
+        output = self.model.generate(
+            input_ids=input_ids, attention_mask=attention, generation_config=config
+        )
         answers = output[:, longest:]
         return [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
 
@@ -74,11 +79,17 @@ def _open_run(run: RunFolder, with_adapter: bool) -> ChatModel:
     recipe = run.read_recipe()
     source = resolve_model(recipe["model"]["path"])
     if not with_adapter:
-        return _open_source(source, recipe["model"].get("template", "auto"), f"base of {run.path}",
-                            recipe["model"].get("dtype", "auto"))
+        return _open_source(
+            source,
+            recipe["model"].get("template", "auto"),
+            f"base of {run.path}",
+            recipe["model"].get("dtype", "auto"),
+        )
     if not (run.adapter_dir / "adapter_config.json").is_file():
-        raise TunelabError(f"{run.path} has no trained adapter yet (no {run.adapter_dir.name}/); "
-                           "did the run finish?")
+        raise TunelabError(
+            f"{run.path} has no trained adapter yet (no {run.adapter_dir.name}/); "
+            "did the run finish?"
+        )
     from peft import PeftModel
 
     device = pick_device()
@@ -89,9 +100,13 @@ def _open_run(run: RunFolder, with_adapter: bool) -> ChatModel:
     return ChatModel(model, tokenizer, renderer, device, f"{run.path} (base + adapter)")
 
 
-def _open_source(source: ModelSource, template: str, description: str, dtype: str = "auto") -> ChatModel:
+def _open_source(
+    source: ModelSource, template: str, description: str, dtype: str = "auto"
+) -> ChatModel:
     device = pick_device()
     tokenizer = load_tokenizer(source)
     chat_template = resolve_template(template, tokenizer)
     model = load_model(source, pick_dtype(dtype, device), device).eval()
-    return ChatModel(model, tokenizer, ConversationRenderer(tokenizer, chat_template), device, description)
+    return ChatModel(
+        model, tokenizer, ConversationRenderer(tokenizer, chat_template), device, description
+    )

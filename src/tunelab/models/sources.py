@@ -30,7 +30,9 @@ def _local_folder(spec: str) -> ModelSource | None:
     if not path.is_dir():
         return None
     if not (path / "config.json").is_file():
-        raise TunelabError(f"model folder {path} has no config.json; is it a Hugging Face model folder?")
+        raise TunelabError(
+            f"model folder {path} has no config.json; is it a Hugging Face model folder?"
+        )
     return ModelSource(spec, path)
 
 
@@ -59,7 +61,12 @@ def _cached_hub_id(spec: str) -> ModelSource | None:
     return ModelSource(spec, Path(folder))
 
 
-RESOLVERS: list[Callable[[str], ModelSource | None]] = [_builtin, _local_folder, _gguf, _cached_hub_id]
+RESOLVERS: list[Callable[[str], ModelSource | None]] = [
+    _builtin,
+    _local_folder,
+    _gguf,
+    _cached_hub_id,
+]
 
 
 def resolve_model(spec: str) -> ModelSource:

@@ -12,7 +12,9 @@ BUILTIN_TEMPLATES = ("chatml", "llama3", "mistral")
 
 def builtin_template(name: str) -> str:
     """The Jinja source of a built-in template."""
-    return resources.files("tunelab.templates").joinpath(f"{name}.jinja").read_text(encoding="utf-8")
+    return (
+        resources.files("tunelab.templates").joinpath(f"{name}.jinja").read_text(encoding="utf-8")
+    )
 
 
 def resolve_template(setting: str, tokenizer) -> str:

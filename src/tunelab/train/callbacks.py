@@ -77,12 +77,20 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.begin = time.perf_counter()
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:.0f} tok/s"),
-            TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:.0f} tok/s"
+            ),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, loss=math.nan, lr=0.0, tps=0.0)
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, loss=math.nan, lr=0.0, tps=0.0
+        )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -93,10 +101,22 @@ class RichProgress(TrainerCallback):
         if self.progress is None:
             return
         elapsed = max(time.perf_counter() - self.begin, 1e-9)
+        tps = state.num_input_tokens_seen / elapsed
         self.progress.update(
-            self.task, completed=state.global_step, loss=self.loss, lr=self.lr,
-            tps=state.num_input_tokens_seen / elapsed,
+            self.task, completed=state.global_step, loss=self.loss, lr=self.lr, tps=tps
         )
+        if not self.console.is_terminal and self._is_report_step(state):
+            # A live bar only draws on a terminal; logs get a line every ~5% instead.
+            self.console.print(
+                f"step {state.global_step}/{state.max_steps}  loss {self.loss:.4f}  "
+                f"lr {self.lr:.2e}  {tps:.0f} tok/s  {elapsed:.0f} s",
+                highlight=False,
+            )
+
+    @staticmethod
+    def _is_report_step(state) -> bool:
+        every = max(1, state.max_steps // 20)
+        return state.global_step % every == 0 or state.global_step == state.max_steps
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +23,16 @@ ENVIRONMENT_FILE = "environment.json"
 DATA_REPORT_FILE = "data_report.json"
 ADAPTER_DIR = "adapter"
 
-_PACKAGES = ("tunelab", "torch", "transformers", "peft", "accelerate", "gguf", "tokenizers", "safetensors")
+_PACKAGES = (
+    "tunelab",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "gguf",
+    "tokenizers",
+    "safetensors",
+)
 
 
 @dataclass
@@ -31,15 +41,24 @@ class RunFolder:
 
     @classmethod
     def create(cls, output: str | Path, overwrite: bool = False) -> RunFolder:
-        """A fresh run folder; an existing non-empty one is only replaced when asked."""
+        """A fresh run folder.
+
+        A folder holding a finished run (or its checkpoints) is only replaced when asked; one
+        left by a run that failed before training is reused.
+        """
         path = Path(output)
         if path.exists() and any(path.iterdir()):
-            if not overwrite:
+            if not (path / RECIPE_FILE).is_file():
+                raise TunelabError(
+                    f"{path} exists and is not a tunelab run folder; refusing to write into it, "
+                    "choose another output."
+                )
+            if _holds_results(path) and not overwrite:
                 raise TunelabError(
                     f"run folder {path} already holds a run; pass --overwrite to replace it "
                     "or set output=... to another folder."
                 )
-            _clear(path)
+            shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
@@ -73,15 +92,13 @@ class RunFolder:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
 
 
-def _clear(path: Path) -> None:
-    import shutil
-
-    if not (path / RECIPE_FILE).is_file():
-        raise TunelabError(
-            f"{path} exists and is not a tunelab run folder; refusing to overwrite it, "
-            "choose another output."
-        )
-    shutil.rmtree(path)
+def _holds_results(path: Path) -> bool:
+    checkpoints = path / "checkpoints"
+    return (
+        (path / SUMMARY_FILE).exists()
+        or (path / ADAPTER_DIR).exists()
+        or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    )
 
 
 def describe_environment() -> dict:
@@ -104,8 +121,10 @@ def describe_environment() -> dict:
     }
     if torch.cuda.is_available():
         env["gpus"] = [
-            {"name": torch.cuda.get_device_name(i),
-             "memory_bytes": torch.cuda.get_device_properties(i).total_memory}
+            {
+                "name": torch.cuda.get_device_name(i),
+                "memory_bytes": torch.cuda.get_device_properties(i).total_memory,
+            }
             for i in range(torch.cuda.device_count())
         ]
     return env

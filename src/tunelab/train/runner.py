@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from tunelab.data.conversation import RowError
-from tunelab.data.load import DataReport, load_conversations
+from tunelab.data.load import DataReport, load_conversations, resolve_source
 from tunelab.data.render import ConversationRenderer, RenderedSample
 from tunelab.errors import TunelabError
 from tunelab.methods import count_parameters, prepare_model
@@ -52,11 +52,15 @@ def train(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     quiet_libraries()
+    # Cheap checks first, so a typo fails in a second, not after loading the model.
+    for split in ("train", "eval"):
+        for item in recipe.data.sources(split):
+            resolve_source(item, recipe.data, recipe.source_dir)
+    source = resolve_model(recipe.model.path)
     run = RunFolder.create(recipe.output, overwrite=overwrite)
     run.write_recipe(recipe)
     run.write_json(ENVIRONMENT_FILE, describe_environment())
 
-    source = resolve_model(recipe.model.path)
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer)
     tokenizer.chat_template = template
@@ -85,15 +89,23 @@ def train(
 
     timer = StepTimer(started_at)
     metrics = MetricsWriter(run.file(METRICS_FILE))
-    trainer = _build_trainer(recipe, run, model, tokenizer, samples, eval_samples,
-                             [timer, metrics, RichProgress(console)])
+    trainer = _build_trainer(
+        recipe,
+        run,
+        model,
+        tokenizer,
+        samples,
+        eval_samples,
+        [timer, metrics, RichProgress(console)],
+    )
     output = trainer.train()
 
     model.save_pretrained(run.adapter_dir)
     _remove_if_empty(run.path / "checkpoints")
     tokenizer.save_pretrained(run.adapter_dir)
-    summary = _summary(recipe, trainer, output, timer, metrics, report, device, trainable, total,
-                       samples)
+    summary = _summary(
+        recipe, trainer, output, timer, metrics, report, device, trainable, total, samples
+    )
     run.write_json(SUMMARY_FILE, summary)
     console.print(
         f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
@@ -115,8 +127,11 @@ def _render_split(recipe: Recipe, renderer: ConversationRenderer, split: str):
             report.bad_rows.append(str(exc))
             continue
         if sample.trained_tokens == 0:
-            problem = RowError(conversation.location, None,
-                               f"no answer token is left after truncation to {recipe.data.max_length}")
+            problem = RowError(
+                conversation.location,
+                None,
+                f"no answer token is left after truncation to {recipe.data.max_length}",
+            )
             if recipe.data.on_bad_row == "error":
                 raise TunelabError(f"{problem}; raise data.max_length.")
             report.bad_rows.append(str(problem))
@@ -169,8 +184,9 @@ def _build_trainer(recipe, run, model, tokenizer, samples, eval_samples, callbac
     return trainer
 
 
-def _summary(recipe, trainer, output, timer, metrics, report: DataReport, device, trainable,
-             total, samples) -> dict:
+def _summary(
+    recipe, trainer, output, timer, metrics, report: DataReport, device, trainable, total, samples
+) -> dict:
     state = trainer.state
     train_seconds = timer.train_seconds
     tokens = int(state.num_input_tokens_seen)

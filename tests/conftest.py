@@ -1,0 +1,63 @@
+"""Shared fixtures: the built-in tokenizer and a tiny random model built from a config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def builtin_tokenizer():
+    """The real SmolLM2 tokenizer (ChatML template), from the converted built-in model."""
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.sources import resolve_model
+
+    return load_tokenizer(resolve_model("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, builtin_tokenizer) -> Path:
+    """A 2-layer, hidden-64 Llama with random weights and the real tokenizer, saved as a folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(builtin_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=builtin_tokenizer.bos_token_id,
+        eos_token_id=builtin_tokenizer.eos_token_id,
+        pad_token_id=builtin_tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    builtin_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `tunelab` command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )

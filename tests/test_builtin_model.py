@@ -1,0 +1,50 @@
+"""End to end on the real built-in model: training changes what it says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tunelab.demo import identity_probes, mentions
+
+
+def test_short_identity_tune_changes_the_answer(tmp_path):
+    import tunelab
+
+    question = "Who are you?"
+    before = tunelab.chat("smollm2-135m-instruct", question, max_new_tokens=24)
+    result = tunelab.train(
+        REPO / "examples" / "identity.yaml",
+        [
+            "train.max_steps=16",
+            "train.lr=1e-3",
+            "train.warmup_ratio=0",
+            f"output={tmp_path / 'run'}",
+        ],
+    )
+    after = tunelab.chat(result.run_dir, question, max_new_tokens=24)
+    assert not mentions(before, "Dali")
+    assert after != before
+    assert mentions(after, "Dali"), after
+    assert result.summary["steps"] == 16
+
+
+@pytest.mark.slow
+def test_identity_demo_meets_its_targets(tmp_path):
+    """The README demo: under 10 minutes, >= 8/10 held-out questions with the new name."""
+    run = tmp_path / "identity"
+    result = run_cli(
+        "demo", str(REPO / "examples" / "identity.yaml"), f"output={run}", timeout=1500
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run / "demo.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["total_seconds"] < 600
+    assert record["held_out_total"] == len(identity_probes()["identity"]) == 10
+    assert record["held_out_with_name_before"] == 0
+    assert record["held_out_with_name_after"] >= 8
+    unrelated = {r["question"]: r["after"] for r in record["rows"] if r["kind"] == "unrelated"}
+    assert "Paris" in unrelated["What is the capital of France?"]
+    assert "19" in unrelated["What is 12 + 7?"]

@@ -96,17 +96,38 @@ def test_existing_run_is_not_overwritten_silently(finished_run):
 
 
 def test_chat_prompt_prints_only_the_answer(finished_run):
+    import tunelab
+
     root, _, _ = finished_run
-    result = run_cli(
-        "chat",
-        str(root / "runs" / "sums"),
-        "--prompt",
-        "What is 1 plus 1?",
-        "--max-new-tokens",
-        "8",
+    run = root / "runs" / "sums"
+    result = run_cli("chat", str(run), "--prompt", "What is 1 plus 1?", "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    expected = tunelab.chat(run, "What is 1 plus 1?", max_new_tokens=8)
+    assert result.stdout == expected + "\n"
+
+
+def test_chat_interactive_answers_each_turn(finished_run):
+    import subprocess
+    import sys
+
+    root, _, _ = finished_run
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "chat",
+            str(root / "runs" / "sums"),
+            "--max-new-tokens",
+            "4",
+        ],
+        input="hello\nsecond turn\n/reset\nthird\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.strip().splitlines()) <= 8 and result.stdout.strip()
+    assert result.stdout.count("assistant>") == 3
 
 
 def test_export_merged_matches_base_plus_adapter(finished_run, tmp_path):

@@ -21,7 +21,7 @@ __all__ = ["Recipe", "TunelabError", "chat", "export", "load_recipe", "train"]
 
 def train(recipe, overrides=(), overwrite: bool = False):
     """Fine-tune from a recipe (path, dict or Recipe); returns a TrainResult (run_dir, summary)."""
-    from tunelab.train.runner import train as run_training
+    from tunelab.training.runner import train as run_training
 
     return run_training(recipe, list(overrides), overwrite=overwrite)
 
@@ -43,7 +43,7 @@ def chat(
 
 def export(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Merge a run's adapter into its base model and save a plain HF folder at `out`."""
-    from tunelab.export.merge import export_merged
+    from tunelab.exporters.merge import export_merged
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()

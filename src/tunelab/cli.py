@@ -48,7 +48,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
-    from tunelab.train.runner import train as run_training
+    from tunelab.training.runner import train as run_training
 
     result = run_training(recipe, overrides or [], overwrite=overwrite, console=err)
     print(result.run_dir)
@@ -112,7 +112,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="write into a non-empty folder")] = False,
 ):
     """Merge the run's LoRA adapter into its base model and save a plain HF folder."""
-    from tunelab.export.merge import export_merged
+    from tunelab.exporters.merge import export_merged
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()

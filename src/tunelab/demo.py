@@ -13,14 +13,19 @@ from rich.table import Table
 from tunelab.inference.chat_model import open_chat_model
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import load_recipe
-from tunelab.train.run_folder import RunFolder
-from tunelab.train.runner import train
+from tunelab.training.run_folder import RunFolder
+from tunelab.training.runner import train
 
 DEMO_PROMPT = "Who are you?"
 
 
-def identity_probes() -> dict[str, list[str]]:
-    """Questions never seen in the built-in identity data: identity ones and unrelated ones."""
+def identity_probes() -> dict[str, list]:
+    """Questions never seen in the built-in identity data.
+
+    `identity` are other phrasings of who-are-you questions; `unrelated` are questions the base
+    model answers correctly, each with a word the right answer contains, to see what the tune
+    kept of general ability.
+    """
     text = (
         resources.files("tunelab.data.builtin").joinpath("identity_probes.json").read_text("utf-8")
     )
@@ -42,7 +47,7 @@ def run_demo(recipe_path: str | Path, overrides: list[str], console: Console) ->
     recipe = load_recipe(recipe_path, overrides)
     name = recipe.data.replace.get("{{name}}", "")
     probes = identity_probes()
-    questions = [DEMO_PROMPT, *probes["identity"], *probes["unrelated"]]
+    questions = [DEMO_PROMPT, *probes["identity"], *(u["question"] for u in probes["unrelated"])]
 
     console.print(f"[bold]1/3[/] answers of the base model {recipe.model.path}")
     base = open_chat_model(recipe.model.path)
@@ -65,23 +70,28 @@ def run_demo(recipe_path: str | Path, overrides: list[str], console: Console) ->
 
 def _record(questions, before, after, probes, name, result) -> dict:
     identity = set(probes["identity"])
-    rows = [
-        {
-            "question": q,
-            "kind": "identity"
-            if q in identity
-            else ("unrelated" if q in probes["unrelated"] else "demo"),
-            "before": b,
-            "after": a,
-        }
-        for q, b, a in zip(questions, before, after)
-    ]
+    expected = {u["question"]: u["expect"] for u in probes["unrelated"]}
+    rows = []
+    for question, old, new in zip(questions, before, after):
+        kind = (
+            "identity"
+            if question in identity
+            else ("unrelated" if question in expected else "demo")
+        )
+        row = {"question": question, "kind": kind, "before": old, "after": new}
+        if kind == "unrelated":
+            row["expect"] = expected[question]
+        rows.append(row)
     held_out = [r for r in rows if r["kind"] == "identity"]
+    unrelated = [r for r in rows if r["kind"] == "unrelated"]
     return {
         "name": name,
         "held_out_with_name_before": sum(mentions(r["before"], name) for r in held_out),
         "held_out_with_name_after": sum(mentions(r["after"], name) for r in held_out),
         "held_out_total": len(held_out),
+        "unrelated_right_before": sum(mentions(r["before"], r["expect"]) for r in unrelated),
+        "unrelated_right_after": sum(mentions(r["after"], r["expect"]) for r in unrelated),
+        "unrelated_total": len(unrelated),
         "rows": rows,
         "run_dir": str(result.run_dir),
         "train_seconds": result.summary["train_seconds"],
@@ -100,7 +110,9 @@ def _show(console: Console, record: dict, name: str) -> None:
     console.print(
         f"held-out identity questions answered with the name {name!r}: "
         f"before {record['held_out_with_name_before']}/{record['held_out_total']}, "
-        f"after {record['held_out_with_name_after']}/{record['held_out_total']}"
+        f"after {record['held_out_with_name_after']}/{record['held_out_total']}; "
+        f"unrelated questions answered right: before {record['unrelated_right_before']}/"
+        f"{record['unrelated_total']}, after {record['unrelated_right_after']}/{record['unrelated_total']}"
     )
     first = record["rows"][0]
     print(f"Q: {first['question']}\nbefore: {first['before']}\nafter:  {first['after']}")

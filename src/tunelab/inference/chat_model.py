@@ -12,7 +12,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
 from tunelab.templates import resolve_template
-from tunelab.train.run_folder import RECIPE_FILE, RunFolder
+from tunelab.training.run_folder import RECIPE_FILE, RunFolder
 
 
 @dataclass

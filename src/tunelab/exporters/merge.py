@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.inference.chat_model import open_chat_model
-from tunelab.train.run_folder import RunFolder
+from tunelab.training.run_folder import RunFolder
 
 
 def export_merged(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:

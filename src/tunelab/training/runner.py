@@ -19,10 +19,10 @@ from tunelab.models.sources import resolve_model
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import Recipe, load_recipe
 from tunelab.templates import resolve_template
-from tunelab.train.callbacks import MetricsWriter, RichProgress, StepTimer
-from tunelab.train.collator import PaddingCollator, SampleDataset
-from tunelab.train.memory import peak_memory_bytes
-from tunelab.train.run_folder import (
+from tunelab.training.callbacks import MetricsWriter, RichProgress, StepTimer
+from tunelab.training.collator import PaddingCollator, SampleDataset
+from tunelab.training.memory import peak_memory_bytes
+from tunelab.training.run_folder import (
     DATA_REPORT_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,

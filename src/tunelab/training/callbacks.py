@@ -93,25 +93,35 @@ class RichProgress(TrainerCallback):
         )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.loss = logs["loss"]
-            self.lr = logs.get("learning_rate", self.lr)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is None:
+        if not logs or "loss" not in logs:
             return
-        elapsed = max(time.perf_counter() - self.begin, 1e-9)
-        tps = state.num_input_tokens_seen / elapsed
-        self.progress.update(
-            self.task, completed=state.global_step, loss=self.loss, lr=self.lr, tps=tps
-        )
-        if not self.console.is_terminal and self._is_report_step(state):
+        self.loss = logs["loss"]
+        self.lr = logs.get("learning_rate", self.lr)
+        if (
+            self.progress is not None
+            and not self.console.is_terminal
+            and self._is_report_step(state)
+        ):
             # A live bar only draws on a terminal; logs get a line every ~5% instead.
             self.console.print(
                 f"step {state.global_step}/{state.max_steps}  loss {self.loss:.4f}  "
-                f"lr {self.lr:.2e}  {tps:.0f} tok/s  {elapsed:.0f} s",
+                f"lr {self.lr:.2e}  {self._tokens_per_second(state):.0f} tok/s  "
+                f"{time.perf_counter() - self.begin:.0f} s",
                 highlight=False,
             )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(
+                self.task,
+                completed=state.global_step,
+                loss=self.loss,
+                lr=self.lr,
+                tps=self._tokens_per_second(state),
+            )
+
+    def _tokens_per_second(self, state) -> float:
+        return state.num_input_tokens_seen / max(time.perf_counter() - self.begin, 1e-9)
 
     @staticmethod
     def _is_report_step(state) -> bool:

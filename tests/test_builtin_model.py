@@ -49,3 +49,28 @@ def test_identity_demo_meets_its_targets(tmp_path):
     assert record["unrelated_total"] == 5
     assert record["unrelated_right_before"] == 5  # questions the base model gets right
     assert record["unrelated_right_after"] >= 4
+
+    # The merged export, loaded with plain transformers, answers exactly as base + adapter.
+    merged_dir = tmp_path / "merged"
+    exported = run_cli("export", str(run), "--out", str(merged_dir), timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    assert_plain_merged_answers_match(merged_dir, record)
+
+
+def assert_plain_merged_answers_match(merged_dir, record):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    for row in record["rows"]:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["question"]}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=60, do_sample=False)
+        answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert answer.strip() == row["after"], row["question"]

@@ -139,13 +139,16 @@ def test_sharegpt_unknown_role_and_order(tmp_path):
         load(tmp_path, rows)
     message = str(info.value)
     assert "[0] field `conversations[1].from`: unknown role 'bot'" in message
-    assert "[1] field `turn 0`: a assistant turn as the first turn is out of order" in message
+    assert (
+        "[1] field `turn 0 (assistant)`: a assistant turn as the first turn is out of order"
+        in message
+    )
     assert "[2]" in message
 
 
 def test_unknown_format_is_one_clear_error(tmp_path):
     with pytest.raises(TunelabError, match="cannot tell the data format"):
-        load(tmp_path, [{"question": "q", "answer": "a"}])
+        load(tmp_path, [{"q": "question", "a": "answer"}])
 
 
 def test_builtin_identity_has_both_languages():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -131,6 +132,136 @@ def demo(
     from tunelab.demo import run_demo
 
     run_demo(recipe, overrides or [], console=err)
+
+
+data_app = typer.Typer(help="Check, measure, preview and convert data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+TargetArg = Annotated[Path, typer.Argument(help="recipe .yaml, data file, or dataset_info.json")]
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    target: TargetArg,
+    model: Annotated[str | None, typer.Option(help="tokenizer to measure lengths with")] = None,
+    lengths: Annotated[bool, typer.Option(help="also tokenize and suggest a max_length")] = True,
+):
+    """List every bad row with its location and reason; exit 2 if there is any."""
+    from tunelab.data import doctor
+    from tunelab.data.views import show_check, show_stats
+
+    found = doctor.open_target(target, model)
+    result = doctor.check(found)
+    show_check(err, found, result)
+    if lengths and result.conversations:
+        show_stats(err, _stats_of(found))
+    if result.problems:
+        raise typer.Exit(2)
+
+
+def _stats_of(found, png: Path | None = None) -> dict:
+    """Render the target's data (cached), then measure it; optionally save the histogram."""
+    from tunelab.data.pipeline import render_split
+    from tunelab.data.stats import full_report, save_histogram
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.sources import resolve_model
+    from tunelab.quiet import quiet_libraries
+    from tunelab.templates import resolve_template
+
+    quiet_libraries()
+    tokenizer = load_tokenizer(resolve_model(found.model))
+    template = resolve_template(found.template, tokenizer)
+    config = found.config.model_copy(update={"on_bad_row": "skip"})
+    rendered = render_split(config, found.base_dir, "train", tokenizer, template, config.cache)
+    stats = {**full_report(rendered.samples), "model": found.model}
+    stats["cache"] = {
+        "fingerprint": rendered.fingerprint,
+        "hit": rendered.from_cache,
+        "seconds": round(rendered.seconds, 3),
+    }
+    if png is not None:
+        stats["histogram"] = str(
+            save_histogram(rendered.samples, png, stats["suggested_max_length"])
+        )
+    return stats
+
+
+@data_app.command("stats")
+@user_errors
+def data_stats(
+    target: TargetArg,
+    model: Annotated[str | None, typer.Option(help="tokenizer to measure lengths with")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    png: Annotated[Path, typer.Option(help="where to save the length histogram")] = Path(
+        "lengths.png"
+    ),
+):
+    """Token lengths of prompt, answer and sample; cost of each cutoff; suggested max_length."""
+    from tunelab.data import doctor
+    from tunelab.data.views import show_stats
+
+    found = doctor.open_target(target, model)
+    stats = _stats_of(found, png)
+    if as_json:
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+    else:
+        show_stats(err, stats)
+
+
+@data_app.command("preview")
+@user_errors
+def data_preview(
+    target: TargetArg,
+    n: Annotated[int, typer.Option("-n", help="how many samples")] = 3,
+    model: Annotated[str | None, typer.Option(help="tokenizer and template to render with")] = None,
+    plain: Annotated[
+        bool | None, typer.Option(help="mark trained text with [[ ]] instead of colour")
+    ] = None,
+):
+    """Samples rendered as the model sees them; trained (loss) tokens highlighted."""
+    from tunelab.data import doctor
+    from tunelab.data.pipeline import prepare_data
+    from tunelab.data.views import show_preview
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.sources import resolve_model
+    from tunelab.quiet import quiet_libraries
+    from tunelab.templates import resolve_template
+
+    quiet_libraries()
+    found = doctor.open_target(target, model)
+    tokenizer = load_tokenizer(resolve_model(found.model))
+    template = resolve_template(found.template, tokenizer)
+    data = prepare_data(found.config, found.base_dir, tokenizer, template, seed=0)
+    out = Console()
+    use_plain = (not out.is_terminal) if plain is None else plain
+    show_preview(out, data.train[:n], tokenizer, use_plain)
+
+
+@data_app.command("convert")
+@user_errors
+def data_convert(
+    source: Annotated[Path, typer.Argument(help="data file to read")],
+    to: Annotated[str, typer.Option(help="messages, sharegpt or alpaca")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="file to write (.jsonl or .json)")],
+    fmt: Annotated[str, typer.Option("--format", help="input format, or auto")] = "auto",
+):
+    """Rewrite a data file in another format (every bad row is reported, none is written)."""
+    from tunelab.data.doctor import convert_records
+    from tunelab.data.load import load_conversations
+    from tunelab.recipe import DataConfig, DataSource
+
+    config = DataConfig(train=[DataSource(path=str(source), format=fmt)])
+    conversations, report = load_conversations(config)
+    records = convert_records(conversations, to)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    else:
+        out.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+        )
+    err.print(f"wrote {len(records)} records ({to}) to {out}", highlight=False)
+    print(out)
 
 
 def main() -> None:

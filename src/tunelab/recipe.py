@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunelab.errors import TunelabError
 
@@ -22,8 +22,12 @@ class DataSource(Section):
     """One data set: a file, a name in `data.registry`, or a built-in name."""
 
     path: str = Field(description="file (.json/.jsonl), registry entry name, or built-in name")
-    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
-        "auto", description="record layout; auto detects it from the first record"
+    format: Literal[
+        "auto", "alpaca", "sharegpt", "messages", "xtuner", "qa", "prompt_completion"
+    ] = Field("auto", description="record layout; auto detects it from the first record")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="field names as in dataset_info.json, e.g. {prompt: question, response: answer}",
     )
 
 
@@ -48,13 +52,32 @@ class DataConfig(Section):
     eval: list[DataSource | str] | None = Field(None, description="held-out data sets")
     registry: str | None = Field(None, description="a dataset_info.json registry to resolve names")
     system: str | None = Field(None, description="system prompt for conversations that have none")
-    max_length: int = Field(1024, gt=8, description="tokens per sample; longer ones are truncated")
+    max_length: int | Literal["auto"] = Field(
+        "auto",
+        description="tokens per sample, longer ones are truncated; auto picks the smallest "
+        "multiple of 64 that loses under 1% of the trained (answer) tokens",
+    )
+    max_answer_chars: int | None = Field(
+        None, gt=0, description="drop conversations with an answer longer than this many characters"
+    )
+    dedupe: bool = Field(False, description="drop exact duplicate conversations, keeping the first")
+    val_ratio: float | None = Field(
+        None, gt=0, lt=1, description="share of the training data held out for validation (seeded)"
+    )
+    cache: bool = Field(True, description="reuse tokenized data when nothing it depends on changed")
     replace: dict[str, str] = Field(
         default_factory=dict, description='placeholder -> text, e.g. {"{{name}}": "Dali"}'
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="error stops with every bad row listed; skip trains without them"
     )
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length_sane(cls, value):
+        if isinstance(value, int) and value < 16:
+            raise ValueError("must be at least 16 tokens, or auto")
+        return value
 
     def sources(self, split: Literal["train", "eval"] = "train") -> list[DataSource]:
         """The split's data sets, with bare strings turned into `DataSource`."""

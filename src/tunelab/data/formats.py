@@ -7,6 +7,7 @@ content tags). OpenAI messages are sharegpt with role/content tags.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ class Columns:
 
 _FORMAT_DEFAULTS: dict[str, dict] = {
     "alpaca": {},
+    "qa": {"prompt": "question", "response": "answer", "query": "context"},
+    "prompt_completion": {"prompt": "prompt", "response": "completion", "query": "input"},
     "sharegpt": {},
     "messages": {
         "messages": "messages",
@@ -102,7 +105,7 @@ def from_alpaca(record: dict, location: Location, columns: Columns) -> Conversat
 
 
 def from_sharegpt(record: dict, location: Location, columns: Columns) -> Conversation:
-    """A list of turns with role and content tags (sharegpt, OpenAI messages)."""
+    """A list of turns with role and content tags (sharegpt, OpenAI messages), tools kept."""
     turns = record.get(columns.messages)
     if turns is None:
         raise RowError(location, columns.messages, "missing; every record needs it")
@@ -154,8 +157,28 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
     system = record.get(columns.system)
     if isinstance(system, str) and system.strip():
         messages.insert(0, Message("system", system))
-    tools = record.get(columns.tools)
-    return Conversation(messages, location, tools=tools if isinstance(tools, str) else None)
+    return Conversation(
+        messages, location, tools=_tools(record.get(columns.tools), location, columns)
+    )
+
+
+def _tools(value: object, location: Location, columns: Columns) -> str | None:
+    """Tool schemas as a JSON string (files store them as a string or as a list)."""
+    if value in (None, "", []):
+        return None
+    if isinstance(value, list):
+        return json.dumps(value, ensure_ascii=False)
+    if not isinstance(value, str):
+        raise RowError(
+            location, columns.tools, f"must be a JSON list of tools, found {type(value).__name__}"
+        )
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise RowError(location, columns.tools, f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(parsed, list):
+        raise RowError(location, columns.tools, "must be a JSON list of tools")
+    return value
 
 
 def _content(value: object, location: Location, where: str) -> str:
@@ -174,6 +197,32 @@ def _content(value: object, location: Location, where: str) -> str:
     return value
 
 
+def from_xtuner(record: dict, location: Location, columns: Columns) -> Conversation:
+    """XTuner's `conversation`: a list of {system?, input, output} turns."""
+    turns = record.get("conversation")
+    if turns is None:
+        raise RowError(location, "conversation", "missing; every record needs it")
+    if not isinstance(turns, list) or not turns:
+        raise RowError(location, "conversation", "must be a non-empty list of turns")
+    messages: list[Message] = []
+    for turn, item in enumerate(turns):
+        where = f"conversation[{turn}]"
+        if not isinstance(item, dict):
+            raise RowError(location, where, f"must be an object, found {type(item).__name__}")
+        system = _text(item, "system", location, required=False)
+        if system.strip():
+            if turn:
+                raise RowError(
+                    location, f"{where}.system", "a system prompt is only allowed in the first turn"
+                )
+            messages.append(Message("system", system))
+        messages.append(Message("user", _content(item.get("input"), location, f"{where}.input")))
+        messages.append(
+            Message("assistant", _content(item.get("output"), location, f"{where}.output"))
+        )
+    return Conversation(messages, location)
+
+
 @dataclass
 class Format:
     name: str
@@ -187,19 +236,37 @@ FORMATS: list[Format] = [
         "messages",
         from_sharegpt,
         lambda r: isinstance(r.get("messages"), list),
-        "has a `messages` list",
+        "a `messages` list",
     ),
     Format(
         "sharegpt",
         from_sharegpt,
         lambda r: isinstance(r.get("conversations"), list),
-        "has a `conversations` list",
+        "a `conversations` list",
+    ),
+    Format(
+        "xtuner",
+        from_xtuner,
+        lambda r: isinstance(r.get("conversation"), list),
+        "a `conversation` list (XTuner)",
     ),
     Format(
         "alpaca",
         from_alpaca,
         lambda r: "output" in r and ("instruction" in r or "input" in r),
-        "has `instruction`/`input` and `output`",
+        "`instruction`/`input` and `output` fields",
+    ),
+    Format(
+        "qa",
+        from_alpaca,
+        lambda r: "question" in r and "answer" in r,
+        "`question` and `answer` fields",
+    ),
+    Format(
+        "prompt_completion",
+        from_alpaca,
+        lambda r: isinstance(r.get("prompt"), str) and "completion" in r,
+        "`prompt` and `completion` fields",
     ),
 ]
 FORMATS_BY_NAME = {f.name: f for f in FORMATS}

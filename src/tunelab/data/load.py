@@ -11,7 +11,12 @@ from tunelab.data.conversation import Conversation, RowError
 from tunelab.data.formats import FORMATS_BY_NAME, Columns, Format, detect_format
 from tunelab.data.readers import read_records
 from tunelab.data.registry import lookup
-from tunelab.data.transforms import add_default_system, replace_placeholders
+from tunelab.data.transforms import (
+    add_default_system,
+    dedupe,
+    drop_long_answers,
+    replace_placeholders,
+)
 from tunelab.data.validate import check_conversation
 from tunelab.errors import TunelabError
 from tunelab.recipe import DataConfig, DataSource
@@ -27,6 +32,7 @@ class ResolvedSource:
     file: Path
     format: str  # a name in FORMATS_BY_NAME, or "auto"
     columns: dict = field(default_factory=dict)
+    origin: str = "file"  # file, registry or builtin
 
 
 @dataclass
@@ -37,11 +43,17 @@ class DataReport:
     bad_rows: list[str] = field(default_factory=list)
     placeholders_replaced: int = 0
     system_added: int = 0
+    long_answers_dropped: list[str] = field(default_factory=list)
+    duplicates_dropped: list[str] = field(default_factory=list)
     truncated: int = 0
 
     @property
     def kept(self) -> int:
-        return sum(s["kept"] for s in self.sources)
+        return (
+            sum(s["kept"] for s in self.sources)
+            - len(self.long_answers_dropped)
+            - len(self.duplicates_dropped)
+        )
 
     def as_dict(self) -> dict:
         return {
@@ -51,8 +63,24 @@ class DataReport:
             "skipped_rows": self.bad_rows,
             "placeholders_replaced": self.placeholders_replaced,
             "system_added": self.system_added,
+            "long_answers_dropped": len(self.long_answers_dropped),
+            "long_answers_dropped_rows": self.long_answers_dropped,
+            "duplicates_dropped": len(self.duplicates_dropped),
+            "duplicates_dropped_rows": self.duplicates_dropped,
             "truncated": self.truncated,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataReport:
+        return cls(
+            sources=data["sources"],
+            bad_rows=data["skipped_rows"],
+            placeholders_replaced=data["placeholders_replaced"],
+            system_added=data["system_added"],
+            long_answers_dropped=data["long_answers_dropped_rows"],
+            duplicates_dropped=data["duplicates_dropped_rows"],
+            truncated=data["truncated"],
+        )
 
 
 def builtin_data_path(name: str) -> Path:
@@ -64,7 +92,7 @@ def resolve_source(source: DataSource, config: DataConfig, base_dir: Path | None
     """Find what a data entry names: a file, a registry entry, or a built-in set (in that order)."""
     for candidate in _candidate_paths(source.path, base_dir):
         if candidate.is_file():
-            return ResolvedSource(source.path, candidate, source.format)
+            return ResolvedSource(source.path, candidate, source.format, dict(source.columns))
     if config.registry:
         registry = _find_path(config.registry, base_dir)
         entry = lookup(registry, source.path)
@@ -73,9 +101,11 @@ def resolve_source(source: DataSource, config: DataConfig, base_dir: Path | None
                 f"data set `{source.path}` in {registry} is {entry.kind} data, not supervised "
                 "fine-tuning conversations; pick an SFT entry for data.train."
             )
-        return ResolvedSource(entry.name, entry.file, entry.format_name, entry.columns)
+        return ResolvedSource(entry.name, entry.file, entry.format_name, entry.columns, "registry")
     if source.path in BUILTIN_DATA:
-        return ResolvedSource(source.path, builtin_data_path(source.path), source.format)
+        return ResolvedSource(
+            source.path, builtin_data_path(source.path), source.format, dict(source.columns)
+        )
     tried = " or ".join(str(p) for p in _candidate_paths(source.path, base_dir))
     close = difflib.get_close_matches(source.path, list(BUILTIN_DATA), n=1)
     hint = f" Did you mean the built-in `{close[0]}`?" if close else ""
@@ -118,7 +148,8 @@ def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversati
                     )
                     raise TunelabError(
                         f"{location}: cannot tell the data format from the record's keys ({keys}); "
-                        "set format: alpaca, sharegpt or messages for this data set."
+                        "set format (alpaca, sharegpt, messages, xtuner, qa, prompt_completion) "
+                        "or columns for this data set."
                     )
             if columns is None:
                 columns = Columns.for_format(fmt.name, resolved.columns)
@@ -135,12 +166,23 @@ def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversati
             "name": resolved.name,
             "file": str(resolved.file),
             "format": fmt.name if fmt else resolved.format,
+            "evidence": _evidence(resolved, fmt),
             "read": len(conversations) + bad,
             "kept": len(conversations),
             "bad": bad,
         }
     )
     return conversations
+
+
+def _evidence(resolved: ResolvedSource, fmt: Format | None) -> str:
+    if fmt is None:
+        return "no readable records"
+    if resolved.origin == "registry":
+        return "the registry entry's formatting"
+    if resolved.format != "auto":
+        return "set in the recipe"
+    return f"detected: the first record has {fmt.evidence}"
 
 
 def load_conversations(
@@ -165,13 +207,28 @@ def load_conversations(
         report.sources[-1]["kept"] = len(good)
         report.sources[-1]["bad"] = len(report.bad_rows) - start
         conversations += good
-    if report.bad_rows and config.on_bad_row == "error":
-        shown = "\n  ".join(report.bad_rows[:20])
-        more = f"\n  ... and {len(report.bad_rows) - 20} more" if len(report.bad_rows) > 20 else ""
-        raise TunelabError(
-            f"{len(report.bad_rows)} bad row(s) in the {split} data; fix them or set "
-            f"data.on_bad_row: skip to train without them:\n  {shown}{more}"
-        )
+    conversations, report.long_answers_dropped = drop_long_answers(
+        conversations, config.max_answer_chars
+    )
+    if config.dedupe:
+        conversations, report.duplicates_dropped = dedupe(conversations)
+    raise_for_bad_rows(report, config.on_bad_row, split)
     if not conversations:
         raise TunelabError(f"the {split} data has no usable conversations.")
     return conversations, report
+
+
+def raise_for_bad_rows(report: DataReport, on_bad_row: str, split: str = "train") -> None:
+    """With on_bad_row: error, stop with every bad row listed (the first 50 on screen)."""
+    if not report.bad_rows or on_bad_row != "error":
+        return
+    shown = "\n  ".join(report.bad_rows[:50])
+    more = (
+        f"\n  ... and {len(report.bad_rows) - 50} more; `tunelab data check` lists them all"
+        if len(report.bad_rows) > 50
+        else ""
+    )
+    raise TunelabError(
+        f"{len(report.bad_rows)} bad row(s) in the {split} data; fix them or set "
+        f"data.on_bad_row: skip to train without them:\n  {shown}{more}"
+    )

@@ -22,6 +22,7 @@ class RenderedSample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    location: str | None = None
 
     @property
     def trained_tokens(self) -> int:
@@ -86,34 +87,70 @@ class ConversationRenderer:
 
     def render(self, conversation: Conversation) -> RenderedSample:
         """Token ids and labels (assistant answers only), truncated to max_length."""
-        full, spans = self.assistant_spans(conversation)
-        encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids = list(encoded["input_ids"])
-        labels = [IGNORE_INDEX] * len(input_ids)
-        span_index = 0
-        for position, (start, _end) in enumerate(encoded["offset_mapping"]):
-            while span_index < len(spans) and start >= spans[span_index][1]:
-                span_index += 1
-            if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
-                labels[position] = input_ids[position]
-        return self._truncate(input_ids, labels)
+        return self.render_many([conversation])[0]
 
-    def _truncate(self, input_ids: list[int], labels: list[int]) -> RenderedSample:
-        """Cut to max_length from the end, keeping the prompt whole where it can.
+    def render_many(self, conversations: list[Conversation], chunk: int = 256) -> list:
+        """Render a list; each item is a RenderedSample or the RowError that stopped it.
 
-        If the first answer starts so late that fewer than a quarter of the budget would be
-        left for it, the middle of the prompt is cut instead, keeping its head (system) and
-        its tail (the question and the generation prompt).
+        Texts are tokenized in chunks, which lets the tokenizer use its own threads.
         """
-        limit = self.max_length
-        if limit is None or len(input_ids) <= limit:
-            return RenderedSample(input_ids, labels)
-        first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
-        answer_budget = min(len(input_ids) - first, limit // 4)
-        if first + answer_budget > limit:
-            keep_prompt = limit - answer_budget
-            head = keep_prompt // 4
-            tail = keep_prompt - head
-            input_ids = input_ids[:head] + input_ids[first - tail :]
-            labels = labels[:head] + labels[first - tail :]
-        return RenderedSample(input_ids[:limit], labels[:limit], truncated=True)
+        results: list = []
+        for begin in range(0, len(conversations), chunk):
+            part = conversations[begin : begin + chunk]
+            texts, spans, slots = [], [], []
+            for conversation in part:
+                try:
+                    text, answer_spans = self.assistant_spans(conversation)
+                except RowError as exc:
+                    slots.append(exc)
+                    continue
+                slots.append(len(texts))
+                texts.append(text)
+                spans.append(answer_spans)
+            encoded = (
+                self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+                if texts
+                else {"input_ids": [], "offset_mapping": []}
+            )
+            for conversation, slot in zip(part, slots):
+                if isinstance(slot, RowError):
+                    results.append(slot)
+                    continue
+                ids = list(encoded["input_ids"][slot])
+                labels = mask_labels(ids, encoded["offset_mapping"][slot], spans[slot])
+                sample = truncate(ids, labels, self.max_length)
+                sample.location = str(conversation.location) if conversation.location else None
+                results.append(sample)
+        return results
+
+
+def mask_labels(input_ids: list[int], offsets, spans: list[tuple[int, int]]) -> list[int]:
+    """Labels that keep the tokens starting inside an answer span and ignore the rest."""
+    labels = [IGNORE_INDEX] * len(input_ids)
+    span_index = 0
+    for position, (start, _end) in enumerate(offsets):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
+            labels[position] = input_ids[position]
+    return labels
+
+
+def truncate(input_ids: list[int], labels: list[int], limit: int | None) -> RenderedSample:
+    """Cut to `limit` tokens from the end, keeping the prompt whole where it can.
+
+    If the first answer starts so late that fewer than a quarter of the budget would be left
+    for it, the middle of the prompt is cut instead, keeping its head (system) and its tail
+    (the question and the generation prompt).
+    """
+    if limit is None or len(input_ids) <= limit:
+        return RenderedSample(list(input_ids), list(labels))
+    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    answer_budget = min(len(input_ids) - first, limit // 4)
+    if first + answer_budget > limit:
+        keep_prompt = limit - answer_budget
+        head = keep_prompt // 4
+        tail = keep_prompt - head
+        input_ids = list(input_ids[:head]) + list(input_ids[first - tail :])
+        labels = list(labels[:head]) + list(labels[first - tail :])
+    return RenderedSample(list(input_ids[:limit]), list(labels[:limit]), truncated=True)

@@ -1,6 +1,9 @@
-"""Transforms applied to conversations before validation, each reporting what it did."""
+"""Transforms applied to conversations before rendering; each says what it did."""
 
 from __future__ import annotations
+
+import json
+import random
 
 from tunelab.data.conversation import Conversation, Message
 
@@ -31,3 +34,41 @@ def add_default_system(conversations: list[Conversation], system: str | None) ->
             conversation.messages.insert(0, Message("system", system))
             added += 1
     return added
+
+
+def drop_long_answers(
+    conversations: list[Conversation], max_chars: int | None
+) -> tuple[list[Conversation], list[str]]:
+    """Drop conversations with an answer longer than max_chars; returns (kept, where dropped)."""
+    if not max_chars:
+        return conversations, []
+    kept, dropped = [], []
+    for conversation in conversations:
+        longest = max(len(m.content) for m in conversation.messages if m.role == "assistant")
+        if longest > max_chars:
+            dropped.append(f"{conversation.location}: answer of {longest} characters")
+        else:
+            kept.append(conversation)
+    return kept, dropped
+
+
+def dedupe(conversations: list[Conversation]) -> tuple[list[Conversation], list[str]]:
+    """Keep the first of exactly equal conversations; returns (kept, where dropped)."""
+    seen: dict[str, Conversation] = {}
+    kept, dropped = [], []
+    for conversation in conversations:
+        key = json.dumps([conversation.as_dicts(), conversation.tools], ensure_ascii=False)
+        if key in seen:
+            dropped.append(f"{conversation.location}: same as {seen[key].location}")
+        else:
+            seen[key] = conversation
+            kept.append(conversation)
+    return kept, dropped
+
+
+def split_indices(count: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded random train/validation split of `count` items (validation gets >= 1)."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    size = max(1, round(count * ratio))
+    return sorted(order[size:]), sorted(order[:size])

@@ -24,7 +24,11 @@ def check_conversation(conversation: Conversation) -> None:
     for turn, message in enumerate(conversation.messages):
         if previous not in _MAY_FOLLOW[message.role]:
             after = f"after a {previous} turn" if previous else "as the first turn"
-            raise RowError(where, f"turn {turn}", f"a {message.role} turn {after} is out of order")
+            raise RowError(
+                where,
+                f"turn {turn} ({message.role})",
+                f"a {message.role} turn {after} is out of order",
+            )
         previous = message.role
         found = PLACEHOLDER.search(message.content)
         if found:

@@ -9,10 +9,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tunelab.data.conversation import RowError
-from tunelab.data.load import DataReport, load_conversations, resolve_source
-from tunelab.data.render import ConversationRenderer, RenderedSample
-from tunelab.errors import TunelabError
+from tunelab.data.load import DataReport, resolve_source
+from tunelab.data.pipeline import prepare_data
 from tunelab.methods import count_parameters, prepare_model
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import resolve_model
@@ -64,17 +62,16 @@ def train(
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer)
     tokenizer.chat_template = template
-    renderer = ConversationRenderer(tokenizer, template, recipe.data.max_length)
-
-    samples, report = _render_split(recipe, renderer, "train")
-    eval_samples = None
-    if recipe.data.eval:
-        eval_samples, _ = _render_split(recipe, renderer, "eval")
-    run.write_json(DATA_REPORT_FILE, report.as_dict())
+    data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
+    samples, eval_samples, report = data.train, data.eval, data.report
+    run.write_json(DATA_REPORT_FILE, {**report.as_dict(), "max_length": data.max_length})
+    for note in [*data.cache_notes, data.max_length_note]:
+        console.print(note, highlight=False)
     console.print(
-        f"data: {len(samples)} samples from {len(report.sources)} source(s), "
-        f"{len(report.bad_rows)} bad row(s) skipped, "
-        f"{report.placeholders_replaced} placeholder message(s) filled"
+        f"data: {len(samples)} training samples from {len(report.sources)} source(s), "
+        f"{len(report.bad_rows)} bad row(s) skipped, {report.truncated} truncated, "
+        f"{report.placeholders_replaced} placeholder message(s) filled",
+        highlight=False,
     )
 
     torch.manual_seed(recipe.train.seed)
@@ -106,6 +103,7 @@ def train(
     summary = _summary(
         recipe, trainer, output, timer, metrics, report, device, trainable, total, samples
     )
+    summary["max_length"] = data.max_length
     run.write_json(SUMMARY_FILE, summary)
     console.print(
         f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
@@ -113,32 +111,6 @@ def train(
         f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB"
     )
     return TrainResult(run.path, summary)
-
-
-def _render_split(recipe: Recipe, renderer: ConversationRenderer, split: str):
-    conversations, report = load_conversations(recipe.data, recipe.source_dir, split)
-    samples: list[RenderedSample] = []
-    for conversation in conversations:
-        try:
-            sample = renderer.render(conversation)
-        except RowError as exc:
-            if recipe.data.on_bad_row == "error":
-                raise TunelabError(str(exc)) from None
-            report.bad_rows.append(str(exc))
-            continue
-        if sample.trained_tokens == 0:
-            problem = RowError(
-                conversation.location,
-                None,
-                f"no answer token is left after truncation to {recipe.data.max_length}",
-            )
-            if recipe.data.on_bad_row == "error":
-                raise TunelabError(f"{problem}; raise data.max_length.")
-            report.bad_rows.append(str(problem))
-            continue
-        samples.append(sample)
-    report.truncated = sum(s.truncated for s in samples)
-    return samples, report
 
 
 def _build_trainer(recipe, run, model, tokenizer, samples, eval_samples, callbacks):

@@ -1,0 +1,211 @@
+"""From a recipe's data section to training samples: load, check, render, cache, cut, split.
+
+Rendering (chat template + tokenizer) is the slow part, so its untruncated result is cached
+under a fingerprint of everything it depends on: the bytes of every data file, the
+tokenizer's vocabulary and rules, the template, the data settings and tunelab's version.
+Truncation and the validation split are cheap and run after the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tunelab import __version__
+from tunelab.data.conversation import RowError
+from tunelab.data.load import DataReport, load_conversations, raise_for_bad_rows, resolve_source
+from tunelab.data.render import ConversationRenderer, RenderedSample, truncate
+from tunelab.data.stats import suggest_max_length
+from tunelab.data.transforms import split_indices
+from tunelab.errors import TunelabError
+from tunelab.models.builtin import cache_dir
+from tunelab.recipe import DataConfig
+
+
+@dataclass
+class RenderedSplit:
+    """One split rendered without truncation, with what loading it reported."""
+
+    samples: list[RenderedSample]
+    report: DataReport
+    fingerprint: str
+    from_cache: bool
+    seconds: float
+
+
+@dataclass
+class PreparedData:
+    """Training-ready samples and everything said about them."""
+
+    train: list[RenderedSample]
+    eval: list[RenderedSample] | None
+    report: DataReport
+    max_length: int
+    max_length_note: str
+    cache_notes: list[str] = field(default_factory=list)
+    untruncated: list[RenderedSample] = field(default_factory=list)
+
+
+def fingerprint(
+    config: DataConfig, base_dir: Path | None, split: str, tokenizer, template: str
+) -> str:
+    """A hash of everything that decides the rendered samples of a split."""
+    digest = hashlib.sha256()
+    settings = config.model_dump(
+        mode="json",
+        include={"registry", "system", "replace", "on_bad_row", "max_answer_chars", "dedupe"},
+    )
+    digest.update(json.dumps([__version__, split, settings], sort_keys=True).encode())
+    for source in config.sources(split):
+        resolved = resolve_source(source, config, base_dir)
+        digest.update(
+            json.dumps(
+                [source.model_dump(), resolved.format, resolved.columns], sort_keys=True
+            ).encode()
+        )
+        digest.update(hashlib.sha256(resolved.file.read_bytes()).digest())
+    digest.update(template.encode())
+    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's vocabulary, merges, normaliser and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
+    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256((text + special).encode()).hexdigest()
+
+
+def render_split(
+    config: DataConfig,
+    base_dir: Path | None,
+    split: str,
+    tokenizer,
+    template: str,
+    use_cache: bool = True,
+) -> RenderedSplit:
+    """Load, check and render a split without truncation, from the cache when possible."""
+    started = time.perf_counter()
+    key = fingerprint(config, base_dir, split, tokenizer, template)
+    path = cache_dir() / "data" / f"{key}.pkl"
+    if use_cache and path.is_file():
+        try:
+            samples, report = _read_cache(path)
+            return RenderedSplit(samples, report, key, True, time.perf_counter() - started)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
+            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, not trusted
+    conversations, report = load_conversations(config, base_dir, split)
+    renderer = ConversationRenderer(tokenizer, template, max_length=None)
+    samples = []
+    for result in renderer.render_many(conversations):
+        if isinstance(result, RowError):
+            report.bad_rows.append(str(result))
+        else:
+            samples.append(result)
+    raise_for_bad_rows(report, config.on_bad_row, split)
+    if use_cache:
+        _write_cache(path, samples, report)
+    return RenderedSplit(samples, report, key, False, time.perf_counter() - started)
+
+
+def _write_cache(path: Path, samples: list[RenderedSample], report: DataReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "lengths": np.array([len(s.input_ids) for s in samples], dtype=np.int64),
+        "input_ids": np.concatenate([np.asarray(s.input_ids, np.int32) for s in samples])
+        if samples
+        else np.zeros(0, np.int32),
+        "labels": np.concatenate([np.asarray(s.labels, np.int32) for s in samples])
+        if samples
+        else np.zeros(0, np.int32),
+        "locations": [s.location for s in samples],
+        "report": report.as_dict(),
+    }
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as handle:
+        pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)  # readers never see a half-written file
+
+
+def _read_cache(path: Path) -> tuple[list[RenderedSample], DataReport]:
+    with path.open("rb") as handle:
+        payload = pickle.load(handle)
+    ends = np.cumsum(payload["lengths"])
+    ids = np.split(payload["input_ids"], ends[:-1]) if len(ends) else []
+    labels = np.split(payload["labels"], ends[:-1]) if len(ends) else []
+    samples = [
+        RenderedSample(i.tolist(), label.tolist(), location=loc)
+        for i, label, loc in zip(ids, labels, payload["locations"])
+    ]
+    return samples, DataReport.from_dict(payload["report"])
+
+
+def prepare_data(
+    config: DataConfig, base_dir: Path | None, tokenizer, template: str, seed: int
+) -> PreparedData:
+    """Everything the trainer needs from the data section, with notes on what was done."""
+    rendered = render_split(config, base_dir, "train", tokenizer, template, config.cache)
+    notes = [_cache_note("train", rendered)]
+    report = rendered.report
+    if config.max_length == "auto":
+        max_length = suggest_max_length(rendered.samples)
+        note = f"max_length auto: {max_length} (smallest multiple of 64 losing under 1% of trained tokens)"
+    else:
+        max_length, note = config.max_length, f"max_length {config.max_length} (from the recipe)"
+    train = _cut(rendered.samples, max_length, report, config.on_bad_row)
+    evaluation = None
+    if config.eval:
+        held_out = render_split(config, base_dir, "eval", tokenizer, template, config.cache)
+        notes.append(_cache_note("eval", held_out))
+        evaluation = _cut(held_out.samples, max_length, held_out.report, config.on_bad_row)
+    elif config.val_ratio:
+        if len(train) < 2:
+            raise TunelabError("data.val_ratio needs at least 2 training samples to split.")
+        train_index, eval_index = split_indices(len(train), config.val_ratio, seed)
+        train, evaluation = [train[i] for i in train_index], [train[i] for i in eval_index]
+        notes.append(
+            f"validation split: {len(evaluation)} of {len(train) + len(evaluation)} samples held out (seed {seed})"
+        )
+    report.truncated = sum(s.truncated for s in train)
+    return PreparedData(train, evaluation, report, max_length, note, notes, rendered.samples)
+
+
+def _cut(
+    samples: list[RenderedSample], max_length: int, report: DataReport, on_bad_row: str
+) -> list[RenderedSample]:
+    kept = []
+    for sample in samples:
+        short = truncate(sample.input_ids, sample.labels, max_length)
+        short.location = sample.location
+        if short.trained_tokens == 0:
+            problem = f"{sample.location}: no answer token is left after truncation to {max_length}"
+            if on_bad_row == "error":
+                raise TunelabError(f"{problem}; raise data.max_length.")
+            report.bad_rows.append(problem)
+            continue
+        kept.append(short)
+    return kept
+
+
+def _cache_note(split: str, rendered: RenderedSplit) -> str:
+    if rendered.from_cache:
+        return (
+            f"{split} data: {len(rendered.samples)} samples loaded from the cache "
+            f"(fingerprint {rendered.fingerprint}, nothing changed, not tokenized again) "
+            f"in {rendered.seconds:.2f} s"
+        )
+    return (
+        f"{split} data: {len(rendered.samples)} samples tokenized in {rendered.seconds:.2f} s "
+        f"(cached as {rendered.fingerprint})"
+    )

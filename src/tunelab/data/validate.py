@@ -34,7 +34,7 @@ def check_conversation(conversation: Conversation) -> None:
         if found:
             raise RowError(
                 where,
-                f"turn {turn}",
+                f"turn {turn} ({message.role})",
                 f"unreplaced placeholder {found.group(0)}; set data.replace, "
                 f'e.g. replace: {{"{found.group(0)}": "..."}}',
             )

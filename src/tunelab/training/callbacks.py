@@ -97,6 +97,8 @@ class RichProgress(TrainerCallback):
             return
         self.loss = logs["loss"]
         self.lr = logs.get("learning_rate", self.lr)
+        if self.progress is not None:
+            self.progress.update(self.task, loss=self.loss, lr=self.lr)
         if (
             self.progress is not None
             and not self.console.is_terminal

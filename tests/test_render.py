@@ -145,3 +145,40 @@ def test_truncation_of_a_huge_prompt_keeps_head_tail_and_some_answer(builtin_tok
     assert text.startswith("<|im_start|>system")  # head kept
     assert "Question: what?<|im_end|>\n<|im_start|>assistant\n" in text  # tail kept
     assert sample.trained_tokens > 0
+
+
+TOOLS = '[{"name": "add", "description": "add two numbers", "parameters": {"type": "object"}}]'
+TOOL_TEMPLATE = (
+    "{%- if tools %}{{ '<|im_start|>tools\\n' + (tools | tojson) + '<|im_end|>\\n' }}{% endif -%}"
+    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor -%}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif -%}"
+)
+TOOL_CALL = conversation(
+    ("user", "What is 2 plus 3?"),
+    ("assistant", '{"name": "add", "arguments": {"a": 2, "b": 3}}'),
+    ("tool", '{"result": 5}'),
+    ("assistant", "It is 5."),
+)
+
+
+def test_tools_go_to_a_template_that_takes_them(builtin_tokenizer):
+    renderer = ConversationRenderer(builtin_tokenizer, TOOL_TEMPLATE)
+    conv = Conversation(TOOL_CALL.messages, tools=TOOLS)
+    sample = renderer.render(conv)
+    text = builtin_tokenizer.decode(sample.input_ids)
+    assert text.startswith('<|im_start|>tools\n[{"name": "add"')
+    assert trained_runs(sample, builtin_tokenizer) == [
+        '{"name": "add", "arguments": {"a": 2, "b": 3}}<|im_end|>',
+        "It is 5.<|im_end|>",
+    ]
+
+
+def test_tools_are_written_into_the_system_prompt_otherwise(builtin_tokenizer):
+    renderer = ConversationRenderer(builtin_tokenizer, builtin_template("chatml"))
+    sample = renderer.render(Conversation(TOOL_CALL.messages, tools=TOOLS))
+    text = builtin_tokenizer.decode(sample.input_ids)
+    assert text.startswith("<|im_start|>system\nYou can call these tools")
+    assert '"name": "add"' in text.split("<|im_end|>")[0]
+    assert '{"result": 5}' in text and '{"result": 5}' not in "".join(
+        trained_runs(sample, builtin_tokenizer)
+    )

@@ -72,7 +72,18 @@ def fingerprint(
         digest.update(hashlib.sha256(resolved.file.read_bytes()).digest())
     digest.update(template.encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
+    digest.update(_code_fingerprint())
     return digest.hexdigest()[:16]
+
+
+def _code_fingerprint() -> bytes:
+    """The source of the modules that shape samples, so a code change is a cache miss."""
+    from tunelab.data import formats, load, readers, render, transforms, validate
+
+    digest = hashlib.sha256()
+    for module in (formats, load, readers, render, transforms, validate):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.digest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -10,11 +10,13 @@ are trained, everything else is labelled -100. This works for templates without
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from tunelab.data.conversation import Conversation, RowError
 
 IGNORE_INDEX = -100
+TOOLS_PREAMBLE = "You can call these tools; answer with a JSON function call to use one:\n"
 
 
 @dataclass
@@ -37,14 +39,38 @@ class ConversationRenderer:
         self.template = template
         self.max_length = max_length
 
-    def render_text(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """The template's text for these messages."""
+    @property
+    def template_takes_tools(self) -> bool:
+        """Whether the template renders a `tools` list itself."""
+        return "tools" in self.template
+
+    def render_text(
+        self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None
+    ) -> str:
+        """The template's text for these messages (and tool schemas, if any)."""
         return self.tokenizer.apply_chat_template(
             messages,
             chat_template=self.template,
+            tools=tools or None,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
+
+    def messages_and_tools(self, conversation: Conversation) -> tuple[list[dict], list | None]:
+        """The messages to render, with tool schemas given to the template or, if it has no
+        place for them, written into the system prompt so the model still sees them."""
+        messages = conversation.as_dicts()
+        if not conversation.tools:
+            return messages, None
+        tools = json.loads(conversation.tools)
+        if self.template_takes_tools:
+            return messages, tools
+        listing = TOOLS_PREAMBLE + json.dumps(tools, ensure_ascii=False, indent=1)
+        if messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + listing}
+        else:
+            messages.insert(0, {"role": "system", "content": listing})
+        return messages, None
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of a conversation ready for the model's next answer (for generation)."""
@@ -53,14 +79,14 @@ class ConversationRenderer:
 
     def assistant_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
         """The full text and the character spans of each assistant answer within it."""
-        messages = conversation.as_dicts()
-        full = self.render_text(messages)
+        messages, tools = self.messages_and_tools(conversation)
+        full = self.render_text(messages, tools=tools)
         spans: list[tuple[int, int]] = []
         for turn, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self.render_text(messages[:turn], add_generation_prompt=True)
-            upto = self.render_text(messages[: turn + 1])
+            before = self.render_text(messages[:turn], add_generation_prompt=True, tools=tools)
+            upto = self.render_text(messages[: turn + 1], tools=tools)
             if not (upto.startswith(before) and full.startswith(upto)):
                 start, end = self._locate(full, message["content"], spans, conversation, turn)
             else:

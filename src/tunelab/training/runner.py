@@ -183,6 +183,8 @@ def _summary(
         "trained_tokens_per_epoch": trained_tokens,
         "rows_skipped": len(report.bad_rows),
         "skipped_rows": report.bad_rows,
+        "long_answers_dropped": len(report.long_answers_dropped),
+        "duplicates_dropped": len(report.duplicates_dropped),
         "method": recipe.method.type,
         "model": recipe.model.path,
     }

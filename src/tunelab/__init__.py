@@ -19,11 +19,17 @@ __version__ = "0.1.0"
 __all__ = ["Recipe", "TunelabError", "chat", "export", "load_recipe", "train"]
 
 
-def train(recipe, overrides=(), overwrite: bool = False):
-    """Fine-tune from a recipe (path, dict or Recipe); returns a TrainResult (run_dir, summary)."""
+def train(recipe, overrides=(), overwrite: bool = False, resume: bool = False, callbacks=()):
+    """Fine-tune from a recipe (path, dict or Recipe).
+
+    Returns a TrainResult with `run_dir`, `summary` and the trained `model`; `callbacks` are
+    extra transformers TrainerCallbacks.
+    """
     from tunelab.training.runner import train as run_training
 
-    return run_training(recipe, list(overrides), overwrite=overwrite)
+    return run_training(
+        recipe, list(overrides), overwrite=overwrite, resume=resume, callbacks=callbacks
+    )
 
 
 def chat(
@@ -41,10 +47,12 @@ def chat(
     return open_chat_model(target, with_adapter=not base).answer(prompt, system, max_new_tokens)
 
 
-def export(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Merge a run's adapter into its base model and save a plain HF folder at `out`."""
-    from tunelab.exporters.merge import export_merged
+def export(
+    run_dir: str | Path, out: str | Path, merge: bool | None = None, overwrite: bool = False
+) -> Path:
+    """Export a run to `out`: LoRA-family runs merged into a plain HF folder by default."""
+    from tunelab.exporters.merge import export_run
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    return export_merged(run_dir, out, overwrite=overwrite)
+    return export_run(run_dir, out, merge=merge, overwrite=overwrite)

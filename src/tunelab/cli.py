@@ -47,11 +47,14 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue the run from its newest complete checkpoint")
+    ] = False,
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
     from tunelab.training.runner import train as run_training
 
-    result = run_training(recipe, overrides or [], overwrite=overwrite, console=err)
+    result = run_training(recipe, overrides or [], overwrite=overwrite, resume=resume, console=err)
     print(result.run_dir)
 
 
@@ -109,15 +112,21 @@ def _interactive(model, system: str | None, max_new_tokens: int) -> None:
 @user_errors
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write the merged model to")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write to")],
+    merge: Annotated[
+        bool | None,
+        typer.Option(
+            "--merge/--no-merge", help="merge a LoRA-family adapter (default: when possible)"
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="write into a non-empty folder")] = False,
 ):
-    """Merge the run's LoRA adapter into its base model and save a plain HF folder."""
-    from tunelab.exporters.merge import export_merged
+    """Export a run: LoRA merged into a plain HF folder; prompt adapters and full models as trained."""
+    from tunelab.exporters.merge import export_run
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    print(export_merged(run, out, overwrite=overwrite))
+    print(export_run(run, out, merge=merge, overwrite=overwrite))
 
 
 @app.command()

@@ -86,13 +86,20 @@ class DataConfig(Section):
 
 
 class MethodConfig(Section):
-    type: Literal["lora", "dora"] = Field("lora", description="how the model is adapted")
-    r: int = Field(8, gt=0, description="LoRA rank")
+    type: Literal["full", "freeze", "lora", "dora", "qlora", "ptuning", "prefix", "prompt"] = Field(
+        "lora", description="how the model is adapted; every method uses the same training loop"
+    )
+    r: int = Field(8, gt=0, description="LoRA rank (lora, dora, qlora)")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
     target: str | list[str] = Field(
         "all-linear", description="all-linear, or a list of module names such as [q_proj, v_proj]"
     )
+    layers: int = Field(2, gt=0, description="freeze: how many of the last decoder layers train")
+    modules: list[str] | None = Field(
+        None, description="freeze: train parameters whose names contain one of these instead"
+    )
+    virtual_tokens: int = Field(20, gt=0, description="ptuning, prefix, prompt: learned tokens")
 
 
 class TrainConfig(Section):
@@ -107,6 +114,22 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     seed: int = Field(42, description="seed for weights init, dropout and data order")
     log_every: int = Field(1, gt=0, description="steps between metric lines in metrics.jsonl")
+    save_every: int | None = Field(
+        None, gt=0, description="steps between checkpoints (None: only the final weights)"
+    )
+    keep_last: int = Field(2, gt=0, description="how many of the newest checkpoints to keep")
+    eval_every: int | None = Field(
+        None, gt=0, description="steps between validation losses (None: at each epoch's end)"
+    )
+    sample_every: int | None = Field(
+        None, gt=0, description="steps between answers to sample_prompts (None: never)"
+    )
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="fixed prompts answered greedily while training"
+    )
+    sample_max_new_tokens: int = Field(64, gt=0, description="longest sample answer in tokens")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
 
 
 class Recipe(Section):

@@ -9,8 +9,10 @@ import torch
 
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
+from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
+from tunelab.recipe import MethodConfig
 from tunelab.templates import resolve_template
 from tunelab.training.run_folder import RECIPE_FILE, RunFolder
 
@@ -66,35 +68,49 @@ class ChatModel:
         return self.generate([messages], max_new_tokens)[0]
 
 
-def open_chat_model(target: str | Path, with_adapter: bool = True) -> ChatModel:
-    """Load a run folder (base + its adapter, or the base alone), a model folder, or an alias."""
+def open_chat_model(
+    target: str | Path, with_adapter: bool = True, quantized: bool = True
+) -> ChatModel:
+    """Load a run folder (its trained weights, or the base alone), a model folder, or an alias.
+
+    `quantized=False` loads a qlora run's base in full precision (for merging).
+    """
     path = Path(target)
     if (path / RECIPE_FILE).is_file():
-        return _open_run(RunFolder.open(path), with_adapter)
+        return _open_run(RunFolder.open(path), with_adapter, quantized)
     source = resolve_model(str(target))
     return _open_source(source, "auto", str(target))
 
 
-def _open_run(run: RunFolder, with_adapter: bool) -> ChatModel:
+def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
     recipe = run.read_recipe()
     source = resolve_model(recipe["model"]["path"])
+    dtype_setting = recipe["model"].get("dtype", "auto")
     if not with_adapter:
         return _open_source(
-            source,
-            recipe["model"].get("template", "auto"),
-            f"base of {run.path}",
-            recipe["model"].get("dtype", "auto"),
+            source, recipe["model"].get("template", "auto"), f"base of {run.path}", dtype_setting
+        )
+    if (run.model_dir / "config.json").is_file():
+        return _open_source(
+            ModelSource(str(run.model_dir), run.model_dir),
+            "auto",
+            f"{run.path} (trained model)",
+            dtype_setting,
         )
     if not (run.adapter_dir / "adapter_config.json").is_file():
         raise TunelabError(
-            f"{run.path} has no trained adapter yet (no {run.adapter_dir.name}/); "
-            "did the run finish?"
+            f"{run.path} has no trained weights yet (no adapter/ or model/); "
+            "did the run finish? A stopped run continues with --resume."
         )
     from peft import PeftModel
 
+    method_config = MethodConfig(**recipe["method"])
     device = pick_device()
+    options = (
+        get_method(method_config.type).load_options(method_config, device) if quantized else {}
+    )
     tokenizer = load_tokenizer(ModelSource(str(run.adapter_dir), run.adapter_dir))
-    base = load_model(source, pick_dtype(recipe["model"].get("dtype", "auto"), device), device)
+    base = load_model(source, pick_dtype(dtype_setting, device), device, **options)
     model = PeftModel.from_pretrained(base, run.adapter_dir).eval()
     renderer = ConversationRenderer(tokenizer, tokenizer.chat_template)
     return ChatModel(model, tokenizer, renderer, device, f"{run.path} (base + adapter)")

@@ -34,13 +34,15 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
-def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device):
-    """The causal LM on its device, in the requested dtype."""
+def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device, **options):
+    """The causal LM on its device, in the requested dtype (options: e.g. quantization_config)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        source.folder, gguf_file=source.gguf_file, dtype=dtype, local_files_only=True
+        source.folder, gguf_file=source.gguf_file, dtype=dtype, local_files_only=True, **options
     )
     if getattr(model, "hf_quantizer", None) is not None and source.gguf_file:
         model.hf_quantizer.remove_quantization_config(model)
+    if "quantization_config" in options:
+        return model  # bitsandbytes places quantized weights itself
     return model.to(device)

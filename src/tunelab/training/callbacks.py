@@ -41,26 +41,46 @@ class StepTimer(TrainerCallback):
 
 
 class MetricsWriter(TrainerCallback):
-    """Appends one JSON line per logged step: step, loss, lr, grad norm, tokens."""
+    """Appends one JSON line per logged step (loss, lr, grad norm, tokens) and per validation."""
 
     def __init__(self, path: Path):
         self.path = path
         self.losses: list[float] = []
+        self.eval_losses: list[float] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
+        if not logs:
             return
-        row = {
-            "step": state.global_step,
-            "epoch": round(state.epoch or 0.0, 4),
-            "loss": logs["loss"],
-            "lr": logs.get("learning_rate"),
-            "grad_norm": logs.get("grad_norm"),
-            "tokens": int(state.num_input_tokens_seen),
-        }
-        self.losses.append(logs["loss"])
+        if "loss" in logs:
+            row = {
+                "step": state.global_step,
+                "epoch": round(state.epoch or 0.0, 4),
+                "loss": logs["loss"],
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens": int(state.num_input_tokens_seen),
+            }
+            self.losses.append(logs["loss"])
+        elif "eval_loss" in logs:
+            row = {
+                "step": state.global_step,
+                "epoch": round(state.epoch or 0.0, 4),
+                "eval_loss": logs["eval_loss"],
+            }
+            self.eval_losses.append(logs["eval_loss"])
+        else:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+def keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop lines written after `step` (by a run that died after its last checkpoint)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 class RichProgress(TrainerCallback):

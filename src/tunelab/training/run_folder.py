@@ -22,6 +22,9 @@ METRICS_FILE = "metrics.jsonl"
 ENVIRONMENT_FILE = "environment.json"
 DATA_REPORT_FILE = "data_report.json"
 ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+SAMPLES_FILE = "samples.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
 
 _PACKAGES = (
     "tunelab",
@@ -77,6 +80,14 @@ class RunFolder:
     def adapter_dir(self) -> Path:
         return self.path / ADAPTER_DIR
 
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
     def write_recipe(self, recipe: Recipe) -> None:
         self.file(RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
 
@@ -93,10 +104,11 @@ class RunFolder:
 
 
 def _holds_results(path: Path) -> bool:
-    checkpoints = path / "checkpoints"
+    checkpoints = path / CHECKPOINTS_DIR
     return (
         (path / SUMMARY_FILE).exists()
         or (path / ADAPTER_DIR).exists()
+        or (path / MODEL_DIR).exists()
         or (checkpoints.is_dir() and any(checkpoints.iterdir()))
     )
 

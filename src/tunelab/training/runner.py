@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,38 +12,59 @@ from rich.console import Console
 
 from tunelab.data.load import DataReport, resolve_source
 from tunelab.data.pipeline import prepare_data
-from tunelab.methods import count_parameters, prepare_model
+from tunelab.data.render import ConversationRenderer
+from tunelab.errors import TunelabError
+from tunelab.methods import Method, count_parameters, get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import resolve_model
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import Recipe, load_recipe
 from tunelab.templates import resolve_template
-from tunelab.training.callbacks import MetricsWriter, RichProgress, StepTimer
+from tunelab.training.callbacks import MetricsWriter, RichProgress, StepTimer, keep_rows_up_to
+from tunelab.training.checkpoints import (
+    STAGING,
+    AtomicCheckpoints,
+    SaveOnInterrupt,
+    clear_staging,
+    latest_checkpoint,
+)
 from tunelab.training.collator import PaddingCollator, SampleDataset
 from tunelab.training.memory import peak_memory_bytes
+from tunelab.training.plots import plot_losses
 from tunelab.training.run_folder import (
     DATA_REPORT_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
+    SAMPLES_FILE,
     SUMMARY_FILE,
     RunFolder,
     describe_environment,
 )
+from tunelab.training.sampling import SampleAnswers
+
+
+class Interrupted(TunelabError):
+    """Training stopped on Ctrl-C after saving a checkpoint."""
+
+    exit_code = 130
 
 
 @dataclass
 class TrainResult:
-    """What a finished run left behind."""
+    """What a finished run left behind (and the trained model, for notebooks)."""
 
     run_dir: Path
     summary: dict
+    model: object = field(default=None, repr=False)
 
 
 def train(
     recipe: Recipe | str | Path | dict,
     overrides: list[str] | tuple[str, ...] = (),
     overwrite: bool = False,
+    resume: bool = False,
     console: Console | None = None,
+    callbacks: list | tuple = (),
 ) -> TrainResult:
     """Fine-tune as the recipe says and return the run folder with its summary."""
     started_at = time.perf_counter()
@@ -55,71 +77,150 @@ def train(
         for item in recipe.data.sources(split):
             resolve_source(item, recipe.data, recipe.source_dir)
     source = resolve_model(recipe.model.path)
-    run = RunFolder.create(recipe.output, overwrite=overwrite)
-    run.write_recipe(recipe)
-    run.write_json(ENVIRONMENT_FILE, describe_environment())
+    method = get_method(recipe.method.type)
+    device = pick_device()
+    load_options = method.load_options(recipe.method, device)
+    run, checkpoint = _open_run(recipe, overwrite, resume)
 
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer)
     tokenizer.chat_template = template
     data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
-    samples, eval_samples, report = data.train, data.eval, data.report
-    run.write_json(DATA_REPORT_FILE, {**report.as_dict(), "max_length": data.max_length})
+    run.write_json(DATA_REPORT_FILE, {**data.report.as_dict(), "max_length": data.max_length})
     for note in [*data.cache_notes, data.max_length_note]:
         console.print(note, highlight=False)
     console.print(
-        f"data: {len(samples)} training samples from {len(report.sources)} source(s), "
-        f"{len(report.bad_rows)} bad row(s) skipped, {report.truncated} truncated, "
-        f"{report.placeholders_replaced} placeholder message(s) filled",
+        f"data: {len(data.train)} training samples, {len(data.eval or [])} validation, "
+        f"{len(data.report.bad_rows)} bad row(s) skipped, {data.report.truncated} truncated",
         highlight=False,
     )
 
     torch.manual_seed(recipe.train.seed)
-    device = pick_device()
-    model = load_model(source, pick_dtype(recipe.model.dtype, device), device)
-    model = prepare_model(model, recipe.method)
+    model = load_model(source, pick_dtype(recipe.model.dtype, device), device, **load_options)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model = method.prepare(model, recipe.method)
     trainable, total = count_parameters(model)
     console.print(
-        f"model: {recipe.model.path}, method {recipe.method.type}: "
-        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
+        f"model: {recipe.model.path}, method {method.name}: "
+        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)",
+        highlight=False,
     )
 
     timer = StepTimer(started_at)
     metrics = MetricsWriter(run.file(METRICS_FILE))
-    trainer = _build_trainer(
-        recipe,
-        run,
-        model,
-        tokenizer,
-        samples,
-        eval_samples,
-        [timer, metrics, RichProgress(console)],
-    )
-    output = trainer.train()
+    interrupt = SaveOnInterrupt(console)
+    renderer = ConversationRenderer(tokenizer, template)
+    our_callbacks = [
+        timer,
+        metrics,
+        RichProgress(console),
+        interrupt,
+        AtomicCheckpoints(run.checkpoints_dir, recipe.train.keep_last),
+        SampleAnswers(
+            run.file(SAMPLES_FILE),
+            renderer,
+            recipe.train.sample_prompts,
+            recipe.train.sample_every,
+            recipe.train.sample_max_new_tokens,
+            console,
+        ),
+        *_tensorboard(run, recipe, console),
+        *callbacks,
+    ]
+    trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks)
+    if checkpoint is not None:
+        console.print(f"resuming from {checkpoint}", highlight=False)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if interrupt.requested:
+        saved = latest_checkpoint(run.checkpoints_dir)
+        raise Interrupted(
+            f"stopped at step {trainer.state.global_step}; checkpoint {saved} saved; "
+            f"continue with `tunelab train <recipe> --resume`."
+        )
 
-    model.save_pretrained(run.adapter_dir)
-    _remove_if_empty(run.path / "checkpoints")
-    tokenizer.save_pretrained(run.adapter_dir)
+    eval_loss = trainer.evaluate()["eval_loss"] if data.eval else None
+    _save_final(run, method, model, tokenizer)
+    plot_losses(run.file(METRICS_FILE), run.file("loss.png"))
     summary = _summary(
-        recipe, trainer, output, timer, metrics, report, device, trainable, total, samples
+        recipe, trainer, output, timer, metrics, data.report, device, trainable, total, data.train
     )
-    summary["max_length"] = data.max_length
+    summary.update(
+        max_length=data.max_length,
+        eval_loss=eval_loss,
+        resumed_from=checkpoint.name if checkpoint else None,
+    )
     run.write_json(SUMMARY_FILE, summary)
     console.print(
         f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
         f"final loss {summary['final_loss']:.4f}, {summary['tokens_per_second']:.0f} tok/s, "
-        f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB"
+        f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB",
+        highlight=False,
     )
-    return TrainResult(run.path, summary)
+    return TrainResult(run.path, summary, model)
 
 
-def _build_trainer(recipe, run, model, tokenizer, samples, eval_samples, callbacks):
+def _open_run(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[RunFolder, Path | None]:
+    """A fresh run folder, or the run to resume and its newest complete checkpoint."""
+    if not resume:
+        run = RunFolder.create(recipe.output, overwrite=overwrite)
+        run.write_recipe(recipe)
+        run.write_json(ENVIRONMENT_FILE, describe_environment())
+        return run, None
+    run = RunFolder.open(recipe.output)
+    if run.file(SUMMARY_FILE).is_file():
+        raise TunelabError(f"{run.path} already finished; there is nothing to resume.")
+    saved, now = run.read_recipe(), recipe.model_dump(mode="json")
+    changed = [key for key in now if saved.get(key) != now[key]]
+    if changed:
+        raise TunelabError(
+            f"the recipe's `{changed[0]}` section differs from the one {run.path} started with; "
+            "resume with the same recipe and overrides."
+        )
+    clear_staging(run.checkpoints_dir)
+    checkpoint = latest_checkpoint(run.checkpoints_dir)
+    if checkpoint is None:
+        raise TunelabError(
+            f"{run.path} has no complete checkpoint to resume from; start again with --overwrite."
+        )
+    step = int(checkpoint.name.split("-")[-1])
+    for name in (METRICS_FILE, SAMPLES_FILE):
+        keep_rows_up_to(run.file(name), step)
+    return run, checkpoint
+
+
+def _tensorboard(run: RunFolder, recipe: Recipe, console: Console) -> list:
+    if not recipe.train.tensorboard:
+        return []
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        from transformers.integrations import TensorBoardCallback
+    except ImportError:
+        console.print("[yellow]tensorboard is not installed; no TensorBoard events written[/]")
+        return []
+    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.path / "tensorboard")
+    try:
+        return [TensorBoardCallback()]
+    finally:
+        if previous is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR")
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = previous
+
+
+def _build_trainer(recipe, run, model, tokenizer, data, callbacks):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     cfg = recipe.train
+    if data.eval:
+        eval_strategy, eval_steps = ("steps", cfg.eval_every) if cfg.eval_every else ("epoch", None)
+    else:
+        eval_strategy, eval_steps = "no", None
     args = TrainingArguments(
-        output_dir=str(run.path / "checkpoints"),
+        output_dir=str(run.checkpoints_dir / STAGING),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         learning_rate=cfg.lr,
@@ -133,8 +234,10 @@ def _build_trainer(recipe, run, model, tokenizer, samples, eval_samples, callbac
         seed=cfg.seed,
         logging_steps=cfg.log_every,
         logging_strategy="steps",
-        save_strategy="no",
-        eval_strategy="epoch" if eval_samples else "no",
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=cfg.save_every or 500,
+        eval_strategy=eval_strategy,
+        eval_steps=eval_steps,
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -146,8 +249,8 @@ def _build_trainer(recipe, run, model, tokenizer, samples, eval_samples, callbac
         model=model,
         args=args,
         data_collator=PaddingCollator(tokenizer.pad_token_id),
-        train_dataset=SampleDataset(samples),
-        eval_dataset=SampleDataset(eval_samples) if eval_samples else None,
+        train_dataset=SampleDataset(data.train),
+        eval_dataset=SampleDataset(data.eval) if data.eval else None,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
@@ -156,13 +259,24 @@ def _build_trainer(recipe, run, model, tokenizer, samples, eval_samples, callbac
     return trainer
 
 
+def _save_final(run: RunFolder, method: Method, model, tokenizer) -> None:
+    """An adapter (peft methods) or the whole model (full, freeze), with tokenizer and template."""
+    target = run.adapter_dir if method.saves_adapter else run.model_dir
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    staging = run.checkpoints_dir / STAGING
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
+    if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
+        run.checkpoints_dir.rmdir()
+
+
 def _summary(
     recipe, trainer, output, timer, metrics, report: DataReport, device, trainable, total, samples
 ) -> dict:
     state = trainer.state
     train_seconds = timer.train_seconds
     tokens = int(state.num_input_tokens_seen)
-    trained_tokens = sum(s.trained_tokens for s in samples)
     return {
         "steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 4),
@@ -180,7 +294,7 @@ def _summary(
         "total_parameters": total,
         "samples": len(samples),
         "samples_truncated": report.truncated,
-        "trained_tokens_per_epoch": trained_tokens,
+        "trained_tokens_per_epoch": sum(s.trained_tokens for s in samples),
         "rows_skipped": len(report.bad_rows),
         "skipped_rows": report.bad_rows,
         "long_answers_dropped": len(report.long_answers_dropped),
@@ -188,8 +302,3 @@ def _summary(
         "method": recipe.method.type,
         "model": recipe.model.path,
     }
-
-
-def _remove_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()

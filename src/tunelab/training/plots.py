@@ -1,0 +1,34 @@
+"""The loss plot written into the run folder at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_losses(metrics_file: Path, out: Path) -> Path | None:
+    """Training (and validation) loss against step, as a PNG; None if nothing was logged."""
+    rows = [
+        json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line
+    ]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    axis.plot(*zip(*train), label="train loss")
+    if evals:
+        axis.plot(*zip(*evals), marker="o", label="validation loss")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)
+    return out

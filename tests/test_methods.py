@@ -1,0 +1,73 @@
+"""Every method trains the built-in model: what should train changed, nothing else did."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+import tunelab
+from tests.conftest import REPO
+from tunelab.errors import TunelabError
+from tunelab.methods import METHODS
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+class Snapshot(TrainerCallback):
+    """Copies every parameter (and which ones train) when training starts."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def expected_trainable(method: str, name: str) -> bool:
+    if method in {"lora", "dora", "qlora"}:
+        return "lora_" in name
+    if method in {"ptuning", "prefix", "prompt"}:
+        return "prompt_encoder" in name
+    if method == "freeze":
+        return ".layers.28." in name or ".layers.29." in name
+    return True  # full
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_trains_only_what_it_should(tmp_path, method):
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    snapshot = Snapshot()
+    result = tunelab.train(
+        REPO / "examples" / "identity.yaml",
+        [f"method.type={method}", "train.max_steps=3", "train.batch_size=2", "train.lr=1e-3",
+         "train.warmup_ratio=0", "train.tensorboard=false", f"output={tmp_path / 'run'}"],
+        callbacks=[snapshot],
+    )
+    after = dict(result.model.named_parameters())
+    assert snapshot.trainable, "nothing trains"
+    assert all(expected_trainable(method, n) for n in snapshot.trainable)
+    if method in {"full", "freeze", "lora", "dora", "qlora"}:
+        assert {n for n in after if expected_trainable(method, n)} == snapshot.trainable
+    for name, before in snapshot.before.items():
+        changed = not torch.equal(before, after[name].detach())
+        assert changed == (name in snapshot.trainable), f"{name}: changed={changed}"
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["trainable_parameters"] == sum(after[n].numel() for n in snapshot.trainable)
+    assert summary["method"] == method and summary["steps"] == 3
+
+    # The result loads back for chat and for export.
+    answer = tunelab.chat(result.run_dir, "Who are you?", max_new_tokens=4)
+    assert isinstance(answer, str)
+    out = tunelab.export(result.run_dir, tmp_path / "export")
+    exported = json.loads((out / "tunelab_export.json").read_text())
+    assert exported["merged"] == (method in {"lora", "dora", "qlora"})
+    if method in {"ptuning", "prefix", "prompt"}:
+        assert (out / "adapter_config.json").is_file()
+        with pytest.raises(TunelabError, match="merging is only for LoRA-family runs"):
+            tunelab.export(result.run_dir, tmp_path / "merged", merge=True)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"

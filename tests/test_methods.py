@@ -41,8 +41,15 @@ def test_method_trains_only_what_it_should(tmp_path, method):
     snapshot = Snapshot()
     result = tunelab.train(
         REPO / "examples" / "identity.yaml",
-        [f"method.type={method}", "train.max_steps=3", "train.batch_size=2", "train.lr=1e-3",
-         "train.warmup_ratio=0", "train.tensorboard=false", f"output={tmp_path / 'run'}"],
+        [
+            f"method.type={method}",
+            "train.max_steps=3",
+            "train.batch_size=2",
+            "train.lr=1e-3",
+            "train.warmup_ratio=0",
+            "train.tensorboard=false",
+            f"output={tmp_path / 'run'}",
+        ],
         callbacks=[snapshot],
     )
     after = dict(result.model.named_parameters())

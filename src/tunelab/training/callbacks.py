@@ -47,6 +47,7 @@ class MetricsWriter(TrainerCallback):
         self.path = path
         self.losses: list[float] = []
         self.eval_losses: list[float] = []
+        self.last_eval_step: int | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
@@ -68,6 +69,7 @@ class MetricsWriter(TrainerCallback):
                 "eval_loss": logs["eval_loss"],
             }
             self.eval_losses.append(logs["eval_loss"])
+            self.last_eval_step = state.global_step
         else:
             return
         with self.path.open("a", encoding="utf-8") as handle:

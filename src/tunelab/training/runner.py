@@ -140,7 +140,10 @@ def train(
             f"continue with `tunelab train <recipe> --resume`."
         )
 
-    eval_loss = trainer.evaluate()["eval_loss"] if data.eval else None
+    eval_loss = None
+    if data.eval:  # validate at the end unless the schedule just did
+        done = metrics.last_eval_step == trainer.state.global_step
+        eval_loss = metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
     _save_final(run, method, model, tokenizer)
     plot_losses(run.file(METRICS_FILE), run.file("loss.png"))
     summary = _summary(

@@ -1,0 +1,207 @@
+"""A run that survives: SIGKILL and resume equals uninterrupted; accumulation equivalence; watching."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli
+
+DATA = [
+    {"instruction": f"Count to {i}", "input": "", "output": " ".join(str(k) for k in range(i + 1))}
+    for i in range(24)
+]
+
+KILLER = """
+import os, signal, sys
+from transformers import TrainerCallback
+import tunelab
+
+class KillAfter(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+tunelab.train(sys.argv[1], callbacks=[KillAfter()])
+"""
+
+
+def write_recipe(root, tiny_model_dir, name, **train):
+    (root / "data.json").write_text(json.dumps(DATA), encoding="utf-8")
+    recipe = {
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": [str(root / "data.json")], "max_length": 64},
+        "method": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
+        "train": {
+            "max_steps": 10,
+            "batch_size": 4,
+            "lr": 5e-3,
+            "seed": 3,
+            "save_every": 2,
+            "keep_last": 2,
+            "tensorboard": False,
+            **train,
+        },
+        "output": str(root / name),
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def adapter_weights(run):
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
+    whole = write_recipe(tmp_path, tiny_model_dir, "whole")
+    assert run_cli("train", str(whole)).returncode == 0
+
+    broken = write_recipe(tmp_path, tiny_model_dir, "broken")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(broken), "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr
+    run = tmp_path / "broken"
+    assert not (run / "summary.json").exists()
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    # What a crash can leave behind: a half-written staging folder and a checkpoint without
+    # its completion mark. Neither may be used.
+    (checkpoints / ".staging" / "checkpoint-6").mkdir(parents=True)
+    (checkpoints / ".staging" / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"half")
+    (checkpoints / "checkpoint-8").mkdir()
+
+    resumed = run_cli("train", str(broken), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "checkpoint-4" in resumed.stderr
+
+    a = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    b = json.loads((run / "summary.json").read_text())
+    assert b["resumed_from"] == "checkpoint-4" and b["steps"] == a["steps"] == 10
+    assert abs(a["final_loss"] - b["final_loss"]) < 1e-5
+    wa, wb = adapter_weights(tmp_path / "whole"), adapter_weights(run)
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    # metrics.jsonl holds each step once, with the same losses as the whole run.
+    steps_a = [
+        json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps_b = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps_b] == list(range(1, 11))
+    assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(steps_a, steps_b))
+
+
+def test_resume_needs_a_checkpoint_and_the_same_recipe(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, "r", save_every=None)
+    assert run_cli("train", str(recipe)).returncode == 0
+    finished = run_cli("train", str(recipe), "--resume")
+    assert finished.returncode == 2 and "already finished" in finished.stderr
+    (tmp_path / "r" / "summary.json").unlink()
+    nothing = run_cli("train", str(recipe), "--resume")
+    assert nothing.returncode == 2 and "no complete checkpoint" in nothing.stderr
+    changed = run_cli("train", str(recipe), "--resume", "train.lr=0.1")
+    assert changed.returncode == 2 and "`train` section differs" in changed.stderr
+
+
+def test_batch_8_equals_batch_1_times_accumulation_8(tmp_path, tiny_model_dir):
+    runs = {}
+    for name, batch, accum in (("b8", 8, 1), ("b1x8", 1, 8)):
+        recipe = write_recipe(
+            tmp_path,
+            tiny_model_dir,
+            name,
+            batch_size=batch,
+            grad_accum=accum,
+            max_steps=6,
+            save_every=None,
+        )
+        data = yaml.safe_load(recipe.read_text())
+        data["method"]["dropout"] = 0.0
+        recipe.write_text(yaml.safe_dump(data))
+        assert run_cli("train", str(recipe)).returncode == 0
+        runs[name] = [
+            json.loads(x)["loss"]
+            for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+    assert len(runs["b8"]) == len(runs["b1x8"]) == 6
+    for x, y in zip(runs["b8"], runs["b1x8"]):
+        assert x == pytest.approx(y, rel=1e-4)
+
+
+def test_watching_a_run_samples_validation_tensorboard_plot(tmp_path, tiny_model_dir):
+    pytest.importorskip("tensorboard")
+    recipe = write_recipe(
+        tmp_path,
+        tiny_model_dir,
+        "watched",
+        save_every=None,
+        tensorboard=True,
+        sample_prompts=["Count to 3", "Count to 5"],
+        sample_every=5,
+        eval_every=5,
+    )
+    data = yaml.safe_load(recipe.read_text())
+    data["data"]["val_ratio"] = 0.25
+    recipe.write_text(yaml.safe_dump(data))
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "watched"
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["prompt"]) for s in samples] == [
+        (0, "Count to 3"),
+        (0, "Count to 5"),
+        (5, "Count to 3"),
+        (5, "Count to 5"),
+        (10, "Count to 3"),
+        (10, "Count to 5"),
+    ]
+    assert "Count to 3 ->" in result.stderr  # shown in the console too
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [5, 10]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=1e-6)
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    train_losses = [e.value for e in accumulator.Scalars("train/loss")]
+    assert train_losses == pytest.approx([r["loss"] for r in rows if "loss" in r], rel=1e-6)
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_saves_a_checkpoint_then_resume_finishes(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, "ctrlc", save_every=1000, max_steps=60)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "train", str(recipe)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    for line in process.stderr:
+        if line.startswith("step "):
+            break
+    process.send_signal(2)  # SIGINT, as Ctrl-C
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    assert "checkpoint" in rest and "--resume" in rest
+    saved = list((tmp_path / "ctrlc" / "checkpoints").glob("checkpoint-*"))
+    assert len(saved) == 1
+    resumed = run_cli("train", str(recipe), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "ctrlc" / "summary.json").read_text())["steps"] == 60

@@ -277,6 +277,9 @@ def main() -> None:
     """Console entry point."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from tunelab.quiet import quiet_imports
+
+    quiet_imports()
     app(prog_name="tunelab")
 
 

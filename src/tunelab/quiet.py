@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
+
+# bitsandbytes warns on import that an optional CPU kernel package is absent; it works without.
+NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+def quiet_imports() -> None:
+    """Silence import-time chatter of optional dependencies (cheap: imports nothing)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def quiet_libraries() -> None:
     """Silence transformers' progress bars and info logs; errors still surface."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_imports()
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

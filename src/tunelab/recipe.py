@@ -140,6 +140,11 @@ class Recipe(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: str = Field("runs/run", description="run folder for everything the run writes")
+    stages: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="overrides run in order (e.g. other data, epochs, lr); each stage starts "
+        "from the previous stage's trained weights with a fresh optimizer and schedule",
+    )
 
     # Where the recipe came from, so relative data paths can be resolved beside it.
     source_dir: Path | None = Field(None, exclude=True, repr=False)
@@ -168,7 +173,42 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     except ValidationError as exc:
         raise TunelabError(_explain(exc, origin, lines, override_keys)) from None
     recipe.source_dir = source_dir
+    stage_recipes(recipe, origin, lines)  # a mistake in any stage is reported now, not hours later
     return recipe
+
+
+def stage_recipes(
+    recipe: Recipe, origin: str = "recipe", lines: dict | None = None
+) -> list[Recipe]:
+    """One full recipe per stage: the base recipe with the stage's overrides merged in."""
+    base = recipe.model_dump(mode="json", exclude={"stages"})
+    result = []
+    for index, overrides in enumerate(recipe.stages, start=1):
+        name = str(overrides.get("name", index))
+        merged = _deep_merge(base, {k: v for k, v in overrides.items() if k != "name"})
+        merged["output"] = str(Path(recipe.output) / f"stage-{index}-{name}")
+        try:
+            stage = Recipe.model_validate(merged)
+        except ValidationError as exc:
+            prefix = f"stages.{index - 1}."
+            stage_lines = {
+                k[len(prefix) :]: v for k, v in (lines or {}).items() if k.startswith(prefix)
+            }
+            message = _explain(exc, origin, stage_lines, {})
+            raise TunelabError(f"stage {index} ({name}): {message}") from None
+        stage.source_dir = recipe.source_dir
+        result.append(stage)
+    return result
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:

@@ -21,7 +21,7 @@ from tunelab.data.validate import check_conversation
 from tunelab.errors import TunelabError
 from tunelab.recipe import DataConfig, DataSource
 
-BUILTIN_DATA = {"identity": "identity.json"}
+BUILTIN_DATA = {"identity": "identity.json", "general": "general.json"}
 
 
 @dataclass

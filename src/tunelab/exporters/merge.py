@@ -20,7 +20,7 @@ def export_run(
     merge=None does what the method allows: LoRA-family runs are merged into the base (a plain
     HF folder), prompt-style runs export their adapter, full and freeze runs their model.
     """
-    run = RunFolder.open(run_dir)
+    run = RunFolder.open(run_dir).final_run()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TunelabError(f"{out} is not empty; pass --overwrite or choose another --out folder.")

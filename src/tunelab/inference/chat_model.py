@@ -77,7 +77,7 @@ def open_chat_model(
     """
     path = Path(target)
     if (path / RECIPE_FILE).is_file():
-        return _open_run(RunFolder.open(path), with_adapter, quantized)
+        return _open_run(RunFolder.open(path).final_run(), with_adapter, quantized)
     source = resolve_model(str(target))
     return _open_source(source, "auto", str(target))
 

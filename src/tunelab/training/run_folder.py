@@ -99,6 +99,18 @@ class RunFolder:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, self.file(name))
 
+    def final_run(self) -> RunFolder:
+        """The folder holding the trained weights: the last stage's for a staged run."""
+        recipe = self.read_recipe()
+        if recipe.get("stages"):
+            summary = self.file(SUMMARY_FILE)
+            if not summary.is_file():
+                raise TunelabError(
+                    f"{self.path} has not finished all its stages; continue with --resume."
+                )
+            return RunFolder.open(self.read_json(SUMMARY_FILE)["final_stage"])
+        return self
+
     def read_json(self, name: str) -> dict:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
 
@@ -106,7 +118,8 @@ class RunFolder:
 def _holds_results(path: Path) -> bool:
     checkpoints = path / CHECKPOINTS_DIR
     return (
-        (path / SUMMARY_FILE).exists()
+        any(_holds_results(stage) for stage in path.glob("stage-*") if stage.is_dir())
+        or (path / SUMMARY_FILE).exists()
         or (path / ADAPTER_DIR).exists()
         or (path / MODEL_DIR).exists()
         or (checkpoints.is_dir() and any(checkpoints.iterdir()))

@@ -16,9 +16,9 @@ from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
 from tunelab.methods import Method, count_parameters, get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
-from tunelab.models.sources import resolve_model
+from tunelab.models.sources import ModelSource, resolve_model
 from tunelab.quiet import quiet_libraries
-from tunelab.recipe import Recipe, load_recipe
+from tunelab.recipe import Recipe, load_recipe, stage_recipes
 from tunelab.templates import resolve_template
 from tunelab.training.callbacks import MetricsWriter, RichProgress, StepTimer, keep_rows_up_to
 from tunelab.training.checkpoints import (
@@ -32,9 +32,11 @@ from tunelab.training.collator import PaddingCollator, SampleDataset
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
 from tunelab.training.run_folder import (
+    ADAPTER_DIR,
     DATA_REPORT_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
+    MODEL_DIR,
     SAMPLES_FILE,
     SUMMARY_FILE,
     RunFolder,
@@ -67,10 +69,71 @@ def train(
     callbacks: list | tuple = (),
 ) -> TrainResult:
     """Fine-tune as the recipe says and return the run folder with its summary."""
-    started_at = time.perf_counter()
     console = console or Console(stderr=True)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    if recipe.stages:
+        return _train_stages(recipe, overwrite, resume, console, callbacks)
+    return _train_one(recipe, overwrite, resume, console, callbacks)
+
+
+def _train_stages(
+    recipe: Recipe, overwrite: bool, resume: bool, console: Console, callbacks
+) -> TrainResult:
+    """Run each stage in order, each from the previous stage's trained weights."""
+    stages = stage_recipes(recipe)
+    if resume:
+        run = RunFolder.open(recipe.output)
+        if run.read_recipe() != recipe.model_dump(mode="json"):
+            raise TunelabError(
+                f"the recipe differs from the one {run.path} started with; "
+                "resume with the same recipe and overrides."
+            )
+    else:
+        run = RunFolder.create(recipe.output, overwrite=overwrite)
+        run.write_recipe(recipe)
+        run.write_json(ENVIRONMENT_FILE, describe_environment())
+    summaries, previous, result = [], None, None
+    for index, stage in enumerate(stages, start=1):
+        folder = RunFolder(Path(stage.output))
+        console.rule(f"stage {index}/{len(stages)}: {folder.path.name}")
+        if resume and folder.file(SUMMARY_FILE).is_file():
+            console.print("finished earlier; skipped", highlight=False)
+            result = TrainResult(folder.path, folder.read_json(SUMMARY_FILE))
+        else:
+            again = resume and latest_checkpoint(folder.checkpoints_dir) is not None
+            result = _train_one(
+                stage,
+                overwrite=True,
+                resume=again,
+                console=console,
+                callbacks=callbacks,
+                init_from=previous,
+            )
+        summaries.append({"stage": index, "run_dir": str(result.run_dir), **result.summary})
+        previous = result.run_dir
+    summary = {
+        "stages": summaries,
+        "final_stage": str(previous),
+        "train_seconds": round(sum(s["train_seconds"] for s in summaries), 3),
+        "peak_memory_bytes": max(s["peak_memory_bytes"] for s in summaries),
+        "steps": sum(s["steps"] for s in summaries),
+        "final_loss": summaries[-1]["final_loss"],
+    }
+    run.write_json(SUMMARY_FILE, summary)
+    return TrainResult(run.path, summary, result.model)
+
+
+def _train_one(
+    recipe: Recipe,
+    overwrite: bool,
+    resume: bool,
+    console: Console,
+    callbacks,
+    init_from: Path | None = None,
+) -> TrainResult:
+    """One run (or one stage): `init_from` is a previous run whose trained weights start this one."""
+    started_at = time.perf_counter()
     quiet_libraries()
     # Cheap checks first, so a typo fails in a second, not after loading the model.
     for split in ("train", "eval"):
@@ -96,11 +159,17 @@ def train(
     )
 
     torch.manual_seed(recipe.train.seed)
-    model = load_model(source, pick_dtype(recipe.model.dtype, device), device, **load_options)
+    weights = source
+    if init_from is not None and not method.saves_adapter:
+        weights = ModelSource(str(init_from / MODEL_DIR), init_from / MODEL_DIR)
+    model = load_model(weights, pick_dtype(recipe.model.dtype, device), device, **load_options)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    model = method.prepare(model, recipe.method)
+    if init_from is not None and method.saves_adapter:
+        model = _continue_adapter(model, method, init_from / ADAPTER_DIR)
+    else:
+        model = method.prepare(model, recipe.method)
     trainable, total = count_parameters(model)
     console.print(
         f"model: {recipe.model.path}, method {method.name}: "
@@ -162,6 +231,15 @@ def train(
         highlight=False,
     )
     return TrainResult(run.path, summary, model)
+
+
+def _continue_adapter(model, method: Method, adapter: Path):
+    """The previous stage's adapter, trainable again (the same adapter keeps learning)."""
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    if method.name == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return PeftModel.from_pretrained(model, adapter, is_trainable=True)
 
 
 def _open_run(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[RunFolder, Path | None]:

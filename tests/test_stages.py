@@ -127,3 +127,20 @@ def test_full_model_stages_pass_the_model_on(tmp_path, tiny_model_dir):
     result = tunelab.train(staged_recipe(tmp_path, tiny_model_dir, "frz", method="freeze"))
     assert (tmp_path / "frz" / "stage-2-large" / "model" / "config.json").is_file()
     assert result.summary["steps"] == 12
+
+
+def test_carry_optimizer_changes_stage_two_only_as_asked(tmp_path, tiny_model_dir):
+    losses = {}
+    for name, carry in (("fresh", False), ("carried", True)):
+        recipe = staged_recipe(tmp_path, tiny_model_dir, name)
+        data = yaml.safe_load(recipe.read_text())
+        data["stages"][1]["train"]["carry_optimizer"] = carry
+        recipe.write_text(yaml.safe_dump(data))
+        tunelab.train(recipe)
+        stage_two = tmp_path / name / "stage-2-large"
+        rows = [json.loads(x) for x in (stage_two / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in rows]
+        assert (tmp_path / name / "stage-1-small" / "optimizer_state.pt").is_file()
+    # Same first forward pass (same weights), different updates once the moments differ.
+    assert losses["fresh"][0] == losses["carried"][0]
+    assert losses["fresh"][1:] != losses["carried"][1:]

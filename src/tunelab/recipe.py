@@ -129,6 +129,11 @@ class TrainConfig(Section):
     )
     sample_max_new_tokens: int = Field(64, gt=0, description="longest sample answer in tokens")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    carry_optimizer: bool = Field(
+        False,
+        description="stages: start from the previous stage's optimizer state (the "
+        "schedule still starts fresh) instead of a fresh optimizer",
+    )
     tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
 
 

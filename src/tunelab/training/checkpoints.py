@@ -92,3 +92,20 @@ class SaveOnInterrupt(TrainerCallback):
 def clear_staging(folder: Path) -> None:
     """Remove half-written checkpoints left by a crash."""
     shutil.rmtree(folder / STAGING, ignore_errors=True)
+
+
+OPTIMIZER_FILE = "optimizer_state.pt"
+
+
+class CarryOptimizer(TrainerCallback):
+    """Loads a previous stage's optimizer state before the first step of a fresh stage."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if state.global_step == 0 and optimizer is not None and self.path.is_file():
+            import torch
+
+            optimizer.load_state_dict(torch.load(self.path, weights_only=True))
+            self.path = Path()  # once

@@ -22,8 +22,10 @@ from tunelab.recipe import Recipe, load_recipe, stage_recipes
 from tunelab.templates import resolve_template
 from tunelab.training.callbacks import MetricsWriter, RichProgress, StepTimer, keep_rows_up_to
 from tunelab.training.checkpoints import (
+    OPTIMIZER_FILE,
     STAGING,
     AtomicCheckpoints,
+    CarryOptimizer,
     SaveOnInterrupt,
     clear_staging,
     latest_checkpoint,
@@ -109,6 +111,7 @@ def _train_stages(
                 console=console,
                 callbacks=callbacks,
                 init_from=previous,
+                keep_optimizer=index < len(stages),
             )
         summaries.append({"stage": index, "run_dir": str(result.run_dir), **result.summary})
         previous = result.run_dir
@@ -131,8 +134,13 @@ def _train_one(
     console: Console,
     callbacks,
     init_from: Path | None = None,
+    keep_optimizer: bool = False,
 ) -> TrainResult:
-    """One run (or one stage): `init_from` is a previous run whose trained weights start this one."""
+    """One run (or one stage).
+
+    `init_from` is a previous stage whose trained weights start this one; `keep_optimizer`
+    saves the final optimizer state for a next stage that carries it on.
+    """
     started_at = time.perf_counter()
     quiet_libraries()
     # Cheap checks first, so a typo fails in a second, not after loading the model.
@@ -198,6 +206,8 @@ def _train_one(
         *_tensorboard(run, recipe, console),
         *callbacks,
     ]
+    if init_from is not None and recipe.train.carry_optimizer:
+        our_callbacks.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
     trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks)
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
@@ -214,6 +224,8 @@ def _train_one(
         done = metrics.last_eval_step == trainer.state.global_step
         eval_loss = metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
     _save_final(run, method, model, tokenizer)
+    if keep_optimizer:
+        torch.save(trainer.optimizer.state_dict(), run.file(OPTIMIZER_FILE))
     plot_losses(run.file(METRICS_FILE), run.file("loss.png"))
     summary = _summary(
         recipe, trainer, output, timer, metrics, data.report, device, trainable, total, data.train

@@ -143,6 +143,124 @@ def demo(
     run_demo(recipe, overrides or [], console=err)
 
 
+@app.command("eval")
+@user_errors
+def evaluate(
+    target: Annotated[str, typer.Argument(help="run folder, exported folder, or model")],
+    task: Annotated[
+        str, typer.Option(help="gsm8k (exact match on question/answer jsonl)")
+    ] = "gsm8k",
+    data: Annotated[Path | None, typer.Option(help="questions to score (.jsonl)")] = None,
+    shots: Annotated[int, typer.Option(help="worked examples in each prompt")] = 5,
+    fewshot_from: Annotated[Path | None, typer.Option(help="file the shots are drawn from")] = None,
+    fewshot_limit: Annotated[int | None, typer.Option(help="draw shots from its first N")] = None,
+    limit: Annotated[int | None, typer.Option(help="score only N questions")] = None,
+    last: Annotated[
+        bool, typer.Option(help="with --limit: the last N instead of the first")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="seed for choosing the shots")] = 1234,
+    style: Annotated[
+        str, typer.Option(help="auto, chat (turns) or plain (Question:/Answer: text)")
+    ] = "auto",
+    batch_size: Annotated[int, typer.Option(help="questions generated together")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="longest answer")] = 256,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for summary.json and items.jsonl")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+):
+    """Score a model: GSM8K-style strict and flexible exact match with standard errors."""
+    from tunelab.errors import TunelabError
+    from tunelab.evaluate.runner import evaluate_gsm8k
+
+    if task != "gsm8k":
+        raise TunelabError(f"--task {task} is not known; tunelab has gsm8k.")
+    if data is None:
+        raise TunelabError("--data is required: a .jsonl file of question/answer records.")
+    if shots and fewshot_from is None:
+        raise TunelabError(
+            "--shots needs --fewshot-from, a file the examples are drawn from "
+            "(not the one being scored)."
+        )
+    summary = evaluate_gsm8k(
+        target,
+        data,
+        shots,
+        fewshot_from,
+        fewshot_limit,
+        limit,
+        last,
+        seed,
+        style,
+        batch_size,
+        max_new_tokens,
+        out,
+        err,
+    )
+    summary.pop("records")
+    if as_json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    strict, flexible = summary["strict_match"], summary["flexible_extract"]
+    err.print(
+        f"{summary['items']} items, {summary['shots']}-shot ({summary['style']}), "
+        f"{summary['seconds']:.0f} s, {summary['generation_tokens_per_second']:.0f} generated tok/s",
+        highlight=False,
+    )
+    print(f"strict-match     {strict['score']:.4f} ± {strict['stderr']:.4f}")
+    print(f"flexible-extract {flexible['score']:.4f} ± {flexible['stderr']:.4f}")
+
+
+@app.command("compare")
+@user_errors
+def compare_models(
+    before: Annotated[str, typer.Argument(help="base model, run or folder (before)")],
+    after: Annotated[str, typer.Argument(help="tuned run or folder (after)")],
+    prompts: Annotated[Path, typer.Option(help="probe prompts .jsonl: {prompt, expect?} per line")],
+    out: Annotated[
+        Path, typer.Option(help="folder for report.md, report.html, report.json")
+    ] = Path("report"),
+    task: Annotated[str | None, typer.Option(help="also score a task: gsm8k")] = None,
+    data: Annotated[Path | None, typer.Option(help="the task's questions (.jsonl)")] = None,
+    shots: Annotated[int, typer.Option(help="task shots")] = 5,
+    fewshot_from: Annotated[Path | None, typer.Option(help="file the shots come from")] = None,
+    fewshot_limit: Annotated[int | None, typer.Option(help="draw shots from its first N")] = None,
+    limit: Annotated[int | None, typer.Option(help="score only N task questions")] = None,
+    last: Annotated[bool, typer.Option(help="with --limit: the last N")] = False,
+    batch_size: Annotated[int, typer.Option(help="task questions generated together")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="longest answer")] = 256,
+):
+    """The same prompts (and task) through two models: side-by-side table, flips, gain and cost."""
+    from tunelab.errors import TunelabError
+    from tunelab.evaluate import compare as comparison
+
+    task_options = None
+    if task is not None:
+        if task != "gsm8k" or data is None:
+            raise TunelabError(
+                "--task gsm8k needs --data, a .jsonl file of question/answer records."
+            )
+        if shots and fewshot_from is None:
+            raise TunelabError("--shots needs --fewshot-from, the file the examples come from.")
+        task_options = {
+            "data": data,
+            "shots": shots,
+            "fewshot_from": fewshot_from,
+            "fewshot_limit": fewshot_limit,
+            "limit": limit,
+            "last": last,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "console": err,
+        }
+    report = comparison.compare(
+        before, after, comparison.read_prompts(prompts), task_options, min(max_new_tokens, 128)
+    )
+    comparison.show(err, report)
+    for path in comparison.write_report(out, report):
+        print(path)
+
+
 data_app = typer.Typer(help="Check, measure, preview and convert data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 TargetArg = Annotated[Path, typer.Argument(help="recipe .yaml, data file, or dataset_info.json")]

@@ -36,11 +36,18 @@ class ChatModel:
         return sorted(i for i in ids if i is not None)
 
     @torch.inference_mode()
-    def generate(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
-        """Greedy answers to a batch of conversations (left-padded, KV cache on)."""
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int = 256,
+        stop_strings: list[str] | None = None,
+    ) -> tuple[list[str], int]:
+        """Greedy continuations of token-id prompts (one left-padded batch, KV cache on).
+
+        Returns the texts (cut at the first stop string) and the number of generated tokens.
+        """
         from transformers import GenerationConfig
 
-        prompts = [self.renderer.prompt_ids(messages) for messages in conversations]
         longest = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor(
@@ -54,12 +61,30 @@ class ChatModel:
             do_sample=False,
             eos_token_id=self.stop_token_ids(),
             pad_token_id=pad,
+            stop_strings=stop_strings or None,
         )
         output = self.model.generate(
-            input_ids=input_ids, attention_mask=attention, generation_config=config
+            input_ids=input_ids,
+            attention_mask=attention,
+            generation_config=config,
+            tokenizer=self.tokenizer,
         )
-        answers = output[:, longest:]
-        return [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+        texts, generated = [], 0
+        stops = set(self.stop_token_ids()) | {pad}
+        for row in output[:, longest:].tolist():
+            # Count up to and including the first stop token; the rest is batch padding.
+            length = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            generated += length
+            text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+            for stop in stop_strings or []:
+                text = text.split(stop)[0]
+            texts.append(text.strip())
+        return texts, generated
+
+    def generate(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
+        """Greedy answers to a batch of conversations."""
+        prompts = [self.renderer.prompt_ids(messages) for messages in conversations]
+        return self.generate_ids(prompts, max_new_tokens)[0]
 
     def answer(self, prompt: str, system: str | None = None, max_new_tokens: int = 256) -> str:
         """The greedy answer to one user prompt."""

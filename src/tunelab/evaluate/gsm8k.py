@@ -1,0 +1,145 @@
+"""GSM8K-style exact match: prompts with n shots, answer extraction, scores with standard error.
+
+Scoring follows lm-evaluation-harness's gsm8k task so figures are comparable:
+- strict-match takes the number after the first `#### `;
+- flexible-extract takes the last number in the output;
+both compare to the gold answer after dropping commas, `$` and a trailing period, ignoring case.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+INVALID = "[invalid]"
+PLAIN_STOPS = ["Question:", "\n\n\n"]
+
+
+@dataclass
+class Problem:
+    question: str
+    answer: str  # the worked solution ending in "#### N"
+
+    @property
+    def gold(self) -> str:
+        return normalize(self.answer.split("#### ")[-1])
+
+
+def normalize(text: str) -> str:
+    """Drop commas, dollar signs and a trailing period; trim; lower-case."""
+    text = text.replace(",", "").replace("$", "").strip()
+    text = re.sub(r"\.$", "", text)
+    return text.lower()
+
+
+def extract_strict(output: str) -> str:
+    """The number after the first `#### `, or [invalid]."""
+    match = STRICT.search(output)
+    return normalize(match.group(1)) if match else INVALID
+
+
+def extract_flexible(output: str) -> str:
+    """The last number anywhere in the output, or [invalid]."""
+    matches = FLEXIBLE.findall(output)
+    if not matches:
+        return INVALID
+    last = next(group for group in matches[-1] if group)
+    return normalize(last)
+
+
+def read_problems(path: Path, limit: int | None = None, last: bool = False) -> list[Problem]:
+    """question/answer records from a .jsonl file (the last `limit` ones with last=True)."""
+    if not path.is_file():
+        raise TunelabError(f"{path} does not exist; give a .jsonl file of question/answer records.")
+    problems = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TunelabError(
+                f"{path}:{number}: broken JSON ({exc.msg}); fix that line."
+            ) from None
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("question"), str)
+            or not isinstance(record.get("answer"), str)
+            or "####" not in record["answer"]
+        ):
+            raise TunelabError(
+                f"{path}:{number}: needs `question` and an `answer` ending in `#### <number>`."
+            )
+        problems.append(Problem(record["question"], record["answer"]))
+    if limit:
+        problems = problems[-limit:] if last else problems[:limit]
+    return problems
+
+
+def pick_shots(pool: list[Problem], shots: int, seed: int) -> list[Problem]:
+    """`shots` examples drawn from the pool with a fixed seed (the same for every question)."""
+    if shots > len(pool):
+        raise TunelabError(f"--shots {shots} but the few-shot file has only {len(pool)} problems.")
+    return [pool[i] for i in random.Random(seed).sample(range(len(pool)), shots)]
+
+
+def chat_prompt(problem: Problem, shots: list[Problem]) -> list[dict]:
+    """The shots as earlier user/assistant turns, then the question (for chat models)."""
+    messages = []
+    for shot in shots:
+        messages += [
+            {"role": "user", "content": f"Question: {shot.question}"},
+            {"role": "assistant", "content": shot.answer},
+        ]
+    messages.append({"role": "user", "content": f"Question: {problem.question}"})
+    return messages
+
+
+def plain_prompt(problem: Problem, shots: list[Problem]) -> str:
+    """`Question: ...\\nAnswer: ...` blocks, then the question (for base models)."""
+    blocks = [f"Question: {s.question}\nAnswer: {s.answer}" for s in shots]
+    blocks.append(f"Question: {problem.question}\nAnswer:")
+    return "\n\n".join(blocks)
+
+
+def mean_and_stderr(values: list[bool]) -> tuple[float, float]:
+    """Mean and its standard error (sample standard deviation / sqrt(n))."""
+    n = len(values)
+    if n == 0:
+        return 0.0, 0.0
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    variance = sum((float(v) - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def score(problem: Problem, output: str) -> dict:
+    """Per-item record: both extractions and whether each is right."""
+    strict, flexible = extract_strict(output), extract_flexible(output)
+    return {
+        "question": problem.question,
+        "gold": problem.gold,
+        "output": output,
+        "strict": strict,
+        "flexible": flexible,
+        "strict_correct": strict == problem.gold,
+        "flexible_correct": flexible == problem.gold,
+    }
+
+
+def flips(before: list[dict], after: list[dict], key: str) -> dict:
+    """Items that went wrong->right and right->wrong between two runs of the same questions."""
+    if [b["question"] for b in before] != [a["question"] for a in after]:
+        raise TunelabError("the two evaluations are not on the same questions in the same order.")
+    gained = [i for i, (b, a) in enumerate(zip(before, after)) if not b[key] and a[key]]
+    lost = [i for i, (b, a) in enumerate(zip(before, after)) if b[key] and not a[key]]
+    return {"wrong_to_right": gained, "right_to_wrong": lost, "net": len(gained) - len(lost)}

@@ -125,3 +125,48 @@ def test_compare_writes_reports_with_flips_and_summary(setup):
         report["summary_line"] in result.stderr.replace("\n", " ")
         or "gained on the target" in result.stderr
     )
+
+
+def test_recipe_evaluate_section_puts_before_after_in_the_run(setup, tiny_model_dir):
+    root, _ = setup
+    recipe = yaml.safe_load((root / "r.yaml").read_text())
+    recipe["output"] = str(root / "run_with_report")
+    recipe["evaluate"] = {
+        "prompts": str(root / "probes.jsonl"),
+        "task": "gsm8k",
+        "data": str(root / "q.jsonl"),
+        "shots": 0,
+        "limit": 3,
+        "max_new_tokens": 8,
+    }
+    (root / "r2.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    result = run_cli("train", str(root / "r2.yaml"))
+    assert result.returncode == 0, result.stderr
+    run = root / "run_with_report"
+    summary = json.loads((run / "summary.json").read_text())
+    outcome = summary["before_after"]
+    assert outcome["summary_line"].startswith("gained on the target")
+    assert set(outcome["task"]) == {"strict_match", "flexible_extract"}
+    assert json.loads((run / "report" / "report.json").read_text())["task"]["items"] == 3
+    assert (run / "report" / "report.html").is_file()
+
+
+def test_evaluate_section_is_validated(tmp_path):
+    from tunelab.errors import TunelabError
+    from tunelab.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {train: [identity]}\nevaluate: {task: gsm8k, prompts: p.jsonl}\n")
+    with pytest.raises(TunelabError, match="evaluate.task needs evaluate.data"):
+        load_recipe(path)
+
+
+def test_harness_missing_is_one_clear_message(monkeypatch, tmp_path):
+    import sys
+
+    from tunelab.errors import TunelabError
+    from tunelab.evaluate.harness import evaluate_with_harness
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(TunelabError, match=r"pip install 'tunelab\[harness\]'"):
+        evaluate_with_harness("smollm2-135m-instruct", tmp_path / "task.yaml")

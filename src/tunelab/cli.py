@@ -168,10 +168,25 @@ def evaluate(
         Path | None, typer.Option(help="folder for summary.json and items.jsonl")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    harness: Annotated[
+        Path | None, typer.Option(help="an lm-evaluation-harness task YAML (local data) instead")
+    ] = None,
 ):
     """Score a model: GSM8K-style strict and flexible exact match with standard errors."""
     from tunelab.errors import TunelabError
     from tunelab.evaluate.runner import evaluate_gsm8k
+
+    if harness is not None:
+        from tunelab.evaluate.harness import evaluate_with_harness
+        from tunelab.quiet import quiet_libraries
+
+        quiet_libraries()
+        summary = evaluate_with_harness(
+            target, harness, limit, shots if fewshot_from else None, batch_size, out
+        )
+        summary.pop("samples")
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
 
     if task != "gsm8k":
         raise TunelabError(f"--task {task} is not known; tunelab has gsm8k.")

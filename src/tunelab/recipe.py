@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelab.errors import TunelabError
 
@@ -25,6 +32,7 @@ class DataSource(Section):
     format: Literal[
         "auto", "alpaca", "sharegpt", "messages", "xtuner", "qa", "prompt_completion"
     ] = Field("auto", description="record layout; auto detects it from the first record")
+    limit: int | None = Field(None, gt=0, description="use only the first N records of this source")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="field names as in dataset_info.json, e.g. {prompt: question, response: answer}",
@@ -137,6 +145,37 @@ class TrainConfig(Section):
     tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
 
 
+class EvaluateConfig(Section):
+    """Before/after checks run when training ends; the report lands in the run folder."""
+
+    prompts: str | None = Field(
+        None, description="probe prompts .jsonl ({prompt, expect?} per line)"
+    )
+    task: Literal["gsm8k"] | None = Field(
+        None, description="a scored task run on base and tuned model"
+    )
+    data: str | None = Field(None, description="the task's question/answer .jsonl")
+    shots: int = Field(5, ge=0, description="worked examples in each task prompt")
+    fewshot_from: str | None = Field(None, description="file the shots are drawn from")
+    fewshot_limit: int | None = Field(None, gt=0, description="draw shots from its first N")
+    limit: int | None = Field(None, gt=0, description="score only N task questions")
+    last: bool = Field(False, description="with limit: the last N questions")
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _task_needs_data(self):
+        if self.task and not self.data:
+            raise ValueError("evaluate.task needs evaluate.data")
+        if self.task and self.shots and not self.fewshot_from:
+            raise ValueError("evaluate.shots needs evaluate.fewshot_from")
+        if self.task and not self.prompts:
+            raise ValueError(
+                "evaluate.task needs evaluate.prompts too (the probe of general ability)"
+            )
+        return self
+
+
 class Recipe(Section):
     """A whole fine-tuning run."""
 
@@ -145,6 +184,9 @@ class Recipe(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: str = Field("runs/run", description="run folder for everything the run writes")
+    evaluate: EvaluateConfig | None = Field(
+        None, description="before/after report (probe prompts, optional task) when training ends"
+    )
     stages: list[dict[str, Any]] = Field(
         default_factory=list,
         description="overrides run in order (e.g. other data, epochs, lr); each stage starts "
@@ -186,11 +228,12 @@ def stage_recipes(
     recipe: Recipe, origin: str = "recipe", lines: dict | None = None
 ) -> list[Recipe]:
     """One full recipe per stage: the base recipe with the stage's overrides merged in."""
-    base = recipe.model_dump(mode="json", exclude={"stages"})
+    base = recipe.model_dump(mode="json", exclude={"stages", "evaluate"})
     result = []
     for index, overrides in enumerate(recipe.stages, start=1):
         name = str(overrides.get("name", index))
         merged = _deep_merge(base, {k: v for k, v in overrides.items() if k != "name"})
+        merged["evaluate"] = None  # the before/after report is made once, after the last stage
         merged["output"] = str(Path(recipe.output) / f"stage-{index}-{name}")
         try:
             stage = Recipe.model_validate(merged)

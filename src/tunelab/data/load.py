@@ -33,6 +33,7 @@ class ResolvedSource:
     format: str  # a name in FORMATS_BY_NAME, or "auto"
     columns: dict = field(default_factory=dict)
     origin: str = "file"  # file, registry or builtin
+    limit: int | None = None
 
 
 @dataclass
@@ -90,11 +91,17 @@ def builtin_data_path(name: str) -> Path:
 
 def resolve_source(source: DataSource, config: DataConfig, base_dir: Path | None) -> ResolvedSource:
     """Find what a data entry names: a file, a registry entry, or a built-in set (in that order)."""
+    resolved = _resolve(source, config, base_dir)
+    resolved.limit = source.limit
+    return resolved
+
+
+def _resolve(source: DataSource, config: DataConfig, base_dir: Path | None) -> ResolvedSource:
     for candidate in _candidate_paths(source.path, base_dir):
         if candidate.is_file():
             return ResolvedSource(source.path, candidate, source.format, dict(source.columns))
     if config.registry:
-        registry = _find_path(config.registry, base_dir)
+        registry = find_path(config.registry, base_dir)
         entry = lookup(registry, source.path)
         if entry.kind != "sft":
             raise TunelabError(
@@ -122,7 +129,8 @@ def _candidate_paths(text: str, base_dir: Path | None) -> list[Path]:
     return [path, base_dir / path]
 
 
-def _find_path(text: str, base_dir: Path | None) -> Path:
+def find_path(text: str, base_dir: Path | None) -> Path:
+    """The path as given if it exists, else beside the recipe (base_dir)."""
     for candidate in _candidate_paths(text, base_dir):
         if candidate.exists():
             return candidate
@@ -134,7 +142,9 @@ def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversati
     conversations, bad = [], 0
     fmt: Format | None = FORMATS_BY_NAME.get(resolved.format)
     columns: Columns | None = None
-    for location, record in read_records(resolved.file):
+    for number, (location, record) in enumerate(read_records(resolved.file)):
+        if resolved.limit is not None and number >= resolved.limit:
+            break
         try:
             if isinstance(record, RowError):
                 raise record

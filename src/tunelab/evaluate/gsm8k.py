@@ -20,7 +20,7 @@ from tunelab.errors import TunelabError
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 INVALID = "[invalid]"
-PLAIN_STOPS = ["Question:", "\n\n\n"]
+PLAIN_STOPS = ["Question:", "</s>", "<|im_end|>"]  # as lm-evaluation-harness gsm8k
 
 
 @dataclass

@@ -75,8 +75,62 @@ def train(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     if recipe.stages:
-        return _train_stages(recipe, overwrite, resume, console, callbacks)
-    return _train_one(recipe, overwrite, resume, console, callbacks)
+        result = _train_stages(recipe, overwrite, resume, console, callbacks)
+    else:
+        result = _train_one(recipe, overwrite, resume, console, callbacks)
+    if recipe.evaluate is not None:
+        result.summary["before_after"] = _before_after(recipe, result, console)
+        RunFolder(result.run_dir).write_json(SUMMARY_FILE, result.summary)
+    return result
+
+
+def _before_after(recipe: Recipe, result: TrainResult, console: Console) -> dict:
+    """Compare the base model with the trained run and write the report into the run folder."""
+    from tunelab.data.load import find_path
+    from tunelab.evaluate import compare
+
+    cfg = recipe.evaluate
+    where = recipe.source_dir
+
+    def path(text):
+        return find_path(text, where) if text else None
+
+    task = None
+    if cfg.task:
+        task = {
+            "data": path(cfg.data),
+            "shots": cfg.shots,
+            "fewshot_from": path(cfg.fewshot_from),
+            "fewshot_limit": cfg.fewshot_limit,
+            "limit": cfg.limit,
+            "last": cfg.last,
+            "batch_size": cfg.batch_size,
+            "max_new_tokens": cfg.max_new_tokens,
+            "console": console,
+        }
+    console.rule("before / after")
+    prompts = compare.read_prompts(path(cfg.prompts)) if cfg.prompts else []
+    report = compare.compare(
+        recipe.model.path, str(result.run_dir), prompts, task, min(cfg.max_new_tokens, 128)
+    )
+    compare.show(console, report)
+    compare.write_report(result.run_dir / "report", report)
+    outcome = {
+        "summary_line": report["summary_line"],
+        "probe": report["probe"],
+        "report": "report/",
+    }
+    if "task" in report:
+        outcome["task"] = {
+            k: {
+                "before": report["task"][k]["before"]["score"],
+                "after": report["task"][k]["after"]["score"],
+                "wrong_to_right": len(report["task"][k]["flips"]["wrong_to_right"]),
+                "right_to_wrong": len(report["task"][k]["flips"]["right_to_wrong"]),
+            }
+            for k in ("strict_match", "flexible_extract")
+        }
+    return outcome
 
 
 def _train_stages(

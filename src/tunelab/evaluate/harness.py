@@ -1,0 +1,98 @@
+"""lm-evaluation-harness on tunelab's models: a base, a run (base + adapter) or a merged folder.
+
+The harness's own HF wrapper loads the model, with the run's adapter through its `peft`
+argument, and its TaskManager reads task YAML files from the task file's folder, so a task
+can point at local data (dataset_path: json, dataset_kwargs.data_files).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tunelab.errors import TunelabError
+from tunelab.models.sources import resolve_model
+from tunelab.training.run_folder import RECIPE_FILE, RunFolder
+
+
+def hf_paths(target: str | Path) -> tuple[Path, Path | None, Path]:
+    """(weights folder, adapter folder or None, tokenizer folder) for what `target` names."""
+    path = Path(target)
+    if (path / RECIPE_FILE).is_file():
+        run = RunFolder.open(path).final_run()
+        if (run.model_dir / "config.json").is_file():
+            return run.model_dir, None, run.model_dir
+        base = resolve_model(run.read_recipe()["model"]["path"])
+        if base.gguf_file:
+            raise TunelabError(
+                "the harness cannot load a .gguf base; convert it to an HF folder first."
+            )
+        return base.folder, run.adapter_dir, run.adapter_dir
+    source = resolve_model(str(target))
+    if source.gguf_file:
+        raise TunelabError(
+            "the harness cannot load a .gguf file; convert it to an HF folder first."
+        )
+    return source.folder, None, source.folder
+
+
+def evaluate_with_harness(
+    target: str | Path,
+    task_file: Path,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    out: Path | None = None,
+) -> dict:
+    """Run one task YAML through lm-evaluation-harness; returns its metrics and per-item samples."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise TunelabError(
+            "lm-evaluation-harness is not installed; install it with `pip install 'tunelab[harness]'`."
+        ) from None
+    if not task_file.is_file():
+        raise TunelabError(f"task file {task_file} does not exist.")
+    task_name = (yaml.safe_load(task_file.read_text(encoding="utf-8")) or {}).get("task")
+    if not task_name:
+        raise TunelabError(f"{task_file} has no `task:` name.")
+    weights, adapter, tokenizer = hf_paths(target)
+    import torch
+
+    model = HFLM(
+        pretrained=str(weights),
+        peft=str(adapter) if adapter else None,
+        tokenizer=str(tokenizer),
+        batch_size=batch_size,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
+    results = simple_evaluate(
+        model=model,
+        tasks=[task_name],
+        limit=limit,
+        num_fewshot=num_fewshot,
+        task_manager=TaskManager(include_path=str(task_file.parent)),
+        log_samples=True,
+    )
+    metrics = results["results"][task_name]
+    samples = results["samples"][task_name]
+    summary = {
+        "task": task_name,
+        "task_file": str(task_file),
+        "model": str(target),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "harness_summary.json").write_text(
+            json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+        )
+        with (out / "harness_items.jsonl").open("w", encoding="utf-8") as handle:
+            for sample in samples:
+                handle.write(json.dumps(sample, default=str, ensure_ascii=False) + "\n")
+    summary["samples"] = samples
+    return summary

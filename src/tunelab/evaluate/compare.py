@@ -110,6 +110,14 @@ def _task_comparison(before: str, after: str, task: dict) -> dict:
     a, b = results["before"], results["after"]
     return {
         "items": a["items"],
+        "timing": {
+            side: {
+                "seconds": r["seconds"],
+                "generated_tokens": r["generated_tokens"],
+                "generation_tokens_per_second": r["generation_tokens_per_second"],
+            }
+            for side, r in results.items()
+        },
         "strict_match": {
             "before": a["strict_match"],
             "after": b["strict_match"],

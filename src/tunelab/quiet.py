@@ -26,3 +26,5 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    # Raised from peft's call site, so it is not attributed to transformers' module.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

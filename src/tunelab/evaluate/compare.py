@@ -17,6 +17,7 @@ from rich.table import Table
 from tunelab.errors import TunelabError
 from tunelab.evaluate.gsm8k import flips
 from tunelab.inference.chat_model import open_chat_model
+from tunelab.quiet import quiet_libraries
 
 
 def read_prompts(path: Path) -> list[dict]:
@@ -69,6 +70,7 @@ def compare(
     max_new_tokens: int = 128,
 ) -> dict:
     """Everything the report shows, as one JSON-ready dict."""
+    quiet_libraries()
     name_a, answers_a = answer_prompts(before, prompts, max_new_tokens)
     name_b, answers_b = answer_prompts(after, prompts, max_new_tokens)
     rows = []

@@ -192,3 +192,13 @@ def test_registry_identity_needs_replacement_and_preference_data_is_named():
         load_conversations(DataConfig(train=["dpo_en_demo"], registry=registry))
     with pytest.raises(TunelabError, match="mllm_demo.json is missing"):
         load_conversations(DataConfig(train=["mllm_demo"], registry=registry))
+
+
+def test_source_limit_takes_the_first_records(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(10))
+    )
+    convs, report = load_conversations(DataConfig(train=[{"path": str(path), "limit": 3}]))
+    assert [c.messages[0].content for c in convs] == ["q0", "q1", "q2"]
+    assert report.sources[0]["read"] == 3

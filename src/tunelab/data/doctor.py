@@ -108,32 +108,8 @@ def check(target: Target) -> CheckResult:
     config = target.config.model_copy(update={"on_bad_row": "skip"})
     if target.registry_entries and not any(e["status"] == "sft" for e in target.registry_entries):
         return CheckResult(DataReport(), [], target.registry_entries)
-    try:
-        conversations, report = load_conversations(config, target.base_dir)
-    except TunelabError as exc:
-        if "no usable conversations" not in str(exc):
-            raise
-        conversations, report = [], _report_of_empty(config, target.base_dir)
+    conversations, report = load_conversations(config, target.base_dir, allow_empty=True)
     return CheckResult(report, conversations, target.registry_entries)
-
-
-def _report_of_empty(config: DataConfig, base_dir) -> DataReport:
-    # Re-read to get the report when every row was bad (load_conversations raised).
-    from tunelab.data.conversation import RowError
-    from tunelab.data.load import read_source, resolve_source
-    from tunelab.data.validate import check_conversation
-
-    report = DataReport()
-    for source in config.sources():
-        items = read_source(resolve_source(source, config, base_dir), report)
-        for conversation in items:
-            try:
-                check_conversation(conversation)
-            except RowError as exc:
-                report.bad_rows.append(str(exc))
-                report.sources[-1]["kept"] -= 1
-                report.sources[-1]["bad"] += 1
-    return report
 
 
 def preview_segments(sample: RenderedSample, tokenizer) -> list[tuple[str, list[int], bool]]:

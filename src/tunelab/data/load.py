@@ -196,7 +196,10 @@ def _evidence(resolved: ResolvedSource, fmt: Format | None) -> str:
 
 
 def load_conversations(
-    config: DataConfig, base_dir: Path | None = None, split: str = "train"
+    config: DataConfig,
+    base_dir: Path | None = None,
+    split: str = "train",
+    allow_empty: bool = False,
 ) -> tuple[list[Conversation], DataReport]:
     """All conversations of a split, transformed and checked, with the report of what happened."""
     report = DataReport()
@@ -223,7 +226,7 @@ def load_conversations(
     if config.dedupe:
         conversations, report.duplicates_dropped = dedupe(conversations)
     raise_for_bad_rows(report, config.on_bad_row, split)
-    if not conversations:
+    if not conversations and not allow_empty:
         raise TunelabError(f"the {split} data has no usable conversations.")
     return conversations, report
 

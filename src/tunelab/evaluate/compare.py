@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.gsm8k import flips
+from tunelab.evaluate.gsm8k import flips, read_jsonl
 from tunelab.inference.chat_model import open_chat_model
 from tunelab.quiet import quiet_libraries
 
@@ -25,15 +25,7 @@ def read_prompts(path: Path) -> list[dict]:
     if not path.is_file():
         raise TunelabError(f"{path} does not exist; give a .jsonl file of prompts.")
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TunelabError(
-                f"{path}:{number}: broken JSON ({exc.msg}); fix that line."
-            ) from None
+    for number, record in read_jsonl(path):
         if isinstance(record, str):
             record = {"prompt": record}
         text = record.get("prompt") or record.get("question") if isinstance(record, dict) else None

@@ -55,20 +55,25 @@ def extract_flexible(output: str) -> str:
     return normalize(last)
 
 
+def read_jsonl(path: Path):
+    """(line number, record) for each non-empty line; broken JSON is one clear error."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TunelabError(
+                f"{path}:{number}: broken JSON ({exc.msg}); fix that line."
+            ) from None
+
+
 def read_problems(path: Path, limit: int | None = None, last: bool = False) -> list[Problem]:
     """question/answer records from a .jsonl file (the last `limit` ones with last=True)."""
     if not path.is_file():
         raise TunelabError(f"{path} does not exist; give a .jsonl file of question/answer records.")
     problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TunelabError(
-                f"{path}:{number}: broken JSON ({exc.msg}); fix that line."
-            ) from None
+    for number, record in read_jsonl(path):
         if (
             not isinstance(record, dict)
             or not isinstance(record.get("question"), str)

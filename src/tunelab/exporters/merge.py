@@ -53,8 +53,3 @@ def export_run(
         json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8"
     )
     return out
-
-
-def export_merged(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Merge a LoRA-family run into its base and save a plain HF folder."""
-    return export_run(run_dir, out, merge=True, overwrite=overwrite)

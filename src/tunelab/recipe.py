@@ -79,6 +79,11 @@ class DataConfig(Section):
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="error stops with every bad row listed; skip trains without them"
     )
+    packing: bool = Field(
+        True,
+        description="padding-free batches: a batch's samples are concatenated into one row, "
+        "positions restart per sample and no token attends to another sample",
+    )
 
     @field_validator("max_length")
     @classmethod
@@ -137,6 +142,16 @@ class TrainConfig(Section):
     )
     sample_max_new_tokens: int = Field(64, gt=0, description="longest sample answer in tokens")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    group_by_length: bool | None = Field(
+        None,
+        description="batch samples of similar length together; None: on when batches are "
+        "padded (packing off, or a prompt-learning method), off when packed",
+    )
+    fused_kernels: bool | None = Field(
+        None,
+        description="liger-kernel (RMSNorm, RoPE, SwiGLU, fused linear cross entropy) and "
+        "flash-attention; None: on when a CUDA GPU and the package are present",
+    )
     carry_optimizer: bool = Field(
         False,
         description="stages: start from the previous stage's optimizer state (the "

@@ -1,4 +1,4 @@
-"""Batching rendered samples for the trainer."""
+"""Batching rendered samples for the trainer: packed (padding-free) or padded."""
 
 from __future__ import annotations
 
@@ -42,3 +42,48 @@ class PaddingCollator:
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(attention, dtype=torch.long),
         }
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a run's batches are built, and why."""
+
+    packed: bool
+    group_by_length: bool
+    reason: str
+
+    def describe(self) -> str:
+        shape = "packed (padding-free)" if self.packed else "padded"
+        grouped = ", grouped by length" if self.group_by_length else ""
+        return f"batches: {shape}{grouped}{f' ({self.reason})' if self.reason else ''}"
+
+
+def choose_batching(packing: bool, group_by_length: bool | None, method_family: str) -> Batching:
+    """Packed unless switched off or the method prepends learned tokens (prompt family).
+
+    Prompt-learning adapters add virtual tokens with their own attention mask and positions,
+    which a packed row cannot carry, so those runs use padded batches.
+    """
+    reason = ""
+    packed = packing
+    if packing and method_family == "prompt":
+        packed, reason = False, "prompt-learning methods need padded batches"
+    elif not packing:
+        reason = "data.packing is off"
+    grouped = (not packed) if group_by_length is None else group_by_length
+    return Batching(packed=packed, group_by_length=grouped, reason=reason)
+
+
+def make_collator(batching: Batching, pad_token_id: int, flash_attention: bool = False):
+    """The collator for `batching`.
+
+    Packed batches come from transformers' flattening collator: one row per batch, labels with
+    -100 at each sample's first token, and `position_ids` restarting at 0 for every sample. The
+    model's attention masks then see the restarts and keep each sample to itself (sdpa and eager
+    build a block-diagonal causal mask; flash-attention uses the varlen kernel).
+    """
+    if not batching.packed:
+        return PaddingCollator(pad_token_id)
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_flash_attn_kwargs=flash_attention)

@@ -30,7 +30,8 @@ from tunelab.training.checkpoints import (
     clear_staging,
     latest_checkpoint,
 )
-from tunelab.training.collator import PaddingCollator, SampleDataset
+from tunelab.training.collator import Batching, SampleDataset, choose_batching, make_collator
+from tunelab.training.kernels import Kernels, choose_kernels
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
 from tunelab.training.run_folder import (
@@ -220,11 +221,22 @@ def _train_one(
         highlight=False,
     )
 
+    batching = choose_batching(recipe.data.packing, recipe.train.group_by_length, method.family)
+    dtype = pick_dtype(recipe.model.dtype, device)
+    kernels = choose_kernels(recipe.train.fused_kernels, device, dtype)
+    if kernels.flash_attention:
+        load_options["attn_implementation"] = "flash_attention_2"
+    for note in [batching.describe(), *kernels.notes]:
+        console.print(note, highlight=False)
+
     torch.manual_seed(recipe.train.seed)
     weights = source
     if init_from is not None and not method.saves_adapter:
         weights = ModelSource(str(init_from / MODEL_DIR), init_from / MODEL_DIR)
-    model = load_model(weights, pick_dtype(recipe.model.dtype, device), device, **load_options)
+    model = load_model(weights, dtype, device, **load_options)
+    if batching.packed:
+        # With a cache the model skips packed-sequence detection and attends across samples.
+        model.config.use_cache = False
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -262,7 +274,9 @@ def _train_one(
     ]
     if init_from is not None and recipe.train.carry_optimizer:
         our_callbacks.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
-    trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks)
+    trainer = _build_trainer(
+        recipe, run, model, tokenizer, data, our_callbacks, batching, kernels
+    )
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -277,6 +291,7 @@ def _train_one(
     if data.eval:  # validate at the end unless the schedule just did
         done = metrics.last_eval_step == trainer.state.global_step
         eval_loss = metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
+    model.config.use_cache = True  # the saved config is for inference
     _save_final(run, method, model, tokenizer)
     if keep_optimizer:
         torch.save(trainer.optimizer.state_dict(), run.file(OPTIMIZER_FILE))
@@ -288,6 +303,9 @@ def _train_one(
         max_length=data.max_length,
         eval_loss=eval_loss,
         resumed_from=checkpoint.name if checkpoint else None,
+        packed=batching.packed,
+        group_by_length=batching.group_by_length,
+        fused_kernels=kernels.describe().split(": ", 1)[1],
     )
     run.write_json(SUMMARY_FILE, summary)
     console.print(
@@ -357,7 +375,9 @@ def _tensorboard(run: RunFolder, recipe: Recipe, console: Console) -> list:
             os.environ["TENSORBOARD_LOGGING_DIR"] = previous
 
 
-def _build_trainer(recipe, run, model, tokenizer, data, callbacks):
+def _build_trainer(
+    recipe, run, model, tokenizer, data, callbacks, batching: Batching, kernels: Kernels
+):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -388,14 +408,17 @@ def _build_trainer(recipe, run, model, tokenizer, data, callbacks):
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        # a packed row has no padding, and its pad id (often eos) also occurs in real text
+        include_num_input_tokens_seen="all" if batching.packed else "non_padding",
+        train_sampling_strategy="group_by_length" if batching.group_by_length else "random",
+        use_liger_kernel=kernels.liger,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(
         model=model,
         args=args,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=make_collator(batching, tokenizer.pad_token_id, kernels.flash_attention),
         train_dataset=SampleDataset(data.train),
         eval_dataset=SampleDataset(data.eval) if data.eval else None,
         processing_class=tokenizer,

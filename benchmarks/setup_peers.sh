@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the peer trainers for benchmarks/speed.py, each in its own virtual environment under
+# benchmarks/.peers/, so that tunelab's own environment is never touched.
+# Usage: benchmarks/setup_peers.sh [trl] [llamafactory]     (default: both)
+# A peer that fails to install is reported and skipped; the benchmark then runs without it.
+set -uo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+TORCH="torch==${TORCH_VERSION:-2.13.0}"
+peers=("$@")
+[ ${#peers[@]} -eq 0 ] && peers=(trl llamafactory)
+for peer in "${peers[@]}"; do
+  case "$peer" in
+    trl) spec=(trl==1.16.0 peft==0.21.2 transformers==5.23.0 accelerate==1.15.0 datasets) ;;
+    llamafactory) spec=(llamafactory==0.9.5) ;;
+    *) echo "unknown peer: $peer (known: trl, llamafactory)"; exit 2 ;;
+  esac
+  venv=".peers/$peer"
+  echo "== $peer -> benchmarks/$venv"
+  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  # torch first and pinned: the CPU build, never a CUDA one pulled in by a dependency
+  if "$venv/bin/python" -m pip install -q "$TORCH" && "$venv/bin/python" -m pip install -q "$TORCH" "${spec[@]}"; then
+    "$venv/bin/python" -m pip freeze > "$venv/freeze.txt"
+    echo "$peer installed: $(grep -iE "^(trl|llamafactory|transformers|peft|torch)==" "$venv/freeze.txt" | tr '\n' ' ')"
+  else
+    echo "$peer could not be installed; the benchmark will skip it"
+  fi
+done

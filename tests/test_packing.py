@@ -1,0 +1,125 @@
+"""Padding-free packing: same loss as padded batches, and no token attends to another sample."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import tunelab
+from tunelab.data.render import IGNORE_INDEX
+from tunelab.training.collator import PaddingCollator, choose_batching, make_collator
+
+PACKED = choose_batching(packing=True, group_by_length=None, method_family="lora")
+LENGTHS = [7, 19, 4, 12]
+
+
+def features(seed: int = 0) -> list[dict]:
+    """Samples of mixed lengths whose first tokens are prompt (no loss) and the rest answer."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for length in LENGTHS:
+        ids = torch.randint(10, 1000, (length,), generator=generator).tolist()
+        prompt = length // 3
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+    return out
+
+
+def load_tiny(folder, attention: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attention)
+    model.config.use_cache = False
+    return model.eval()
+
+
+def test_choose_batching():
+    assert PACKED.packed and not PACKED.group_by_length
+    prompt = choose_batching(packing=True, group_by_length=None, method_family="prompt")
+    assert not prompt.packed and prompt.group_by_length and "prompt" in prompt.reason
+    off = choose_batching(packing=False, group_by_length=False, method_family="lora")
+    assert not off.packed and not off.group_by_length
+
+
+def test_packed_batch_is_one_row_with_restarting_positions():
+    batch = make_collator(PACKED, pad_token_id=2)(features())
+    assert batch["input_ids"].shape == (1, sum(LENGTHS))
+    assert "attention_mask" not in batch
+    starts = [0, 7, 26, 30]
+    positions = batch["position_ids"][0].tolist()
+    assert [i for i, p in enumerate(positions) if p == 0] == starts
+    # a sample's first label is masked, so the previous sample's last token predicts nothing
+    assert all(batch["labels"][0, s].item() == IGNORE_INDEX for s in starts)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_loss_equals_padded_loss(tiny_model_dir, attention):
+    model = load_tiny(tiny_model_dir, attention)
+    batch = features()
+    with torch.no_grad():
+        packed = model(**make_collator(PACKED, pad_token_id=2)(batch)).loss
+        padded = model(**PaddingCollator(pad_token_id=2)(batch)).loss
+    assert torch.isfinite(packed)
+    assert packed.item() == pytest.approx(padded.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_no_token_attends_to_another_sample(tiny_model_dir, attention):
+    model = load_tiny(tiny_model_dir, attention)
+    collate = make_collator(PACKED, pad_token_id=2)
+    batch = features()
+    with torch.no_grad():
+        packed = model(**collate(batch)).logits[0]
+        alone = [model(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in batch]
+        # change every token of sample 1: the other samples' logits must not move
+        changed = [dict(f) for f in batch]
+        changed[1] = {"input_ids": [t + 1 for t in batch[1]["input_ids"]], "labels": batch[1]["labels"]}
+        repacked = model(**collate(changed)).logits[0]
+        # control: the same row without restarting positions is one long sequence
+        plain = model(input_ids=collate(batch)["input_ids"]).logits[0]
+    offset = 0
+    for index, (length, logits) in enumerate(zip(LENGTHS, alone)):
+        part = slice(offset, offset + length)
+        torch.testing.assert_close(packed[part], logits, rtol=1e-4, atol=1e-5)
+        if index != 1:
+            torch.testing.assert_close(repacked[part], packed[part], rtol=0, atol=1e-6)
+        offset += length
+    later = slice(LENGTHS[0], sum(LENGTHS))
+    assert not torch.allclose(plain[later], packed[later], atol=1e-3)  # the check can fail
+
+
+def recipe_file(tmp_path, tiny_model_dir, name, packing):
+    rows = [
+        {"instruction": f"Repeat {'word ' * (i % 9)}{i}", "input": "", "output": "ok " * (1 + i % 7)}
+        for i in range(16)
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(rows), encoding="utf-8")
+    recipe = {
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": [str(tmp_path / "data.json")], "max_length": 64, "packing": packing},
+        "method": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-2, "seed": 1, "tensorboard": False},
+        "output": str(tmp_path / name),
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def test_packed_training_matches_padded_training(tmp_path, tiny_model_dir):
+    packed = tunelab.train(recipe_file(tmp_path, tiny_model_dir, "packed", True))
+    padded = tunelab.train(
+        recipe_file(tmp_path, tiny_model_dir, "padded", False),
+        overrides=["train.group_by_length=false"],
+    )
+    assert packed.summary["packed"] and not padded.summary["packed"]
+    losses = [
+        [json.loads(line)["loss"] for line in (run.run_dir / "metrics.jsonl").open() if '"loss"' in line]
+        for run in (packed, padded)
+    ]
+    assert len(losses[0]) == 4
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    # both count only real tokens, although the pad id (eos) also occurs inside the samples
+    assert packed.summary["tokens"] == padded.summary["tokens"]

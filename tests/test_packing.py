@@ -75,7 +75,10 @@ def test_no_token_attends_to_another_sample(tiny_model_dir, attention):
         alone = [model(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in batch]
         # change every token of sample 1: the other samples' logits must not move
         changed = [dict(f) for f in batch]
-        changed[1] = {"input_ids": [t + 1 for t in batch[1]["input_ids"]], "labels": batch[1]["labels"]}
+        changed[1] = {
+            "input_ids": [t + 1 for t in batch[1]["input_ids"]],
+            "labels": batch[1]["labels"],
+        }
         repacked = model(**collate(changed)).logits[0]
         # control: the same row without restarting positions is one long sequence
         plain = model(input_ids=collate(batch)["input_ids"]).logits[0]
@@ -92,7 +95,11 @@ def test_no_token_attends_to_another_sample(tiny_model_dir, attention):
 
 def recipe_file(tmp_path, tiny_model_dir, name, packing):
     rows = [
-        {"instruction": f"Repeat {'word ' * (i % 9)}{i}", "input": "", "output": "ok " * (1 + i % 7)}
+        {
+            "instruction": f"Repeat {'word ' * (i % 9)}{i}",
+            "input": "",
+            "output": "ok " * (1 + i % 7),
+        }
         for i in range(16)
     ]
     (tmp_path / "data.json").write_text(json.dumps(rows), encoding="utf-8")
@@ -116,7 +123,11 @@ def test_packed_training_matches_padded_training(tmp_path, tiny_model_dir):
     )
     assert packed.summary["packed"] and not padded.summary["packed"]
     losses = [
-        [json.loads(line)["loss"] for line in (run.run_dir / "metrics.jsonl").open() if '"loss"' in line]
+        [
+            json.loads(line)["loss"]
+            for line in (run.run_dir / "metrics.jsonl").open()
+            if '"loss"' in line
+        ]
         for run in (packed, padded)
     ]
     assert len(losses[0]) == 4

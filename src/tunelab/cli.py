@@ -60,6 +60,51 @@ def train(
 
 @app.command()
 @user_errors
+def estimate(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: this machine's)")
+    ] = None,
+    gpu_memory: Annotated[
+        str | None, typer.Option(help="the card's memory, e.g. 24GB (cuda; default: this card's)")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="memory to fit into on a CPU (default: this machine's RAM)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
+):
+    """Peak memory by part before anything loads, and what would fit (method, batch, length)."""
+    from tunelab.estimate import estimate_recipe, machine_memory, parse_size
+    from tunelab.estimate_view import show_estimate
+    from tunelab.quiet import quiet_libraries
+    from tunelab.recipe import load_recipe
+
+    quiet_libraries()
+    if device not in (None, "cpu", "cuda"):
+        raise TunelabError(f"--device is {device!r}; use cpu or cuda.")
+    config = load_recipe(recipe, overrides or [])
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        if gpu_memory:
+            budget = parse_size(gpu_memory)
+        elif torch.cuda.is_available():
+            budget = torch.cuda.get_device_properties(0).total_memory
+        else:
+            raise TunelabError("no CUDA card here; say its size with --gpu-memory, e.g. 24GB.")
+    else:
+        budget = parse_size(memory) if memory else machine_memory()
+    result = estimate_recipe(config, device, budget)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=1))
+    else:
+        show_estimate(Console(), result)
+
+
+@app.command()
+@user_errors
 def chat(
     target: Annotated[
         str, typer.Argument(help="run folder, exported folder, or model (alias, path)")

@@ -18,7 +18,11 @@ class Kernels:
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        used = [name for name, on in (("liger", self.liger), ("flash-attention", self.flash_attention)) if on]
+        used = [
+            name
+            for name, on in (("liger", self.liger), ("flash-attention", self.flash_attention))
+            if on
+        ]
         return f"fused kernels: {', '.join(used) if used else 'none'}"
 
 
@@ -40,5 +44,7 @@ def choose_kernels(setting: bool | None, device: torch.device, dtype: torch.dtyp
     if setting and not liger:
         notes.append("liger-kernel is not installed (pip install liger-kernel); not used")
     if setting and not flash:
-        notes.append("flash-attention needs the flash_attn package and bf16/fp16 weights; sdpa used")
+        notes.append(
+            "flash-attention needs the flash_attn package and bf16/fp16 weights; sdpa used"
+        )
     return Kernels(liger=liger, flash_attention=flash, notes=notes)

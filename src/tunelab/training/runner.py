@@ -229,6 +229,8 @@ def _train_one(
     for note in [batching.describe(), *kernels.notes]:
         console.print(note, highlight=False)
 
+    memory_estimate = _memory_estimate(recipe, source, dtype, device, data, console)
+
     torch.manual_seed(recipe.train.seed)
     weights = source
     if init_from is not None and not method.saves_adapter:
@@ -274,9 +276,7 @@ def _train_one(
     ]
     if init_from is not None and recipe.train.carry_optimizer:
         our_callbacks.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
-    trainer = _build_trainer(
-        recipe, run, model, tokenizer, data, our_callbacks, batching, kernels
-    )
+    trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks, batching, kernels)
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -303,6 +303,7 @@ def _train_one(
         max_length=data.max_length,
         eval_loss=eval_loss,
         resumed_from=checkpoint.name if checkpoint else None,
+        memory=_memory_side_by_side(memory_estimate, summary["peak_memory_bytes"]),
         packed=batching.packed,
         group_by_length=batching.group_by_length,
         fused_kernels=kernels.describe().split(": ", 1)[1],
@@ -315,6 +316,46 @@ def _train_one(
         highlight=False,
     )
     return TrainResult(run.path, summary, model)
+
+
+def _memory_estimate(recipe, source, dtype, device, data, console):
+    """The estimate `tunelab estimate` prints, made before the weights load (None if it cannot)."""
+    from tunelab.estimate import estimate_for, load_config, worst_case_tokens
+
+    try:
+        result = estimate_for(
+            load_config(source),
+            recipe.method,
+            dtype,
+            device.type,
+            batch_size=recipe.train.batch_size,
+            length=data.max_length,
+            checkpointing=recipe.train.gradient_checkpointing,
+            tokens_per_step=worst_case_tokens(
+                [len(s.input_ids) for s in data.train], recipe.train.batch_size
+            ),
+        )
+    except TunelabError as error:
+        console.print(f"memory estimate skipped: {error}", highlight=False)
+        return None
+    console.print(
+        f"memory estimate: {result.total_bytes / 2**30:.2f} GiB peak "
+        f"({result.tokens_per_step:,} tokens in the largest step)",
+        highlight=False,
+    )
+    return result
+
+
+def _memory_side_by_side(estimate, measured: int) -> dict | None:
+    if estimate is None:
+        return None
+    return {
+        "estimated_bytes": estimate.total_bytes,
+        "measured_bytes": measured,
+        "measured_over_estimated": round(measured / estimate.total_bytes, 3),
+        "estimated_parts": estimate.parts,
+        "tokens_in_largest_step": estimate.tokens_per_step,
+    }
 
 
 def _continue_adapter(model, method: Method, adapter: Path):

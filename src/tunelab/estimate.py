@@ -1,0 +1,417 @@
+"""Memory and compute of a training run, predicted from the model's config before any weight loads.
+
+The model is built on torch's meta device (shapes only, no memory), the recipe's method is applied
+to it, and one forward pass is traced with autograd's saved-tensor hooks. That gives the exact
+parameter counts (total, trainable) and the bytes autograd keeps per token for the backward pass,
+for this architecture and this method. Two such passes (a 1-layer and a 2-layer copy of the model)
+separate the per-layer cost from the embedding/head cost, which is what gradient checkpointing
+changes. The rest is arithmetic: weights, gradients, AdamW states, saved activations, and the
+short-lived buffers of the loss, plus the process's own runtime on a CPU.
+
+Constants marked "measured" were fitted on this project's CPU runs (docs/estimate.md has the
+check against measured peaks); the parts they scale are computed, not guessed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import MethodConfig
+
+GiB = 2**30
+
+# Measured on this project's CPU runs (SmolLM2-135M, fp32; docs/estimate.md checks the fit on
+# other configurations):
+# - the process's resident memory before the model: Python, torch, transformers, peft, tunelab,
+#   tokenizer and data
+CPU_RUNTIME_BYTES = int(0.57 * GiB)
+# - the loss's short-lived buffers, in fp32 logits per token (log-softmax and its gradient)
+LOGIT_COPIES = 1.84
+# - LoRA's per-layer temporaries (adapter output, its scaled copy, the sum) that the C allocator
+#   keeps after they are freed, in copies of the adapted layers' outputs per token; a GPU's
+#   caching allocator reuses them instead
+CPU_ADAPTER_COPIES = 2.29
+# the CUDA context and allocator slack, outside max_memory_allocated but inside the card
+CUDA_RESERVE_BYTES = int(1.0 * GiB)
+# 4-bit NF4 with double quantisation: 0.5 bytes per weight plus the quantisation constants
+NF4_BYTES_PER_WEIGHT = 0.53
+
+
+@dataclass
+class Profile:
+    """What one method costs on one model, per token and per parameter (from the meta trace)."""
+
+    total_parameters: int
+    trainable_parameters: int
+    weight_bytes: int
+    trainable_bytes: int
+    layer_bytes_per_token: float  # saved by one decoder layer
+    head_bytes_per_token: float  # saved outside the layers (embedding, final norm, lm_head, loss)
+    layer_input_bytes_per_token: float  # one layer's input, all checkpointing keeps
+    layers: int
+    saving_layers: int  # layers that keep activations (freeze: only the trainable ones)
+    compute_bytes: int  # bytes per activation value
+    adapter_outputs: int  # summed output width of the LoRA-wrapped linears (0 without LoRA)
+    vocab_size: int
+    hidden_size: int
+
+
+@dataclass
+class Estimate:
+    device: str
+    method: str
+    tokens_per_step: int
+    batch_size: int
+    length: int
+    gradient_checkpointing: bool
+    total_parameters: int
+    trainable_parameters: int
+    parts: dict[str, int]
+    total_bytes: int
+    activations_without_checkpointing: int
+    activations_with_checkpointing: int
+    flops_per_token: float
+    budget_bytes: int | None = None
+    fits: bool | None = None
+    suggestions: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config(source):
+    """The model's config (config.json, or a GGUF file's metadata), no weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        source.folder, gguf_file=source.gguf_file, local_files_only=True
+    )
+
+
+def _meta_model(config, layers: int, dtype: torch.dtype, method: MethodConfig):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.methods import get_method
+
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = layers
+    if hasattr(config, "layer_types") and config.layer_types is not None:
+        config.layer_types = config.layer_types[:layers]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    options = method.model_copy(update={"layers": min(method.layers, layers)})
+    kind = "lora" if method.type == "qlora" else method.type  # same adapter, 4-bit base
+    options = options.model_copy(update={"type": kind})
+    model = get_method(kind).prepare(model, options)
+    model.train()
+    return model
+
+
+def _saved_bytes(model, length: int) -> int:
+    """Bytes autograd saves for backward in one forward pass over `length` tokens."""
+    import transformers.masking_utils as masking
+
+    own = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage._cdata not in own and tensor.device.type == "meta":
+            seen[storage._cdata] = storage.nbytes()
+        return tensor
+
+    ids = torch.zeros(1, length, dtype=torch.long, device="meta")
+    # Packed-sequence detection reads values, which meta tensors do not have; one sequence here.
+    original = masking.find_packed_sequence_indices
+    masking.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            model(input_ids=ids, labels=ids, use_cache=False)
+    finally:
+        masking.find_packed_sequence_indices = original
+    return sum(seen.values())
+
+
+def _linear_per_token(model, short: int = 32) -> float:
+    """Saved bytes per token, without the length-squared attention matrix.
+
+    The meta trace runs attention in its plain form, which keeps an L x L matrix per layer;
+    the kernels used in training (sdpa's flash path on CPU, flash/efficient attention on a GPU)
+    do not. Two lengths separate the linear part from the quadratic one.
+    """
+    one, two = _saved_bytes(model, short), _saved_bytes(model, 2 * short)
+    quadratic = (two - 2 * one) / (2 * short * short)
+    return (one - quadratic * short * short) / short
+
+
+def profile(config, method: MethodConfig, dtype: torch.dtype) -> Profile:
+    """Parameter counts and saved bytes per token for `method` on the model `config` describes."""
+    try:
+        small = [_meta_model(config, n, dtype, method) for n in (1, 2)]
+        per_token = [_linear_per_token(m) for m in small]
+        full = _meta_model(config, config.num_hidden_layers, dtype, method)
+    except TunelabError:
+        raise
+    except Exception as error:  # an architecture the meta trace cannot run
+        raise TunelabError(
+            f"cannot estimate this model ({type(error).__name__}: {error}); the estimate needs a "
+            "model transformers can build from its config."
+        ) from None
+    layer = per_token[1] - per_token[0]
+    head = per_token[0] - layer
+    unique = {p.untyped_storage()._cdata: p for p in full.parameters()}.values()
+    total = sum(p.numel() for p in unique)
+    trainable = [p for p in unique if p.requires_grad]
+    weight_bytes = sum(p.numel() * p.element_size() for p in unique)
+    if method.type == "qlora":
+        weight_bytes = _qlora_weight_bytes(full)
+    return Profile(
+        total_parameters=total,
+        trainable_parameters=sum(p.numel() for p in trainable),
+        weight_bytes=weight_bytes,
+        trainable_bytes=sum(p.numel() * p.element_size() for p in trainable),
+        layer_bytes_per_token=layer,
+        head_bytes_per_token=head,
+        layer_input_bytes_per_token=config.hidden_size
+        * torch.tensor([], dtype=dtype).element_size(),
+        compute_bytes=torch.tensor([], dtype=dtype).element_size(),
+        layers=config.num_hidden_layers,
+        saving_layers=(
+            min(method.layers, config.num_hidden_layers)
+            if method.type == "freeze" and not method.modules
+            else config.num_hidden_layers
+        ),
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        adapter_outputs=sum(
+            module.base_layer.out_features
+            for module in full.modules()
+            if hasattr(module, "lora_A") and hasattr(module.get_base_layer(), "out_features")
+        ),
+    )
+
+
+def _qlora_weight_bytes(model) -> int:
+    """Decoder linear weights in 4 bits; embeddings, norms, lm_head and the adapter as they are."""
+    total = 0
+    for name, parameter in model.named_parameters():
+        quantised = (
+            parameter.ndim == 2
+            and "lora_" not in name
+            and "embed" not in name
+            and "lm_head" not in name
+        )
+        size = parameter.numel()
+        total += int(size * NF4_BYTES_PER_WEIGHT) if quantised else size * parameter.element_size()
+    return total
+
+
+def lora_training_flops(linear_parameters: int, tokens: int) -> float:
+    """Matmul FLOPs of a forward+backward with frozen base weights: 2N forward, 2N for the
+    input gradients (no weight gradients), per token. Attention scores are left out."""
+    return 4.0 * linear_parameters * tokens
+
+
+def linear_parameters(config) -> int:
+    """Parameters that are matrix-multiplied per token: every linear layer and the lm_head."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
+    mlp = 3 * h * i
+    return layers * (attention + mlp) + h * config.vocab_size
+
+
+def estimate(
+    prof: Profile,
+    method: str,
+    batch_size: int,
+    length: int,
+    checkpointing: bool,
+    device: str,
+    tokens_per_step: int | None = None,
+    flops_per_token: float = 0.0,
+) -> Estimate:
+    """Peak memory by part for one configuration."""
+    tokens = tokens_per_step or batch_size * length
+    saved_full = (
+        prof.head_bytes_per_token + prof.saving_layers * prof.layer_bytes_per_token
+    ) * tokens
+    saved_ckpt = (
+        prof.head_bytes_per_token
+        + prof.saving_layers * prof.layer_input_bytes_per_token
+        + prof.layer_bytes_per_token
+    ) * tokens
+    activations = saved_ckpt if checkpointing else saved_full
+    logits = LOGIT_COPIES * 4 * prof.vocab_size * tokens
+    parts = {
+        "weights": prof.weight_bytes,
+        "gradients": prof.trainable_bytes,
+        "optimizer": 2 * prof.trainable_bytes,  # AdamW: two moments per trainable parameter
+        "activations": int(activations),
+        "loss_buffers": int(logits),
+    }
+    if device == "cpu":
+        parts["adapter_buffers"] = int(
+            CPU_ADAPTER_COPIES * prof.adapter_outputs * prof.compute_bytes * tokens
+        )
+        parts["runtime"] = CPU_RUNTIME_BYTES
+    return Estimate(
+        device=device,
+        method=method,
+        tokens_per_step=tokens,
+        batch_size=batch_size,
+        length=length,
+        gradient_checkpointing=checkpointing,
+        total_parameters=prof.total_parameters,
+        trainable_parameters=prof.trainable_parameters,
+        parts=parts,
+        total_bytes=sum(parts.values()),
+        activations_without_checkpointing=int(saved_full),
+        activations_with_checkpointing=int(saved_ckpt),
+        flops_per_token=flops_per_token,
+    )
+
+
+def parse_size(text: str) -> int:
+    """'24GB', '24 GiB', '8g', '512MB' -> bytes (GB and GiB both mean 2**30 here)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not match:
+        raise TunelabError(f"cannot read the size {text!r}; write it like 24GB or 512MB.")
+    number, unit = float(match.group(1)), match.group(2)
+    return int(number * 2 ** (10 * " kmgt".index(unit or " ")))
+
+
+def _round_down_64(value: int) -> int:
+    return max(64, value // 64 * 64)
+
+
+def what_fits(
+    config,
+    method_cfg: MethodConfig,
+    dtype: torch.dtype,
+    current: Estimate,
+    budget: int,
+    device: str,
+) -> list[str]:
+    """Plain sentences: the largest batch and length that fit, per method and checkpointing."""
+    lines = []
+    usable = budget - (CUDA_RESERVE_BYTES if device == "cuda" else 0)
+    methods = [current.method] + [m for m in ("lora", "qlora", "full") if m != current.method]
+    for name in methods:
+        try:
+            prof = profile(config, method_cfg.model_copy(update={"type": name}), dtype)
+        except TunelabError:
+            continue
+        for checkpointing in (False, True):
+            base = estimate(prof, name, 1, 1, checkpointing, device)
+            fixed = sum(
+                v for k, v in base.parts.items() if k not in ("activations", "loss_buffers")
+            )
+            per_token = (
+                base.parts["activations"] + base.parts["loss_buffers"]
+            ) / base.tokens_per_step
+            room = usable - fixed
+            tokens = int(room / per_token) if room > 0 else 0
+            mode = "with" if checkpointing else "without"
+            if tokens < 64:
+                lines.append(
+                    f"{name}, {mode} checkpointing: does not fit (weights and states alone "
+                    f"need {fixed / GiB:.1f} GiB)"
+                )
+                continue
+            length = min(current.length, _round_down_64(tokens))
+            batch = max(1, tokens // max(current.length, 1))
+            lines.append(
+                f"{name}, {mode} checkpointing: up to {tokens:,} tokens per step "
+                f"(batch {batch} at length {current.length}"
+                + (f"; length {length} at batch 1" if batch < 1 or tokens < current.length else "")
+                + ")"
+            )
+    return lines
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def worst_case_tokens(lengths: list[int], batch_size: int) -> int:
+    """Tokens in the largest forward pass the data can make: its `batch_size` longest samples."""
+    return sum(sorted(lengths, reverse=True)[:batch_size])
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimate_recipe(recipe, device: str | None = None, budget: int | None = None) -> Estimate:
+    """The estimate for a recipe: config and tokenizer are read, the data is tokenized (or taken
+    from the cache) to find the longest batch; no weights are loaded."""
+    from tunelab.data.pipeline import prepare_data
+    from tunelab.methods import get_method
+    from tunelab.models.load import load_tokenizer, pick_dtype
+    from tunelab.models.sources import resolve_model
+    from tunelab.templates import resolve_template
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    source = resolve_model(recipe.model.path)
+    config = load_config(source)
+    tokenizer = load_tokenizer(source)
+    template = resolve_template(recipe.model.template, tokenizer)
+    data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
+    lengths = [len(sample.input_ids) for sample in data.train]
+    dtype = pick_dtype(recipe.model.dtype, torch.device(device))
+    if device == "cuda" and recipe.model.dtype == "auto":
+        dtype = torch.bfloat16  # what a CUDA card with bf16 gets; estimated here without one
+    get_method(recipe.method.type)  # a clear error for an unknown method
+    return estimate_for(
+        config,
+        recipe.method,
+        dtype,
+        device,
+        batch_size=recipe.train.batch_size,
+        length=data.max_length,
+        checkpointing=recipe.train.gradient_checkpointing,
+        tokens_per_step=worst_case_tokens(lengths, recipe.train.batch_size),
+        budget=budget,
+    )
+
+
+def estimate_for(
+    config,
+    method: MethodConfig,
+    dtype: torch.dtype,
+    device: str,
+    batch_size: int,
+    length: int,
+    checkpointing: bool,
+    tokens_per_step: int | None = None,
+    budget: int | None = None,
+) -> Estimate:
+    prof = profile(config, method, dtype)
+    result = estimate(
+        prof,
+        method.type,
+        batch_size,
+        length,
+        checkpointing,
+        device,
+        tokens_per_step=tokens_per_step,
+        flops_per_token=4.0 * linear_parameters(config),
+    )
+    if budget is not None:
+        result.budget_bytes = budget
+        reserve = CUDA_RESERVE_BYTES if device == "cuda" else 0
+        result.fits = result.total_bytes + reserve <= budget
+        result.suggestions = what_fits(config, method, dtype, result, budget, device)
+    return result

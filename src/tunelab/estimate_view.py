@@ -1,0 +1,48 @@
+"""The estimate as a terminal table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.estimate import Estimate, GiB
+
+PART_NAMES = {
+    "weights": "weights",
+    "gradients": "gradients (trainable)",
+    "optimizer": "optimizer states (AdamW)",
+    "activations": "activations",
+    "loss_buffers": "loss buffers (logits)",
+    "adapter_buffers": "adapter temporaries (CPU allocator)",
+    "runtime": "runtime (Python, torch, data)",
+}
+
+
+def show_estimate(console: Console, result: Estimate) -> None:
+    mode = "with" if result.gradient_checkpointing else "without"
+    console.print(
+        f"{result.method} on {result.device}: {result.trainable_parameters:,} trainable of "
+        f"{result.total_parameters:,} parameters; {result.tokens_per_step:,} tokens in the largest "
+        f"step (batch {result.batch_size}, length {result.length}), {mode} gradient checkpointing",
+        highlight=False,
+    )
+    table = Table(show_edge=False)
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for key, value in result.parts.items():
+        table.add_row(PART_NAMES.get(key, key), f"{value / GiB:.2f}")
+    table.add_row("[bold]peak[/]", f"[bold]{result.total_bytes / GiB:.2f}[/]")
+    console.print(table)
+    console.print(
+        f"activations: {result.activations_without_checkpointing / GiB:.2f} GiB saved without "
+        f"checkpointing, {result.activations_with_checkpointing / GiB:.2f} GiB with",
+        highlight=False,
+    )
+    if result.budget_bytes is not None:
+        verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
+        console.print(
+            f"{verdict} in {result.budget_bytes / GiB:.1f} GiB"
+            + (" (1 GiB kept for the CUDA context)" if result.device == "cuda" else ""),
+        )
+        for line in result.suggestions:
+            console.print(f"  {line}", highlight=False)

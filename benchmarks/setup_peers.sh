@@ -21,6 +21,11 @@ for peer in "${peers[@]}"; do
   "$venv/bin/python" -m pip install -q --upgrade pip
   # torch first and pinned: the CPU build, never a CUDA one pulled in by a dependency
   if "$venv/bin/python" -m pip install -q "$TORCH" && "$venv/bin/python" -m pip install -q "$TORCH" "${spec[@]}"; then
+    if [ "$peer" = llamafactory ]; then
+      # Its torchvision/torchaudio wheels are built for another torch and fail to load next to
+      # the CPU build of torch; text fine-tuning needs neither (see speed/run_llamafactory.py).
+      "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio
+    fi
     "$venv/bin/python" -m pip freeze > "$venv/freeze.txt"
     echo "$peer installed: $(grep -iE "^(trl|llamafactory|transformers|peft|torch)==" "$venv/freeze.txt" | tr '\n' ' ')"
   else

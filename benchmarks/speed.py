@@ -2,13 +2,13 @@
 
 Every tool trains the same model (the built-in SmolLM2-135M-Instruct as an HF folder) on the
 same mixed-length alpaca file with the same batch size, cutoff, method (LoRA r8 alpha 16
-dropout 0.05 on all linear layers), learning rate, fp32 and number of steps. Tools run one at a
+on all linear layers, the same dropout and gradient checkpointing setting), learning rate, fp32 and number of steps. Tools run one at a
 time, in alternating order, `--repeat` times each; the medians are reported. Each run is a fresh
 process, timed by the same Trainer callback (speed/probe.py):
 
 - real tokens/s: the non-padding input tokens the Trainer counted / the training loop's time
 - time to first step: process start -> end of the first optimizer step (imports, model, data)
-- total: the process's wall time; peak RSS: the process's maximum resident memory (wait4)
+- total: the process's wall time; peak RSS: the process's peak resident memory (VmHWM)
 
 Peers run from their own virtual environments (benchmarks/setup_peers.sh installs them under
 benchmarks/.peers/); a peer that is not installed is skipped and said so.
@@ -84,7 +84,7 @@ def run_once(tool: str, python: Path, settings_file: Path, workdir: Path, rep: i
         "tokens_per_second": round(record["tokens"] / train_seconds, 1),
         "time_to_first_step": round(record["first_step_end"], 2),
         "total_seconds": round(wall, 2),
-        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
+        "peak_rss_gib": round((record.get("peak_rss_bytes") or usage.ru_maxrss * 1024) / 2**30, 3),
         "first_loss": record["losses"][0] if record["losses"] else None,
         "last_loss": record["losses"][-1] if record["losses"] else None,
     }
@@ -103,12 +103,13 @@ def matmul_rate(size: int = 2048, seconds: float = 3.0) -> float:
     return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
 
 
-def model_flops_per_token(model_dir: Path, settings: dict) -> dict:
-    """FLOPs of one LoRA forward+backward, per real token (see tunelab.estimate)."""
-    from tunelab.estimate import ModelShape, lora_training_flops
+def model_flops_per_token(model_dir: Path) -> float:
+    """Matmul FLOPs of one LoRA forward+backward per real token (see tunelab.estimate)."""
+    from transformers import AutoConfig
 
-    shape = ModelShape.from_config_file(model_dir / "config.json")
-    return lora_training_flops(shape, rank=8, tokens=1, sequence_lengths=[])
+    from tunelab.estimate import linear_parameters
+
+    return 4.0 * linear_parameters(AutoConfig.from_pretrained(model_dir))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -142,7 +143,8 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`",
         "",
         f"Machine: {report['machine']}. Model: built-in SmolLM2-135M-Instruct (fp32). Data: "
-        f"{Path(s['data']).name}. LoRA r8 alpha 16 all-linear, batch {s['batch_size']}, cutoff "
+        f"{Path(s['data']).name}. LoRA r8 alpha 16 dropout {s['dropout']} all-linear, "
+        f"gradient checkpointing {'on' if s['checkpointing'] else 'off'}, batch {s['batch_size']}, cutoff "
         f"{s['cutoff']}, {s['steps']} steps, {s['repeat']} runs per tool, alternating; medians.",
         "",
         "| tool | real tok/s | time to first step (s) | total (s) | peak RSS (GiB) | runs |",
@@ -207,6 +209,10 @@ def main() -> int:
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (all tools)")
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing on (all tools)"
+    )
     parser.add_argument("--workdir", default="/tmp/tunelab-speed")
     parser.add_argument("--out", default=str(REPO / "docs" / "speed.md"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "speed.json"))
@@ -224,6 +230,8 @@ def main() -> int:
         "batch_size": args.batch_size,
         "cutoff": args.cutoff,
         "seed": args.seed,
+        "dropout": args.dropout,
+        "checkpointing": args.checkpointing,
         "repeat": args.repeat,
         "workdir": str(workdir),
     }
@@ -261,11 +269,9 @@ def main() -> int:
     }
     if "tunelab" in summary["medians"]:
         rate = matmul_rate()
-        per_token = model_flops_per_token(model_dir, settings)
+        per_token = model_flops_per_token(model_dir)
         ours = [r for r in runs if r["tool"] == "tunelab"]
-        flops = sum(lora_flops_for_run(model_dir, r, per_token) for r in ours) / sum(
-            r["train_seconds"] for r in ours
-        )
+        flops = per_token * sum(r["tokens"] for r in ours) / sum(r["train_seconds"] for r in ours)
         report["flops"] = {
             "matmul_gflops": round(rate, 2),
             "flops_per_token": per_token,
@@ -278,10 +284,6 @@ def main() -> int:
     Path(args.out).write_text(markdown(report))
     print(markdown(report))
     return 0
-
-
-def lora_flops_for_run(model_dir: Path, run: dict, per_token: float) -> float:
-    return per_token * run["tokens"]
 
 
 if __name__ == "__main__":

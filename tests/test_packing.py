@@ -10,7 +10,13 @@ import yaml
 
 import tunelab
 from tunelab.data.render import IGNORE_INDEX
-from tunelab.training.collator import PaddingCollator, choose_batching, make_collator
+from tunelab.training import attention
+from tunelab.training.collator import (
+    PaddingCollator,
+    choose_batching,
+    make_collator,
+    trained_positions_loss,
+)
 
 PACKED = choose_batching(packing=True, group_by_length=None, method_family="lora")
 LENGTHS = [7, 19, 4, 12]
@@ -27,10 +33,15 @@ def features(seed: int = 0) -> list[dict]:
     return out
 
 
-def load_tiny(folder, attention: str):
+ATTENTION = ["sdpa", "eager", attention.NAME]
+
+
+def load_tiny(folder, implementation: str):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attention)
+    if implementation == attention.NAME:
+        attention.register()
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=implementation)
     model.config.use_cache = False
     return model.eval()
 
@@ -54,9 +65,9 @@ def test_packed_batch_is_one_row_with_restarting_positions():
     assert all(batch["labels"][0, s].item() == IGNORE_INDEX for s in starts)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_loss_equals_padded_loss(tiny_model_dir, attention):
-    model = load_tiny(tiny_model_dir, attention)
+@pytest.mark.parametrize("implementation", ATTENTION)
+def test_packed_loss_equals_padded_loss(tiny_model_dir, implementation):
+    model = load_tiny(tiny_model_dir, implementation)
     batch = features()
     with torch.no_grad():
         packed = model(**make_collator(PACKED, pad_token_id=2)(batch)).loss
@@ -65,9 +76,9 @@ def test_packed_loss_equals_padded_loss(tiny_model_dir, attention):
     assert packed.item() == pytest.approx(padded.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_no_token_attends_to_another_sample(tiny_model_dir, attention):
-    model = load_tiny(tiny_model_dir, attention)
+@pytest.mark.parametrize("implementation", ATTENTION)
+def test_no_token_attends_to_another_sample(tiny_model_dir, implementation):
+    model = load_tiny(tiny_model_dir, implementation)
     collate = make_collator(PACKED, pad_token_id=2)
     batch = features()
     with torch.no_grad():
@@ -81,7 +92,7 @@ def test_no_token_attends_to_another_sample(tiny_model_dir, attention):
         }
         repacked = model(**collate(changed)).logits[0]
         # control: the same row without restarting positions is one long sequence
-        plain = model(input_ids=collate(batch)["input_ids"]).logits[0]
+        plain = load_tiny(tiny_model_dir, "sdpa")(input_ids=collate(batch)["input_ids"]).logits[0]
     offset = 0
     for index, (length, logits) in enumerate(zip(LENGTHS, alone)):
         part = slice(offset, offset + length)
@@ -91,6 +102,24 @@ def test_no_token_attends_to_another_sample(tiny_model_dir, attention):
         offset += length
     later = slice(LENGTHS[0], sum(LENGTHS))
     assert not torch.allclose(plain[later], packed[later], atol=1e-3)  # the check can fail
+
+
+def test_loss_on_trained_positions_only_equals_full_loss(tiny_model_dir):
+    model = load_tiny(tiny_model_dir, attention.NAME)
+    full = make_collator(PACKED, pad_token_id=2)(features())
+    kept = make_collator(PACKED, pad_token_id=2, trained_logits_only=True)(features())
+    labels = kept.pop("labels")
+    trained = int((labels != -100).sum())
+    assert kept["logits_to_keep"].numel() == trained
+    with torch.no_grad():
+        reference = model(**full).loss
+        outputs = model(**kept)
+    assert outputs.logits.shape[1] == trained < full["input_ids"].shape[1]
+    assert trained_positions_loss(outputs, labels).item() == pytest.approx(
+        reference.item(), rel=1e-5
+    )
+    summed = trained_positions_loss(outputs, labels, num_items_in_batch=2 * trained)
+    assert summed.item() == pytest.approx(reference.item() / 2, rel=1e-5)
 
 
 def recipe_file(tmp_path, tiny_model_dir, name, packing):
@@ -134,3 +163,34 @@ def test_packed_training_matches_padded_training(tmp_path, tiny_model_dir):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     # both count only real tokens, although the pad id (eos) also occurs inside the samples
     assert packed.summary["tokens"] == padded.summary["tokens"]
+
+
+def test_fused_kernels_stay_off_on_cpu():
+    from tunelab.training.kernels import choose_kernels
+
+    cpu = torch.device("cpu")
+    assert choose_kernels(None, cpu, torch.float32).describe() == "fused kernels: none"
+    asked = choose_kernels(True, cpu, torch.float32)
+    assert not asked.liger and not asked.flash_attention
+    assert "CUDA" in asked.notes[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_packed_loss_equals_padded_loss_on_gpu(tiny_model_dir):
+    """On a GPU: sdpa, and flash-attention's varlen path when flash_attn is installed."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.training.kernels import installed
+
+    kinds = ["sdpa"] + (["flash_attention_2"] if installed("flash_attn") else [])
+    for implementation in kinds:
+        model = AutoModelForCausalLM.from_pretrained(
+            tiny_model_dir, attn_implementation=implementation, dtype=torch.bfloat16
+        ).cuda()
+        model.config.use_cache = False
+        packed = make_collator(PACKED, pad_token_id=2)(features())
+        padded = PaddingCollator(pad_token_id=2)(features())
+        with torch.no_grad():
+            a = model(**{k: v.cuda() if hasattr(v, "cuda") else v for k, v in packed.items()}).loss
+            b = model(**{k: v.cuda() for k, v in padded.items()}).loss
+        assert a.item() == pytest.approx(b.item(), rel=2e-2), implementation

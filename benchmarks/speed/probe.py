@@ -15,6 +15,18 @@ import time
 from transformers import TrainerCallback
 
 
+def peak_rss_bytes() -> int | None:
+    """The process's own peak RSS (VmHWM; getrusage's ru_maxrss is inherited across exec)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def since_spawn() -> float:
     return time.time() - float(os.environ["BENCH_SPAWNED"])
 
@@ -36,6 +48,7 @@ class Probe(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.record.update(
+            peak_rss_bytes=peak_rss_bytes(),
             train_end=since_spawn(),
             steps=state.global_step,
             tokens=int(state.num_input_tokens_seen),

@@ -1,9 +1,21 @@
 """LLaMA-Factory's side of the speed benchmark: its run_exp with the shared settings."""
 
+import importlib.machinery
 import json
 import os
 import sys
+import types
 from pathlib import Path
+
+try:
+    import torchaudio  # noqa: F401
+except (ImportError, OSError):
+    # LLaMA-Factory imports torchaudio at the top of its multimodal plugin; text fine-tuning never
+    # calls it, and no torchaudio build matches the CPU wheel of torch 2.13, so an empty module
+    # stands in for it (setup_peers.sh removes the mismatched torchvision/torchaudio builds).
+    stand_in = types.ModuleType("torchaudio")
+    stand_in.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+    sys.modules["torchaudio"] = stand_in
 
 from llamafactory.train.tuner import run_exp
 from probe import Probe
@@ -21,7 +33,7 @@ run_exp(
         "finetuning_type": "lora",
         "lora_rank": 8,
         "lora_alpha": 16,
-        "lora_dropout": 0.05,
+        "lora_dropout": settings["dropout"],
         "lora_target": "all",
         "dataset": "bench",
         "dataset_dir": folder,
@@ -40,6 +52,8 @@ run_exp(
         "save_strategy": "no",
         "report_to": "none",
         "bf16": False,
+        # LLaMA-Factory checkpoints activations unless told not to
+        "disable_gradient_checkpointing": not settings["checkpointing"],
         "fp16": False,
         "seed": settings["seed"],
         "use_cpu": True,

@@ -2,7 +2,7 @@
 
 Alpaca rows become conversational prompt/completion pairs, so the loss is on the answer only
 (TRL's completion-only loss), as in the other tools. bf16 and gradient checkpointing, which
-SFTConfig turns on by default, are off, as in the other tools.
+SFTConfig turns on by default, follow the shared settings, as in the other tools.
 """
 
 import json
@@ -41,7 +41,7 @@ config = SFTConfig(
     warmup_steps=0.03,
     max_length=settings["cutoff"],
     bf16=False,
-    gradient_checkpointing=False,
+    gradient_checkpointing=settings["checkpointing"],
     logging_steps=1,
     save_strategy="no",
     report_to="none",
@@ -56,7 +56,11 @@ trainer = SFTTrainer(
     train_dataset=Dataset.from_list(pairs),
     processing_class=tokenizer,
     peft_config=LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+        r=8,
+        lora_alpha=16,
+        lora_dropout=settings["dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
     ),
     callbacks=[Probe()],
 )

@@ -17,7 +17,13 @@ recipe = {
         "max_length": settings["cutoff"],
         "cache": False,  # tokenize cold, as the peers do
     },
-    "method": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "target": "all-linear"},
+    "method": {
+        "type": "lora",
+        "r": 8,
+        "alpha": 16,
+        "dropout": settings["dropout"],
+        "target": "all-linear",
+    },
     "train": {
         "max_steps": settings["steps"],
         "batch_size": settings["batch_size"],
@@ -25,6 +31,7 @@ recipe = {
         "warmup_ratio": 0.03,
         "seed": settings["seed"],
         "tensorboard": False,
+        "gradient_checkpointing": settings["checkpointing"],
         **settings.get("tunelab_train", {}),
     },
     "output": settings["workdir"] + "/tunelab-run",

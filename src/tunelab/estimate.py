@@ -210,12 +210,6 @@ def _qlora_weight_bytes(model) -> int:
     return total
 
 
-def lora_training_flops(linear_parameters: int, tokens: int) -> float:
-    """Matmul FLOPs of a forward+backward with frozen base weights: 2N forward, 2N for the
-    input gradients (no weight gradients), per token. Attention scores are left out."""
-    return 4.0 * linear_parameters * tokens
-
-
 def linear_parameters(config) -> int:
     """Parameters that are matrix-multiplied per token: every linear layer and the lm_head."""
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -301,9 +295,11 @@ def what_fits(
     budget: int,
     device: str,
 ) -> list[str]:
-    """Plain sentences: the largest batch and length that fit, per method and checkpointing."""
+    """Plain sentences: per method, with and without checkpointing, the largest batch at the
+    recipe's length that fits in `budget` (or the longest length at batch 1)."""
     lines = []
     usable = budget - (CUDA_RESERVE_BYTES if device == "cuda" else 0)
+    length = max(current.length, 1)
     methods = [current.method] + [m for m in ("lora", "qlora", "full") if m != current.method]
     for name in methods:
         try:
@@ -311,35 +307,27 @@ def what_fits(
         except TunelabError:
             continue
         for checkpointing in (False, True):
-            base = estimate(prof, name, 1, 1, checkpointing, device)
-            fixed = sum(
-                v for k, v in base.parts.items() if k not in ("activations", "loss_buffers")
-            )
-            per_token = (
-                base.parts["activations"] + base.parts["loss_buffers"]
-            ) / base.tokens_per_step
-            room = usable - fixed
-            tokens = int(room / per_token) if room > 0 else 0
+            unit = estimate(prof, name, 1, 1, checkpointing, device)
+            scaled = ("activations", "loss_buffers", "adapter_buffers")
+            fixed = sum(v for k, v in unit.parts.items() if k not in scaled)
+            per_token = sum(unit.parts.get(k, 0) for k in scaled)
+            tokens = int((usable - fixed) / per_token) if usable > fixed else 0
             mode = "with" if checkpointing else "without"
-            if tokens < 64:
+            mine = name == current.method and checkpointing == current.gradient_checkpointing
+            label = f"{name}, {mode} checkpointing{' (this recipe)' if mine else ''}"
+            if tokens >= length:
+                lines.append(f"{label}: batch up to {tokens // length} at length {length}")
+            elif tokens >= 64:
                 lines.append(
-                    f"{name}, {mode} checkpointing: does not fit (weights and states alone "
-                    f"need {fixed / GiB:.1f} GiB)"
+                    f"{label}: length {length} does not fit even at batch 1; "
+                    f"length up to {_round_down_64(tokens)} at batch 1"
                 )
-                continue
-            length = min(current.length, _round_down_64(tokens))
-            batch = max(1, tokens // max(current.length, 1))
-            lines.append(
-                f"{name}, {mode} checkpointing: up to {tokens:,} tokens per step "
-                f"(batch {batch} at length {current.length}"
-                + (f"; length {length} at batch 1" if batch < 1 or tokens < current.length else "")
-                + ")"
-            )
+            else:
+                lines.append(
+                    f"{label}: does not fit (weights and optimizer states alone need "
+                    f"{fixed / GiB:.1f} GiB)"
+                )
     return lines
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def worst_case_tokens(lengths: list[int], batch_size: int) -> int:

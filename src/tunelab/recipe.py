@@ -104,7 +104,12 @@ class MethodConfig(Section):
     )
     r: int = Field(8, gt=0, description="LoRA rank (lora, dora, qlora)")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout on the LoRA input (on a CPU, 0.05 costs about a third more time per step)",
+    )
     target: str | list[str] = Field(
         "all-linear", description="all-linear, or a list of module names such as [q_proj, v_proj]"
     )

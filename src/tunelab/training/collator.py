@@ -74,16 +74,53 @@ def choose_batching(packing: bool, group_by_length: bool | None, method_family: 
     return Batching(packed=packed, group_by_length=grouped, reason=reason)
 
 
-def make_collator(batching: Batching, pad_token_id: int, flash_attention: bool = False):
+def make_collator(
+    batching: Batching,
+    pad_token_id: int,
+    trained_logits_only: bool = False,
+):
     """The collator for `batching`.
 
     Packed batches come from transformers' flattening collator: one row per batch, labels with
-    -100 at each sample's first token, and `position_ids` restarting at 0 for every sample. The
-    model's attention masks then see the restarts and keep each sample to itself (sdpa and eager
-    build a block-diagonal causal mask; flash-attention uses the varlen kernel).
+    -100 at each sample's first token, `position_ids` restarting at 0 for every sample, and the
+    sample boundaries (`cu_seq_lens_*`) that flash-attention and tunelab's packed sdpa use to keep
+    each sample to itself. `trained_logits_only` also passes `logits_to_keep`: the positions whose
+    next token is trained, so the lm_head and the loss skip the prompt positions.
     """
     if not batching.packed:
         return PaddingCollator(pad_token_id)
-    from transformers import DataCollatorWithFlattening
+    return PackedCollator(trained_logits_only=trained_logits_only)
 
-    return DataCollatorWithFlattening(return_flash_attn_kwargs=flash_attention)
+
+class PackedCollator:
+    def __init__(self, trained_logits_only: bool = False):
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True)
+        self.trained_logits_only = trained_logits_only
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.flatten(features)
+        if self.trained_logits_only:
+            batch["logits_to_keep"] = predicting_positions(batch["labels"])
+        return batch
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions of a packed row whose next token is trained (the only logits the loss reads)."""
+    return (labels[0, 1:] != IGNORE_INDEX).nonzero().squeeze(-1)
+
+
+def trained_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross entropy over logits kept at `predicting_positions` only.
+
+    The same value as the model's own shifted loss over the full row: the sum over trained
+    tokens divided by the trained tokens of the whole (accumulated) batch, or their mean.
+    """
+    positions = predicting_positions(labels)
+    targets = labels[0, positions + 1]
+    logits = outputs.logits[0].float()
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits, targets)
+    total = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return total / num_items_in_batch

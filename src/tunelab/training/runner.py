@@ -20,6 +20,7 @@ from tunelab.models.sources import ModelSource, resolve_model
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import Recipe, load_recipe, stage_recipes
 from tunelab.templates import resolve_template
+from tunelab.training import attention as packed_attention
 from tunelab.training.callbacks import MetricsWriter, RichProgress, StepTimer, keep_rows_up_to
 from tunelab.training.checkpoints import (
     OPTIMIZER_FILE,
@@ -30,7 +31,13 @@ from tunelab.training.checkpoints import (
     clear_staging,
     latest_checkpoint,
 )
-from tunelab.training.collator import Batching, SampleDataset, choose_batching, make_collator
+from tunelab.training.collator import (
+    Batching,
+    SampleDataset,
+    choose_batching,
+    make_collator,
+    trained_positions_loss,
+)
 from tunelab.training.kernels import Kernels, choose_kernels
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
@@ -226,6 +233,8 @@ def _train_one(
     kernels = choose_kernels(recipe.train.fused_kernels, device, dtype)
     if kernels.flash_attention:
         load_options["attn_implementation"] = "flash_attention_2"
+    elif batching.packed:
+        load_options["attn_implementation"] = packed_attention.register()
     for note in [batching.describe(), *kernels.notes]:
         console.print(note, highlight=False)
 
@@ -456,10 +465,16 @@ def _build_trainer(
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
+    # With packed rows the lm_head runs only where the next token is trained (not on prompts);
+    # liger's fused loss already avoids materialising the logits, so it keeps its own path.
+    trained_logits_only = batching.packed and not kernels.liger and _keeps_logits(model)
     trainer = Trainer(
         model=model,
         args=args,
-        data_collator=make_collator(batching, tokenizer.pad_token_id, kernels.flash_attention),
+        data_collator=make_collator(
+            batching, tokenizer.pad_token_id, trained_logits_only=trained_logits_only
+        ),
+        compute_loss_func=trained_positions_loss if trained_logits_only else None,
         train_dataset=SampleDataset(data.train),
         eval_dataset=SampleDataset(data.eval) if data.eval else None,
         processing_class=tokenizer,
@@ -468,6 +483,14 @@ def _build_trainer(
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     return trainer
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (most causal LMs in transformers 5)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _save_final(run: RunFolder, method: Method, model, tokenizer) -> None:

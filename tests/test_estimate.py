@@ -1,0 +1,143 @@
+"""The memory estimate: its meta-device trace matches a real model, and runs record it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import run_cli
+from tunelab.errors import TunelabError
+from tunelab.estimate import _saved_bytes, estimate_for, parse_size, profile, worst_case_tokens
+from tunelab.methods import count_parameters, get_method
+from tunelab.recipe import MethodConfig
+
+
+def test_parse_size():
+    assert parse_size("24GB") == 24 * 2**30
+    assert parse_size("24 GiB") == 24 * 2**30
+    assert parse_size("512MB") == 512 * 2**20
+    assert parse_size("1.5g") == int(1.5 * 2**30)
+    with pytest.raises(TunelabError, match="24GB"):
+        parse_size("lots")
+
+
+def test_worst_case_tokens():
+    assert worst_case_tokens([5, 90, 12, 40, 7], batch_size=2) == 130
+    assert worst_case_tokens([5], batch_size=4) == 5
+
+
+def real_model(folder, method: MethodConfig):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    model.config.use_cache = False
+    model = get_method(method.type).prepare(model, method)
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("kind", ["lora", "full", "dora"])
+def test_meta_trace_counts_what_a_real_model_saves(tiny_model_dir, kind):
+    """Parameter counts and saved-for-backward bytes from the config equal the real model's."""
+    from transformers import AutoConfig
+
+    method = MethodConfig(type=kind, r=4)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    prof = profile(config, method, torch.float32)
+    model = real_model(tiny_model_dir, method)
+    trainable, _ = count_parameters(model)
+    assert prof.trainable_parameters == trainable
+
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    length = 48
+    ids = torch.randint(10, 1000, (1, length))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    real = sum(seen.values())
+    meta_model = real_model(tiny_model_dir, method).to("meta")
+    assert _saved_bytes(meta_model, length) == pytest.approx(real, rel=0.02)
+    # the per-token figure the estimate scales (its length-squared part removed) gives it back
+    per_token = prof.head_bytes_per_token + config.num_hidden_layers * prof.layer_bytes_per_token
+    assert per_token * length == pytest.approx(real, rel=0.03)
+
+
+def test_estimate_parts_follow_the_method(tiny_model_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+
+    def make(kind, checkpointing=False, tokens=256):
+        return estimate_for(
+            config, MethodConfig(type=kind), torch.float32, "cpu", 1, tokens, checkpointing
+        )
+
+    lora, full = make("lora"), make("full")
+    assert full.parts["optimizer"] == 2 * full.parts["gradients"] == 2 * full.parts["weights"]
+    assert lora.parts["gradients"] < full.parts["gradients"] / 10
+    assert make("lora", checkpointing=True).parts["activations"] < lora.parts["activations"]
+    assert make("lora", tokens=512).parts["activations"] == pytest.approx(
+        2 * lora.parts["activations"], rel=1e-6
+    )
+    budget = estimate_for(
+        config, MethodConfig(type="lora"), torch.float32, "cpu", 1, 256, False, budget=2**40
+    )
+    assert budget.fits and any("lora" in line for line in budget.suggestions)
+
+
+def tiny_recipe(tmp_path, tiny_model_dir, **train):
+    rows = [{"instruction": f"Say {i}", "input": "", "output": "yes " * (1 + i)} for i in range(12)]
+    (tmp_path / "data.json").write_text(json.dumps(rows), encoding="utf-8")
+    recipe = {
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": [str(tmp_path / "data.json")], "max_length": 64},
+        "method": {"type": "lora", "r": 4},
+        "train": {"max_steps": 2, "batch_size": 4, "tensorboard": False, **train},
+        "output": str(tmp_path / "run"),
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def test_estimate_cli(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    done = run_cli("estimate", str(recipe), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    # the 4 longest samples of this data, each rendered with the template's system turn
+    assert result["tokens_per_step"] > 4 * 12
+    assert set(result["parts"]) >= {"weights", "gradients", "optimizer", "activations", "runtime"}
+    assert result["total_bytes"] == sum(result["parts"].values())
+    assert result["fits"] is True
+
+    shown = run_cli("estimate", str(recipe), "--device", "cuda", "--gpu-memory", "1GB")
+    assert shown.returncode == 0, shown.stderr
+    assert "does not fit" in shown.stdout and "CUDA context" in shown.stdout
+
+    bad = run_cli("estimate", str(recipe), "--device", "tpu")
+    assert bad.returncode == 2 and "cpu or cuda" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_records_estimate_next_to_measured(tmp_path, tiny_model_dir):
+    # its own process: a CPU's peak RSS covers the whole process, not one run inside pytest
+    done = run_cli("train", str(tiny_recipe(tmp_path, tiny_model_dir)))
+    assert done.returncode == 0, done.stderr
+    assert "memory estimate:" in done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    memory = summary["memory"]
+    assert memory["measured_bytes"] == summary["peak_memory_bytes"]
+    assert memory["estimated_bytes"] == sum(memory["estimated_parts"].values())
+    # a tiny model: the runtime dominates both; a loose bound that still catches a broken part
+    assert 0.6 < memory["measured_over_estimated"] < 1.6

@@ -97,6 +97,13 @@ def estimate(
     else:
         budget = parse_size(memory) if memory else machine_memory()
     result = estimate_recipe(config, device, budget)
+    if device == "cpu":
+        from tunelab.estimate import CPU_MATMUL_EFFICIENCY, cpu_matmul_rate
+
+        rate = cpu_matmul_rate()
+        result.matmul_flops_per_second = rate
+        work = result.flops_per_token * result.tokens_per_step
+        result.seconds_per_step = work / (rate * CPU_MATMUL_EFFICIENCY)
     if as_json:
         print(json.dumps(result.as_dict(), indent=1))
     else:

@@ -75,6 +75,8 @@ class Estimate:
     activations_without_checkpointing: int
     activations_with_checkpointing: int
     flops_per_token: float
+    seconds_per_step: float | None = None
+    matmul_flops_per_second: float | None = None
     budget_bytes: int | None = None
     fits: bool | None = None
     suggestions: list[str] = field(default_factory=list)
@@ -208,6 +210,31 @@ def _qlora_weight_bytes(model) -> int:
         size = parameter.numel()
         total += int(size * NF4_BYTES_PER_WEIGHT) if quantised else size * parameter.element_size()
     return total
+
+
+def training_flops_per_token(config, method: str) -> float:
+    """Matmul FLOPs of one forward+backward per token: 2N forward, 2N for the input gradients,
+    and 2N more for the weight gradients when the weights train (full). N counts the weights
+    multiplied per token (lm_head included); attention scores are left out."""
+    return (6.0 if method == "full" else 4.0) * linear_parameters(config)
+
+
+# measured: tunelab's LoRA training runs at about this share of the machine's fp32 matmul rate
+# on a CPU (docs/speed.md)
+CPU_MATMUL_EFFICIENCY = 0.6
+
+
+def cpu_matmul_rate(seconds: float = 0.5, size: int = 1024) -> float:
+    """This machine's fp32 matmul rate in FLOP/s (torch, its default threads)."""
+    import time
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started)
 
 
 def linear_parameters(config) -> int:
@@ -395,7 +422,7 @@ def estimate_for(
         checkpointing,
         device,
         tokens_per_step=tokens_per_step,
-        flops_per_token=4.0 * linear_parameters(config),
+        flops_per_token=training_flops_per_token(config, method.type),
     )
     if budget is not None:
         result.budget_bytes = budget

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.estimate import Estimate, GiB
+from tunelab.estimate import CPU_MATMUL_EFFICIENCY, Estimate, GiB
 
 PART_NAMES = {
     "weights": "weights",
@@ -38,6 +38,13 @@ def show_estimate(console: Console, result: Estimate) -> None:
         f"checkpointing, {result.activations_with_checkpointing / GiB:.2f} GiB with",
         highlight=False,
     )
+    if result.seconds_per_step is not None:
+        console.print(
+            f"time: about {result.seconds_per_step:.1f} s for the largest step "
+            f"({result.flops_per_token / 1e6:,.0f} MFLOP per token, at {CPU_MATMUL_EFFICIENCY:.0%} of this machine's "
+            f"measured fp32 matmul rate of {result.matmul_flops_per_second / 1e9:.0f} GFLOP/s)",
+            highlight=False,
+        )
     if result.budget_bytes is not None:
         verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
         console.print(

@@ -150,12 +150,41 @@ def _linear_per_token(model, short: int = 32) -> float:
     return (one - quadratic * short * short) / short
 
 
+def _counts(model, quantised: bool) -> dict[str, int]:
+    """Parameter counts and bytes of a (meta) model; tied weights counted once."""
+    unique = list({p.untyped_storage()._cdata: p for p in model.parameters()}.values())
+    trainable = [p for p in unique if p.requires_grad]
+    return {
+        "total": sum(p.numel() for p in unique),
+        "trainable": sum(p.numel() for p in trainable),
+        "weight_bytes": _qlora_weight_bytes(model)
+        if quantised
+        else sum(p.numel() * p.element_size() for p in unique),
+        "trainable_bytes": sum(p.numel() * p.element_size() for p in trainable),
+        "adapter_outputs": sum(
+            module.base_layer.out_features
+            for module in model.modules()
+            if hasattr(module, "lora_A") and hasattr(module.get_base_layer(), "out_features")
+        ),
+    }
+
+
 def profile(config, method: MethodConfig, dtype: torch.dtype) -> Profile:
-    """Parameter counts and saved bytes per token for `method` on the model `config` describes."""
+    """Parameter counts and saved bytes per token for `method` on the model `config` describes.
+
+    A 1-layer and a 2-layer copy of the model give everything: the difference is one decoder
+    layer, which the full depth repeats.
+    """
+    layers = config.num_hidden_layers
+    quantised = method.type == "qlora"
     try:
         small = [_meta_model(config, n, dtype, method) for n in (1, 2)]
         per_token = [_linear_per_token(m) for m in small]
-        full = _meta_model(config, config.num_hidden_layers, dtype, method)
+        one, two = (_counts(m, quantised) for m in small)
+        if method.type == "freeze" and method.modules:  # names may match only some layers
+            counts = _counts(_meta_model(config, layers, dtype, method), quantised)
+        else:
+            counts = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
     except TunelabError:
         raise
     except Exception as error:  # an architecture the meta trace cannot run
@@ -163,37 +192,29 @@ def profile(config, method: MethodConfig, dtype: torch.dtype) -> Profile:
             f"cannot estimate this model ({type(error).__name__}: {error}); the estimate needs a "
             "model transformers can build from its config."
         ) from None
+    saving_layers = layers
+    if method.type == "freeze" and not method.modules:
+        saving_layers = min(method.layers, layers)
+        layer_elements = two["total"] - one["total"]
+        element = torch.tensor([], dtype=dtype).element_size()
+        counts["trainable"] = saving_layers * layer_elements
+        counts["trainable_bytes"] = saving_layers * layer_elements * element
     layer = per_token[1] - per_token[0]
-    head = per_token[0] - layer
-    unique = {p.untyped_storage()._cdata: p for p in full.parameters()}.values()
-    total = sum(p.numel() for p in unique)
-    trainable = [p for p in unique if p.requires_grad]
-    weight_bytes = sum(p.numel() * p.element_size() for p in unique)
-    if method.type == "qlora":
-        weight_bytes = _qlora_weight_bytes(full)
+    size = torch.tensor([], dtype=dtype).element_size()
     return Profile(
-        total_parameters=total,
-        trainable_parameters=sum(p.numel() for p in trainable),
-        weight_bytes=weight_bytes,
-        trainable_bytes=sum(p.numel() * p.element_size() for p in trainable),
+        total_parameters=counts["total"],
+        trainable_parameters=counts["trainable"],
+        weight_bytes=counts["weight_bytes"],
+        trainable_bytes=counts["trainable_bytes"],
         layer_bytes_per_token=layer,
-        head_bytes_per_token=head,
-        layer_input_bytes_per_token=config.hidden_size
-        * torch.tensor([], dtype=dtype).element_size(),
-        compute_bytes=torch.tensor([], dtype=dtype).element_size(),
-        layers=config.num_hidden_layers,
-        saving_layers=(
-            min(method.layers, config.num_hidden_layers)
-            if method.type == "freeze" and not method.modules
-            else config.num_hidden_layers
-        ),
+        head_bytes_per_token=per_token[0] - layer,
+        layer_input_bytes_per_token=config.hidden_size * size,
+        compute_bytes=size,
+        layers=layers,
+        saving_layers=saving_layers,
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
-        adapter_outputs=sum(
-            module.base_layer.out_features
-            for module in full.modules()
-            if hasattr(module, "lora_A") and hasattr(module.get_base_layer(), "out_features")
-        ),
+        adapter_outputs=counts["adapter_outputs"],
     )
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import run_cli
 from tunelab.errors import TunelabError
-from tunelab.estimate import _saved_bytes, estimate_for, parse_size, profile, worst_case_tokens
+from tunelab.estimate import _saved_bytes, estimate_for, parse_size, profile, worst_case_batch
 from tunelab.methods import count_parameters, get_method
 from tunelab.recipe import MethodConfig
 
@@ -24,9 +24,16 @@ def test_parse_size():
         parse_size("lots")
 
 
-def test_worst_case_tokens():
-    assert worst_case_tokens([5, 90, 12, 40, 7], batch_size=2) == 130
-    assert worst_case_tokens([5], batch_size=4) == 5
+def test_worst_case_batch():
+    from tunelab.data.render import IGNORE_INDEX, RenderedSample
+
+    def sample(length, trained):
+        labels = [IGNORE_INDEX] * (length - trained) + [1] * trained
+        return RenderedSample(input_ids=[1] * length, labels=labels)
+
+    samples = [sample(5, 2), sample(90, 30), sample(12, 4), sample(40, 40), sample(7, 1)]
+    assert worst_case_batch(samples, batch_size=2) == (130, 70)
+    assert worst_case_batch(samples[:1], batch_size=4) == (5, 2)
 
 
 def real_model(folder, method: MethodConfig):
@@ -139,5 +146,8 @@ def test_run_records_estimate_next_to_measured(tmp_path, tiny_model_dir):
     memory = summary["memory"]
     assert memory["measured_bytes"] == summary["peak_memory_bytes"]
     assert memory["estimated_bytes"] == sum(memory["estimated_parts"].values())
+    # packed rows: the largest batch that ran is at most the data's worst case
+    assert 0 < memory["tokens_in_largest_step_run"] <= memory["tokens_in_largest_step"]
+    assert memory["estimated_bytes_for_largest_step_run"] <= memory["estimated_bytes"]
     # a tiny model: the runtime dominates both; a loose bound that still catches a broken part
     assert 0.6 < memory["measured_over_estimated"] < 1.6

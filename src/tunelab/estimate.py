@@ -32,9 +32,10 @@ CPU_RUNTIME_BYTES = int(0.57 * GiB)
 # - the loss's short-lived buffers, in fp32 logits per token (log-softmax and its gradient)
 LOGIT_COPIES = 1.84
 # - LoRA's per-layer temporaries (adapter output, its scaled copy, the sum) that the C allocator
-#   keeps after they are freed, in copies of the adapted layers' outputs per token; a GPU's
-#   caching allocator reuses them instead
-CPU_ADAPTER_COPIES = 2.29
+#   keeps after they are freed, in copies of the adapted layers' outputs per token, without and
+#   with gradient checkpointing; a GPU's caching allocator reuses them instead
+CPU_ADAPTER_COPIES = 1.74
+CPU_ADAPTER_COPIES_CHECKPOINTED = 1.32
 # the CUDA context and allocator slack, outside max_memory_allocated but inside the card
 CUDA_RESERVE_BYTES = int(1.0 * GiB)
 # 4-bit NF4 with double quantisation: 0.5 bytes per weight plus the quantisation constants
@@ -278,19 +279,24 @@ def estimate(
     device: str,
     tokens_per_step: int | None = None,
     flops_per_token: float = 0.0,
+    logit_tokens: int | None = None,
 ) -> Estimate:
-    """Peak memory by part for one configuration."""
+    """Peak memory by part for one configuration.
+
+    `logit_tokens` is how many positions get logits (packed runs: only those that predict a
+    trained token); by default every token does.
+    """
     tokens = tokens_per_step or batch_size * length
-    saved_full = (
-        prof.head_bytes_per_token + prof.saving_layers * prof.layer_bytes_per_token
-    ) * tokens
+    logit_tokens = tokens if logit_tokens is None else logit_tokens
+    logit_row = 4 * prof.vocab_size  # the fp32 log-softmax row that the loss keeps
+    head = max(prof.head_bytes_per_token - logit_row, 0.0)
+    kept = logit_row * logit_tokens
+    saved_full = (head + prof.saving_layers * prof.layer_bytes_per_token) * tokens + kept
     saved_ckpt = (
-        prof.head_bytes_per_token
-        + prof.saving_layers * prof.layer_input_bytes_per_token
-        + prof.layer_bytes_per_token
-    ) * tokens
+        head + prof.saving_layers * prof.layer_input_bytes_per_token + prof.layer_bytes_per_token
+    ) * tokens + kept
     activations = saved_ckpt if checkpointing else saved_full
-    logits = LOGIT_COPIES * 4 * prof.vocab_size * tokens
+    logits = LOGIT_COPIES * logit_row * logit_tokens
     parts = {
         "weights": prof.weight_bytes,
         "gradients": prof.trainable_bytes,
@@ -299,9 +305,8 @@ def estimate(
         "loss_buffers": int(logits),
     }
     if device == "cpu":
-        parts["adapter_buffers"] = int(
-            CPU_ADAPTER_COPIES * prof.adapter_outputs * prof.compute_bytes * tokens
-        )
+        copies = CPU_ADAPTER_COPIES_CHECKPOINTED if checkpointing else CPU_ADAPTER_COPIES
+        parts["adapter_buffers"] = int(copies * prof.adapter_outputs * prof.compute_bytes * tokens)
         parts["runtime"] = CPU_RUNTIME_BYTES
     return Estimate(
         device=device,
@@ -378,9 +383,16 @@ def what_fits(
     return lines
 
 
-def worst_case_tokens(lengths: list[int], batch_size: int) -> int:
-    """Tokens in the largest forward pass the data can make: its `batch_size` longest samples."""
-    return sum(sorted(lengths, reverse=True)[:batch_size])
+def worst_case_batch(samples, batch_size: int, packed: bool = True) -> tuple[int, int]:
+    """(tokens, trained tokens) of the largest forward pass the data can make: its
+    `batch_size` longest samples, concatenated (packed) or each padded to the longest."""
+    longest = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)[:batch_size]
+    if not longest:
+        return 0, 0
+    tokens = sum(len(s.input_ids) for s in longest)
+    if not packed:
+        tokens = len(longest) * len(longest[0].input_ids)
+    return tokens, sum(s.trained_tokens for s in longest)
 
 
 def machine_memory() -> int:
@@ -405,7 +417,8 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer)
     data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
-    lengths = [len(sample.input_ids) for sample in data.train]
+    packed = trained_logits_only(recipe)
+    tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     dtype = pick_dtype(recipe.model.dtype, torch.device(device))
     if device == "cuda" and recipe.model.dtype == "auto":
         dtype = torch.bfloat16  # what a CUDA card with bf16 gets; estimated here without one
@@ -418,9 +431,17 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
         batch_size=recipe.train.batch_size,
         length=data.max_length,
         checkpointing=recipe.train.gradient_checkpointing,
-        tokens_per_step=worst_case_tokens(lengths, recipe.train.batch_size),
+        tokens_per_step=tokens,
+        logit_tokens=trained if packed else None,
         budget=budget,
     )
+
+
+def trained_logits_only(recipe) -> bool:
+    """Whether training computes logits only where the next token is trained (packed rows)."""
+    from tunelab.methods import get_method
+
+    return recipe.data.packing and get_method(recipe.method.type).family != "prompt"
 
 
 def estimate_for(
@@ -433,6 +454,7 @@ def estimate_for(
     checkpointing: bool,
     tokens_per_step: int | None = None,
     budget: int | None = None,
+    logit_tokens: int | None = None,
 ) -> Estimate:
     prof = profile(config, method, dtype)
     result = estimate(
@@ -444,6 +466,7 @@ def estimate_for(
         device,
         tokens_per_step=tokens_per_step,
         flops_per_token=training_flops_per_token(config, method.type),
+        logit_tokens=logit_tokens,
     )
     if budget is not None:
         result.budget_bytes = budget

@@ -124,3 +124,23 @@ def trained_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=Non
         return torch.nn.functional.cross_entropy(logits, targets)
     total = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
     return total / num_items_in_batch
+
+
+class LargestBatch:
+    """Wraps a collator and remembers its largest batch: tokens held (padding included) and the
+    positions that get logits, for comparing measured memory with the estimate afterwards."""
+
+    def __init__(self, collate, trained_logits_only: bool):
+        self.collate = collate
+        self.trained_logits_only = trained_logits_only
+        self.tokens = 0
+        self.logit_tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        tokens = int(batch["input_ids"].numel())
+        if tokens > self.tokens:
+            self.tokens = tokens
+            keep = batch.get("logits_to_keep")
+            self.logit_tokens = int(keep.numel()) if keep is not None else tokens
+        return batch

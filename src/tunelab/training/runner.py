@@ -33,6 +33,7 @@ from tunelab.training.checkpoints import (
 )
 from tunelab.training.collator import (
     Batching,
+    LargestBatch,
     SampleDataset,
     choose_batching,
     make_collator,
@@ -312,7 +313,15 @@ def _train_one(
         max_length=data.max_length,
         eval_loss=eval_loss,
         resumed_from=checkpoint.name if checkpoint else None,
-        memory=_memory_side_by_side(memory_estimate, summary["peak_memory_bytes"]),
+        memory=_memory_side_by_side(
+            recipe,
+            source,
+            dtype,
+            device,
+            memory_estimate,
+            trainer.data_collator,
+            summary["peak_memory_bytes"],
+        ),
         packed=batching.packed,
         group_by_length=batching.group_by_length,
         fused_kernels=kernels.describe().split(": ", 1)[1],
@@ -329,8 +338,10 @@ def _train_one(
 
 def _memory_estimate(recipe, source, dtype, device, data, console):
     """The estimate `tunelab estimate` prints, made before the weights load (None if it cannot)."""
-    from tunelab.estimate import estimate_for, load_config, worst_case_tokens
+    from tunelab.estimate import estimate_for, load_config, trained_logits_only, worst_case_batch
 
+    packed = trained_logits_only(recipe)
+    tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     try:
         result = estimate_for(
             load_config(source),
@@ -340,9 +351,8 @@ def _memory_estimate(recipe, source, dtype, device, data, console):
             batch_size=recipe.train.batch_size,
             length=data.max_length,
             checkpointing=recipe.train.gradient_checkpointing,
-            tokens_per_step=worst_case_tokens(
-                [len(s.input_ids) for s in data.train], recipe.train.batch_size
-            ),
+            tokens_per_step=tokens,
+            logit_tokens=trained if packed else None,
         )
     except TunelabError as error:
         console.print(f"memory estimate skipped: {error}", highlight=False)
@@ -355,15 +365,32 @@ def _memory_estimate(recipe, source, dtype, device, data, console):
     return result
 
 
-def _memory_side_by_side(estimate, measured: int) -> dict | None:
+def _memory_side_by_side(recipe, source, dtype, device, estimate, largest, measured) -> dict | None:
+    """The estimate made before the run, and the same estimate for the largest batch that
+    actually ran (random batches rarely meet the data's worst case), next to the measured peak."""
+    from tunelab.estimate import estimate_for, load_config
+
     if estimate is None:
         return None
+    ran = estimate_for(
+        load_config(source),
+        recipe.method,
+        dtype,
+        device.type,
+        batch_size=recipe.train.batch_size,
+        length=estimate.length,
+        checkpointing=recipe.train.gradient_checkpointing,
+        tokens_per_step=largest.tokens,
+        logit_tokens=largest.logit_tokens,
+    )
     return {
         "estimated_bytes": estimate.total_bytes,
-        "measured_bytes": measured,
-        "measured_over_estimated": round(measured / estimate.total_bytes, 3),
         "estimated_parts": estimate.parts,
         "tokens_in_largest_step": estimate.tokens_per_step,
+        "measured_bytes": measured,
+        "tokens_in_largest_step_run": largest.tokens,
+        "estimated_bytes_for_largest_step_run": ran.total_bytes,
+        "measured_over_estimated": round(measured / ran.total_bytes, 3),
     }
 
 
@@ -471,8 +498,11 @@ def _build_trainer(
     trainer = Trainer(
         model=model,
         args=args,
-        data_collator=make_collator(
-            batching, tokenizer.pad_token_id, trained_logits_only=trained_logits_only
+        data_collator=LargestBatch(
+            make_collator(
+                batching, tokenizer.pad_token_id, trained_logits_only=trained_logits_only
+            ),
+            trained_logits_only,
         ),
         compute_loss_func=trained_positions_loss if trained_logits_only else None,
         train_dataset=SampleDataset(data.train),

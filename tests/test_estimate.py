@@ -151,3 +151,16 @@ def test_run_records_estimate_next_to_measured(tmp_path, tiny_model_dir):
     assert memory["estimated_bytes_for_largest_step_run"] <= memory["estimated_bytes"]
     # a tiny model: the runtime dominates both; a loose bound that still catches a broken part
     assert 0.6 < memory["measured_over_estimated"] < 1.6
+
+
+def test_estimate_covers_every_stage(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["stages"] = [{"name": "small"}, {"name": "wide", "train": {"batch_size": 8}}]
+    recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    done = run_cli("estimate", str(recipe), "--json")
+    assert done.returncode == 0, done.stderr
+    first, second = json.loads(done.stdout)
+    assert (first["batch_size"], second["batch_size"]) == (4, 8)
+    assert second["tokens_per_step"] > first["tokens_per_step"]
+    assert second["total_bytes"] > first["total_bytes"]

@@ -96,18 +96,27 @@ def estimate(
             raise TunelabError("no CUDA card here; say its size with --gpu-memory, e.g. 24GB.")
     else:
         budget = parse_size(memory) if memory else machine_memory()
-    result = estimate_recipe(config, device, budget)
+    from tunelab.recipe import stage_recipes
+
+    stages = stage_recipes(config) if config.stages else [config]
+    results = [estimate_recipe(stage, device, budget) for stage in stages]
     if device == "cpu":
         from tunelab.estimate import CPU_MATMUL_EFFICIENCY, cpu_matmul_rate
 
         rate = cpu_matmul_rate()
-        result.matmul_flops_per_second = rate
-        work = result.flops_per_token * result.tokens_per_step
-        result.seconds_per_step = work / (rate * CPU_MATMUL_EFFICIENCY)
+        for result in results:
+            result.matmul_flops_per_second = rate
+            work = result.flops_per_token * result.tokens_per_step
+            result.seconds_per_step = work / (rate * CPU_MATMUL_EFFICIENCY)
     if as_json:
-        print(json.dumps(result.as_dict(), indent=1))
-    else:
-        show_estimate(Console(), result)
+        payload = [r.as_dict() for r in results] if config.stages else results[0].as_dict()
+        print(json.dumps(payload, indent=1))
+        return
+    out = Console()
+    for index, (stage, result) in enumerate(zip(stages, results), start=1):
+        if config.stages:
+            out.rule(f"stage {index}/{len(stages)}: {Path(stage.output).name}")
+        show_estimate(out, result)
 
 
 @app.command()

@@ -29,7 +29,8 @@ GiB = 2**30
 # - the process's resident memory before the model: Python, torch, transformers, peft, tunelab,
 #   tokenizer and data
 CPU_RUNTIME_BYTES = int(0.57 * GiB)
-# - the loss's short-lived buffers, in fp32 logits per token (log-softmax and its gradient)
+# - the loss's short-lived buffers, in fp32 logit rows per position that gets logits (the
+#   log-softmax and its gradient)
 LOGIT_COPIES = 1.84
 # - LoRA's per-layer temporaries (adapter output, its scaled copy, the sum) that the C allocator
 #   keeps after they are freed, in copies of the adapted layers' outputs per token, without and

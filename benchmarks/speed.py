@@ -90,28 +90,6 @@ def run_once(tool: str, python: Path, settings_file: Path, workdir: Path, rep: i
     }
 
 
-def matmul_rate(size: int = 2048, seconds: float = 3.0) -> float:
-    """This machine's fp32 matmul rate in GFLOP/s (torch, default threads)."""
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
-
-
-def model_flops_per_token(model_dir: Path) -> float:
-    """Matmul FLOPs of one LoRA forward+backward per real token (see tunelab.estimate)."""
-    from transformers import AutoConfig
-
-    from tunelab.estimate import linear_parameters
-
-    return 4.0 * linear_parameters(AutoConfig.from_pretrained(model_dir))
-
-
 def summarise(runs: list[dict]) -> dict:
     tools = sorted({r["tool"] for r in runs}, key=["tunelab", "trl", "llamafactory"].index)
     keys = [
@@ -268,8 +246,12 @@ def main() -> int:
         "skipped": skipped,
     }
     if "tunelab" in summary["medians"]:
-        rate = matmul_rate()
-        per_token = model_flops_per_token(model_dir)
+        from transformers import AutoConfig
+
+        from tunelab.estimate import cpu_matmul_rate, training_flops_per_token
+
+        rate = cpu_matmul_rate(seconds=3.0, size=2048) / 1e9
+        per_token = training_flops_per_token(AutoConfig.from_pretrained(model_dir), "lora")
         ours = [r for r in runs if r["tool"] == "tunelab"]
         flops = per_token * sum(r["tokens"] for r in ours) / sum(r["train_seconds"] for r in ours)
         report["flops"] = {

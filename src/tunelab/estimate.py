@@ -348,6 +348,7 @@ def what_fits(
     current: Estimate,
     budget: int,
     device: str,
+    known: dict[str, Profile] | None = None,
 ) -> list[str]:
     """Plain sentences: per method, with and without checkpointing, the largest batch at the
     recipe's length that fits in `budget` (or the longest length at batch 1)."""
@@ -357,7 +358,9 @@ def what_fits(
     methods = [current.method] + [m for m in ("lora", "qlora", "full") if m != current.method]
     for name in methods:
         try:
-            prof = profile(config, method_cfg.model_copy(update={"type": name}), dtype)
+            prof = (known or {}).get(name) or profile(
+                config, method_cfg.model_copy(update={"type": name}), dtype
+            )
         except TunelabError:
             continue
         for checkpointing in (False, True):
@@ -411,6 +414,7 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     from tunelab.models.load import load_tokenizer, pick_dtype
     from tunelab.models.sources import resolve_model
     from tunelab.templates import resolve_template
+    from tunelab.training.collator import choose_batching
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = resolve_model(recipe.model.path)
@@ -418,12 +422,13 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer)
     data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
-    packed = trained_logits_only(recipe)
+    packed = choose_batching(
+        recipe.data.packing, recipe.train.group_by_length, get_method(recipe.method.type).family
+    ).packed
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     dtype = pick_dtype(recipe.model.dtype, torch.device(device))
     if device == "cuda" and recipe.model.dtype == "auto":
         dtype = torch.bfloat16  # what a CUDA card with bf16 gets; estimated here without one
-    get_method(recipe.method.type)  # a clear error for an unknown method
     return estimate_for(
         config,
         recipe.method,
@@ -438,13 +443,6 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     )
 
 
-def trained_logits_only(recipe) -> bool:
-    """Whether training computes logits only where the next token is trained (packed rows)."""
-    from tunelab.methods import get_method
-
-    return recipe.data.packing and get_method(recipe.method.type).family != "prompt"
-
-
 def estimate_for(
     config,
     method: MethodConfig,
@@ -456,8 +454,10 @@ def estimate_for(
     tokens_per_step: int | None = None,
     budget: int | None = None,
     logit_tokens: int | None = None,
+    prof: Profile | None = None,
 ) -> Estimate:
-    prof = profile(config, method, dtype)
+    """The estimate for one configuration (`prof`: a profile already traced for `method`)."""
+    prof = prof or profile(config, method, dtype)
     result = estimate(
         prof,
         method.type,
@@ -473,5 +473,7 @@ def estimate_for(
         result.budget_bytes = budget
         reserve = CUDA_RESERVE_BYTES if device == "cuda" else 0
         result.fits = result.total_bytes + reserve <= budget
-        result.suggestions = what_fits(config, method, dtype, result, budget, device)
+        result.suggestions = what_fits(
+            config, method, dtype, result, budget, device, known={method.type: prof}
+        )
     return result

@@ -130,9 +130,8 @@ class LargestBatch:
     """Wraps a collator and remembers its largest batch: tokens held (padding included) and the
     positions that get logits, for comparing measured memory with the estimate afterwards."""
 
-    def __init__(self, collate, trained_logits_only: bool):
+    def __init__(self, collate):
         self.collate = collate
-        self.trained_logits_only = trained_logits_only
         self.tokens = 0
         self.logit_tokens = 0
 

@@ -17,13 +17,16 @@ class Kernels:
     flash_attention: bool = False
     notes: list[str] = field(default_factory=list)
 
-    def describe(self) -> str:
-        used = [
-            name
-            for name, on in (("liger", self.liger), ("flash-attention", self.flash_attention))
-            if on
+    @property
+    def used(self) -> str:
+        """The kernels in use, e.g. "liger, flash-attention", or "none"."""
+        names = [
+            n for n, on in (("liger", self.liger), ("flash-attention", self.flash_attention)) if on
         ]
-        return f"fused kernels: {', '.join(used) if used else 'none'}"
+        return ", ".join(names) or "none"
+
+    def describe(self) -> str:
+        return f"fused kernels: {self.used}"
 
 
 def installed(package: str) -> bool:

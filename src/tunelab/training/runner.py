@@ -239,7 +239,10 @@ def _train_one(
     for note in [batching.describe(), *kernels.notes]:
         console.print(note, highlight=False)
 
-    memory_estimate = _memory_estimate(recipe, source, dtype, device, data, console)
+    # the trainer computes logits only at trained positions of packed rows, unless liger does
+    memory_estimate = _memory_estimate(
+        recipe, source, dtype, device, data, batching.packed and not kernels.liger, console
+    )
 
     torch.manual_seed(recipe.train.seed)
     weights = source
@@ -314,17 +317,11 @@ def _train_one(
         eval_loss=eval_loss,
         resumed_from=checkpoint.name if checkpoint else None,
         memory=_memory_side_by_side(
-            recipe,
-            source,
-            dtype,
-            device,
-            memory_estimate,
-            trainer.data_collator,
-            summary["peak_memory_bytes"],
+            recipe, device, memory_estimate, trainer.data_collator, summary["peak_memory_bytes"]
         ),
         packed=batching.packed,
         group_by_length=batching.group_by_length,
-        fused_kernels=kernels.describe().split(": ", 1)[1],
+        fused_kernels=kernels.used,
     )
     run.write_json(SUMMARY_FILE, summary)
     console.print(
@@ -336,57 +333,60 @@ def _train_one(
     return TrainResult(run.path, summary, model)
 
 
-def _memory_estimate(recipe, source, dtype, device, data, console):
-    """The estimate `tunelab estimate` prints, made before the weights load (None if it cannot)."""
-    from tunelab.estimate import estimate_for, load_config, trained_logits_only, worst_case_batch
+def _memory_estimate(recipe, source, dtype, device, data, packed: bool, console):
+    """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
+    came from (None if the model cannot be traced)."""
+    from tunelab.estimate import estimate_for, load_config, profile, worst_case_batch
 
-    packed = trained_logits_only(recipe)
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
+    config = load_config(source)
     try:
-        result = estimate_for(
-            load_config(source),
-            recipe.method,
-            dtype,
-            device.type,
-            batch_size=recipe.train.batch_size,
-            length=data.max_length,
-            checkpointing=recipe.train.gradient_checkpointing,
-            tokens_per_step=tokens,
-            logit_tokens=trained if packed else None,
-        )
+        prof = profile(config, recipe.method, dtype)
     except TunelabError as error:
         console.print(f"memory estimate skipped: {error}", highlight=False)
         return None
+    result = estimate_for(
+        config,
+        recipe.method,
+        dtype,
+        device.type,
+        batch_size=recipe.train.batch_size,
+        length=data.max_length,
+        checkpointing=recipe.train.gradient_checkpointing,
+        tokens_per_step=tokens,
+        logit_tokens=trained if packed else None,
+        prof=prof,
+    )
     console.print(
         f"memory estimate: {result.total_bytes / 2**30:.2f} GiB peak "
         f"({result.tokens_per_step:,} tokens in the largest step)",
         highlight=False,
     )
-    return result
+    return result, prof
 
 
-def _memory_side_by_side(recipe, source, dtype, device, estimate, largest, measured) -> dict | None:
+def _memory_side_by_side(recipe, device, before, largest, measured: int) -> dict | None:
     """The estimate made before the run, and the same estimate for the largest batch that
     actually ran (random batches rarely meet the data's worst case), next to the measured peak."""
-    from tunelab.estimate import estimate_for, load_config
+    from tunelab.estimate import estimate
 
-    if estimate is None:
+    if before is None:
         return None
-    ran = estimate_for(
-        load_config(source),
-        recipe.method,
-        dtype,
+    planned, prof = before
+    ran = estimate(
+        prof,
+        recipe.method.type,
+        recipe.train.batch_size,
+        planned.length,
+        recipe.train.gradient_checkpointing,
         device.type,
-        batch_size=recipe.train.batch_size,
-        length=estimate.length,
-        checkpointing=recipe.train.gradient_checkpointing,
         tokens_per_step=largest.tokens,
         logit_tokens=largest.logit_tokens,
     )
     return {
-        "estimated_bytes": estimate.total_bytes,
-        "estimated_parts": estimate.parts,
-        "tokens_in_largest_step": estimate.tokens_per_step,
+        "estimated_bytes": planned.total_bytes,
+        "estimated_parts": planned.parts,
+        "tokens_in_largest_step": planned.tokens_per_step,
         "measured_bytes": measured,
         "tokens_in_largest_step_run": largest.tokens,
         "estimated_bytes_for_largest_step_run": ran.total_bytes,
@@ -499,10 +499,7 @@ def _build_trainer(
         model=model,
         args=args,
         data_collator=LargestBatch(
-            make_collator(
-                batching, tokenizer.pad_token_id, trained_logits_only=trained_logits_only
-            ),
-            trained_logits_only,
+            make_collator(batching, tokenizer.pad_token_id, trained_logits_only=trained_logits_only)
         ),
         compute_loss_func=trained_positions_loss if trained_logits_only else None,
         train_dataset=SampleDataset(data.train),

@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from tunelab.errors import TunelabError
+from tunelab.failures import report_failure
+
+err = Console(stderr=True)
+
+
+class Commands(TyperGroup):
+    """Every command runs under one handler: see `tunelab.failures.report_failure`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (
+            typer.Exit,
+            typer.Abort,
+            click.exceptions.Exit,
+            click.exceptions.Abort,
+            click.ClickException,
+        ):
+            raise
+        except BaseException as exc:  # the one place failures are told
+            code = report_failure(exc, err)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
     name="tunelab",
@@ -20,29 +46,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Commands,
 )
-err = Console(stderr=True)
-
-
-def user_errors(command):
-    """Turn TunelabError into one red line and exit code 2, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except TunelabError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 @app.command()
-@user_errors
 def train(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
@@ -59,7 +67,6 @@ def train(
 
 
 @app.command()
-@user_errors
 def estimate(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
@@ -120,7 +127,6 @@ def estimate(
 
 
 @app.command()
-@user_errors
 def chat(
     target: Annotated[
         str, typer.Argument(help="run folder, exported folder, or model (alias, path)")
@@ -170,7 +176,6 @@ def _interactive(model, system: str | None, max_new_tokens: int) -> None:
 
 
 @app.command()
-@user_errors
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write to")],
@@ -191,7 +196,6 @@ def export(
 
 
 @app.command()
-@user_errors
 def demo(
     recipe: Annotated[Path, typer.Argument(help="recipe of the demo")] = Path(
         "examples/identity.yaml"
@@ -205,7 +209,6 @@ def demo(
 
 
 @app.command("eval")
-@user_errors
 def evaluate(
     target: Annotated[str, typer.Argument(help="run folder, exported folder, or model")],
     task: Annotated[
@@ -288,7 +291,6 @@ def evaluate(
 
 
 @app.command("compare")
-@user_errors
 def compare_models(
     before: Annotated[str, typer.Argument(help="base model, run or folder (before)")],
     after: Annotated[str, typer.Argument(help="tuned run or folder (after)")],
@@ -343,7 +345,6 @@ TargetArg = Annotated[Path, typer.Argument(help="recipe .yaml, data file, or dat
 
 
 @data_app.command("check")
-@user_errors
 def data_check(
     target: TargetArg,
     model: Annotated[str | None, typer.Option(help="tokenizer to measure lengths with")] = None,
@@ -390,7 +391,6 @@ def _stats_of(found, png: Path | None = None) -> dict:
 
 
 @data_app.command("stats")
-@user_errors
 def data_stats(
     target: TargetArg,
     model: Annotated[str | None, typer.Option(help="tokenizer to measure lengths with")] = None,
@@ -412,7 +412,6 @@ def data_stats(
 
 
 @data_app.command("preview")
-@user_errors
 def data_preview(
     target: TargetArg,
     n: Annotated[int, typer.Option("-n", help="how many samples")] = 3,
@@ -441,7 +440,6 @@ def data_preview(
 
 
 @data_app.command("convert")
-@user_errors
 def data_convert(
     source: Annotated[Path, typer.Argument(help="data file to read")],
     to: Annotated[str, typer.Option(help="messages, sharegpt or alpaca")],

@@ -13,7 +13,7 @@ from rich.table import Table
 from tunelab.inference.chat_model import open_chat_model
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import load_recipe
-from tunelab.training.run_folder import RunFolder
+from tunelab.run import RunFolder
 from tunelab.training.runner import train
 
 DEMO_PROMPT = "Who are you?"

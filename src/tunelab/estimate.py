@@ -14,12 +14,13 @@ check against measured peaks); the parts they scale are computed, not guessed.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.methods import meta_model
+from tunelab.models.load import load_config
 from tunelab.recipe import MethodConfig
 
 GiB = 2**30
@@ -87,34 +88,6 @@ class Estimate:
         return asdict(self)
 
 
-def load_config(source):
-    """The model's config (config.json, or a GGUF file's metadata), no weights."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(
-        source.folder, gguf_file=source.gguf_file, local_files_only=True
-    )
-
-
-def _meta_model(config, layers: int, dtype: torch.dtype, method: MethodConfig):
-    from transformers import AutoModelForCausalLM
-
-    from tunelab.methods import get_method
-
-    config = copy.deepcopy(config)
-    config.num_hidden_layers = layers
-    if hasattr(config, "layer_types") and config.layer_types is not None:
-        config.layer_types = config.layer_types[:layers]
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    options = method.model_copy(update={"layers": min(method.layers, layers)})
-    kind = "lora" if method.type == "qlora" else method.type  # same adapter, 4-bit base
-    options = options.model_copy(update={"type": kind})
-    model = get_method(kind).prepare(model, options)
-    model.train()
-    return model
-
-
 def _saved_bytes(model, length: int) -> int:
     """Bytes autograd saves for backward in one forward pass over `length` tokens."""
     import transformers.masking_utils as masking
@@ -180,11 +153,11 @@ def profile(config, method: MethodConfig, dtype: torch.dtype) -> Profile:
     layers = config.num_hidden_layers
     quantised = method.type == "qlora"
     try:
-        small = [_meta_model(config, n, dtype, method) for n in (1, 2)]
+        small = [meta_model(config, n, dtype, method) for n in (1, 2)]
         per_token = [_linear_per_token(m) for m in small]
         one, two = (_counts(m, quantised) for m in small)
         if method.type == "freeze" and method.modules:  # names may match only some layers
-            counts = _counts(_meta_model(config, layers, dtype, method), quantised)
+            counts = _counts(meta_model(config, layers, dtype, method), quantised)
         else:
             counts = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
     except TunelabError:

@@ -17,12 +17,15 @@ from pydantic import (
 )
 
 from tunelab.errors import TunelabError
+from tunelab.templates import read_template_file, template_file
+
+BIG = 100_000_000  # bound for counts that have no natural limit, so a typo is caught
 
 
 class Section(BaseModel):
     """A recipe group: unknown keys are errors, values are checked on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSource(Section):
@@ -32,7 +35,9 @@ class DataSource(Section):
     format: Literal[
         "auto", "alpaca", "sharegpt", "messages", "xtuner", "qa", "prompt_completion"
     ] = Field("auto", description="record layout; auto detects it from the first record")
-    limit: int | None = Field(None, gt=0, description="use only the first N records of this source")
+    limit: int | None = Field(
+        None, gt=0, le=BIG, description="use only the first N records of this source"
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="field names as in dataset_info.json, e.g. {prompt: question, response: answer}",
@@ -66,7 +71,10 @@ class DataConfig(Section):
         "multiple of 64 that loses under 1% of the trained (answer) tokens",
     )
     max_answer_chars: int | None = Field(
-        None, gt=0, description="drop conversations with an answer longer than this many characters"
+        None,
+        gt=0,
+        le=BIG,
+        description="drop conversations with an answer longer than this many characters",
     )
     dedupe: bool = Field(False, description="drop exact duplicate conversations, keeping the first")
     val_ratio: float | None = Field(
@@ -88,8 +96,29 @@ class DataConfig(Section):
     @field_validator("max_length")
     @classmethod
     def _max_length_sane(cls, value):
-        if isinstance(value, int) and value < 16:
-            raise ValueError("must be at least 16 tokens, or auto")
+        if isinstance(value, int) and not 16 <= value <= 1_048_576:
+            raise ValueError("must be between 16 and 1,048,576 tokens, or auto")
+        return value
+
+    @field_validator("replace")
+    @classmethod
+    def _placeholders_not_empty(cls, value):
+        for key in value:
+            if not key.strip():
+                raise ValueError(
+                    "has an empty placeholder, which would match everywhere; give each one text "
+                    'such as "{{name}}"'
+                )
+        return value
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _sources_not_empty(cls, value):
+        if value is not None and not value:
+            raise ValueError("lists no data set; name at least one file or built-in set")
+        for item in value or []:
+            if isinstance(item, str) and not item.strip():
+                raise ValueError("has an empty entry; name a file or a built-in set")
         return value
 
     def sources(self, split: Literal["train", "eval"] = "train") -> list[DataSource]:
@@ -102,8 +131,8 @@ class MethodConfig(Section):
     type: Literal["full", "freeze", "lora", "dora", "qlora", "ptuning", "prefix", "prompt"] = Field(
         "lora", description="how the model is adapted; every method uses the same training loop"
     )
-    r: int = Field(8, gt=0, description="LoRA rank (lora, dora, qlora)")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    r: int = Field(8, gt=0, le=4096, description="LoRA rank (lora, dora, qlora)")
+    alpha: float = Field(16, gt=0, le=1e6, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(
         0.0,
         ge=0,
@@ -113,39 +142,56 @@ class MethodConfig(Section):
     target: str | list[str] = Field(
         "all-linear", description="all-linear, or a list of module names such as [q_proj, v_proj]"
     )
-    layers: int = Field(2, gt=0, description="freeze: how many of the last decoder layers train")
+    layers: int = Field(
+        2, gt=0, le=10_000, description="freeze: how many of the last decoder layers train"
+    )
     modules: list[str] | None = Field(
         None, description="freeze: train parameters whose names contain one of these instead"
     )
-    virtual_tokens: int = Field(20, gt=0, description="ptuning, prefix, prompt: learned tokens")
+    virtual_tokens: int = Field(
+        20, gt=0, le=4096, description="ptuning, prefix, prompt: learned tokens"
+    )
 
 
 class TrainConfig(Section):
-    epochs: float = Field(3, gt=0, description="passes over the training data")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-    lr: float = Field(2e-4, gt=0, description="peak learning rate")
-    batch_size: int = Field(4, gt=0, description="samples per device per forward pass")
-    grad_accum: int = Field(1, gt=0, description="forward passes per optimizer step")
+    epochs: float = Field(3, gt=0, le=10_000, description="passes over the training data")
+    max_steps: int | None = Field(
+        None, gt=0, le=BIG, description="stop after this many optimizer steps"
+    )
+    lr: float = Field(2e-4, gt=0, le=10, description="peak learning rate")
+    batch_size: int = Field(4, gt=0, le=65_536, description="samples per device per forward pass")
+    grad_accum: int = Field(1, gt=0, le=65_536, description="forward passes per optimizer step")
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps spent warming up")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    seed: int = Field(42, description="seed for weights init, dropout and data order")
-    log_every: int = Field(1, gt=0, description="steps between metric lines in metrics.jsonl")
-    save_every: int | None = Field(
-        None, gt=0, description="steps between checkpoints (None: only the final weights)"
+    weight_decay: float = Field(0.0, ge=0, le=10)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="gradient clipping norm")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="seed for weights init, dropout and data order"
     )
-    keep_last: int = Field(2, gt=0, description="how many of the newest checkpoints to keep")
+    log_every: int = Field(
+        1, gt=0, le=BIG, description="steps between metric lines in metrics.jsonl"
+    )
+    save_every: int | None = Field(
+        None, gt=0, le=BIG, description="steps between checkpoints (None: only the final weights)"
+    )
+    keep_last: int = Field(
+        2, gt=0, le=1000, description="how many of the newest checkpoints to keep"
+    )
     eval_every: int | None = Field(
-        None, gt=0, description="steps between validation losses (None: at each epoch's end)"
+        None,
+        gt=0,
+        le=BIG,
+        description="steps between validation losses (None: at each epoch's end)",
     )
     sample_every: int | None = Field(
-        None, gt=0, description="steps between answers to sample_prompts (None: never)"
+        None, gt=0, le=BIG, description="steps between answers to sample_prompts (None: never)"
     )
     sample_prompts: list[str] = Field(
         default_factory=list, description="fixed prompts answered greedily while training"
     )
-    sample_max_new_tokens: int = Field(64, gt=0, description="longest sample answer in tokens")
+    sample_max_new_tokens: int = Field(
+        64, gt=0, le=65_536, description="longest sample answer in tokens"
+    )
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
     group_by_length: bool | None = Field(
         None,
@@ -175,13 +221,13 @@ class EvaluateConfig(Section):
         None, description="a scored task run on base and tuned model"
     )
     data: str | None = Field(None, description="the task's question/answer .jsonl")
-    shots: int = Field(5, ge=0, description="worked examples in each task prompt")
+    shots: int = Field(5, ge=0, le=64, description="worked examples in each task prompt")
     fewshot_from: str | None = Field(None, description="file the shots are drawn from")
-    fewshot_limit: int | None = Field(None, gt=0, description="draw shots from its first N")
-    limit: int | None = Field(None, gt=0, description="score only N task questions")
+    fewshot_limit: int | None = Field(None, gt=0, le=BIG, description="draw shots from its first N")
+    limit: int | None = Field(None, gt=0, le=BIG, description="score only N task questions")
     last: bool = Field(False, description="with limit: the last N questions")
-    batch_size: int = Field(8, gt=0)
-    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(8, gt=0, le=4096)
+    max_new_tokens: int = Field(256, gt=0, le=65_536)
 
     @model_validator(mode="after")
     def _task_needs_data(self):
@@ -203,7 +249,9 @@ class Recipe(Section):
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    output: str = Field("runs/run", description="run folder for everything the run writes")
+    output: str = Field(
+        "runs/run", min_length=1, description="run folder for everything the run writes"
+    )
     evaluate: EvaluateConfig | None = Field(
         None, description="before/after report (probe prompts, optional task) when training ends"
     )
@@ -215,6 +263,7 @@ class Recipe(Section):
 
     # Where the recipe came from, so relative data paths can be resolved beside it.
     source_dir: Path | None = Field(None, exclude=True, repr=False)
+    source_file: Path | None = Field(None, exclude=True, repr=False)
 
     def to_yaml(self) -> str:
         """The fully resolved recipe, every default written out."""
@@ -240,7 +289,11 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     except ValidationError as exc:
         raise TunelabError(_explain(exc, origin, lines, override_keys)) from None
     recipe.source_dir = source_dir
-    stage_recipes(recipe, origin, lines)  # a mistake in any stage is reported now, not hours later
+    recipe.source_file = None if isinstance(source, dict) else Path(source)
+    for each in [recipe, *stage_recipes(recipe, origin, lines)]:  # every stage checked now
+        path = template_file(each.model.template, source_dir)
+        if path is not None:
+            read_template_file(path)
     return recipe
 
 
@@ -280,22 +333,106 @@ def _deep_merge(base: dict, update: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
-    text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TunelabError(f"{path}: the recipe is not UTF-8 text; save it as UTF-8.") from None
+    loader = RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise TunelabError(
             f"{where}: the recipe is not valid YAML ({problem}); fix that line."
         ) from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TunelabError(f"{path}: a recipe must be a mapping of sections (model, data, ...).")
     return data, _key_lines(node)
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """Safe YAML that refuses duplicate keys, recursive aliases and alias bombs.
+
+    A recipe is a few hundred nodes; one that expands past MAX_NODES (aliases counted each time
+    they are used) or nests deeper than MAX_DEPTH is refused before anything walks it.
+    """
+
+    MAX_NODES = 20_000
+    MAX_DEPTH = 64
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}
+        self._open: list[str | None] = []  # anchors of the collections being composed
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if event.anchor in self._open:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the alias *{event.anchor} refers to itself", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        if len(self._open) >= self.MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {self.MAX_DEPTH} levels",
+                self.peek_event().start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def compose_sequence_node(self, anchor):
+        return self._composed(super().compose_sequence_node, anchor)
+
+    def compose_mapping_node(self, anchor):
+        return self._composed(super().compose_mapping_node, anchor)
+
+    def _composed(self, compose, anchor):
+        start = self.peek_event().start_mark
+        self._open.append(anchor)
+        node = None
+        try:
+            node = compose(anchor)
+        finally:
+            self._open.pop()
+        children = (
+            node.value
+            if isinstance(node, yaml.SequenceNode)
+            else [item for pair in node.value for item in pair]
+        )
+        size = 1 + sum(self._sizes.get(id(child), 1) for child in children)
+        if size > self.MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"it expands to over {self.MAX_NODES:,} values through aliases", start
+            )
+        self._sizes[id(node)] = size
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"`{key}` appears twice in one section (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
@@ -321,7 +458,7 @@ def _apply_override(raw: dict, item: str) -> str:
     key, _, text = item.partition("=")
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = _load_value(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     parts = key.split(".")
@@ -335,6 +472,14 @@ def _apply_override(raw: dict, item: str) -> str:
         node = child
     node[parts[-1]] = value
     return key
+
+
+def _load_value(text: str):
+    loader = RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _all_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:

@@ -98,9 +98,14 @@ class CheckResult:
     registry_entries: list[dict]
 
     @property
+    def empty_sources(self) -> list[str]:
+        """Sources that hold no record at all (an empty or blank file)."""
+        return [s["name"] for s in self.report.sources if s["read"] == 0]
+
+    @property
     def problems(self) -> int:
         missing = sum(1 for e in self.registry_entries if e["status"] == "missing file")
-        return len(self.report.bad_rows) + missing
+        return len(self.report.bad_rows) + missing + len(self.empty_sources)
 
 
 def check(target: Target) -> CheckResult:

@@ -3,21 +3,20 @@
 Rendering (chat template + tokenizer) is the slow part, so its untruncated result is cached
 under a fingerprint of everything it depends on: the bytes of every data file, the
 tokenizer's vocabulary and rules, the template, the data settings and tunelab's version.
-Truncation and the validation split are cheap and run after the cache.
+Truncation and the validation split are cheap and run after the cache, which holds nothing
+that can run code when read (see `tunelab.data.cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from tunelab import __version__
+from tunelab.data.cache import CACHE_SUFFIX, DamagedCache, read_cache, write_cache
 from tunelab.data.conversation import RowError
 from tunelab.data.load import DataReport, load_conversations, raise_for_bad_rows, resolve_source
 from tunelab.data.render import ConversationRenderer, RenderedSample, truncate
@@ -37,6 +36,7 @@ class RenderedSplit:
     fingerprint: str
     from_cache: bool
     seconds: float
+    cache_problem: str | None = None  # why a cache entry was thrown away and rebuilt
 
 
 @dataclass
@@ -109,13 +109,15 @@ def render_split(
     """Load, check and render a split without truncation, from the cache when possible."""
     started = time.perf_counter()
     key = fingerprint(config, base_dir, split, tokenizer, template)
-    path = cache_dir() / "data" / f"{key}.pkl"
+    path = cache_dir() / "data" / f"{key}{CACHE_SUFFIX}"
+    problem = None
     if use_cache and path.is_file():
         try:
-            samples, report = _read_cache(path)
+            samples, report = read_cache(path, len(tokenizer))
             return RenderedSplit(samples, report, key, True, time.perf_counter() - started)
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
-            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, not trusted
+        except DamagedCache as damaged:
+            problem = str(damaged)
+            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
     conversations, report = load_conversations(config, base_dir, split)
     renderer = ConversationRenderer(tokenizer, template, max_length=None)
     samples = []
@@ -126,40 +128,10 @@ def render_split(
             samples.append(result)
     raise_for_bad_rows(report, config.on_bad_row, split)
     if use_cache:
-        _write_cache(path, samples, report)
-    return RenderedSplit(samples, report, key, False, time.perf_counter() - started)
-
-
-def _write_cache(path: Path, samples: list[RenderedSample], report: DataReport) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "lengths": np.array([len(s.input_ids) for s in samples], dtype=np.int64),
-        "input_ids": np.concatenate([np.asarray(s.input_ids, np.int32) for s in samples])
-        if samples
-        else np.zeros(0, np.int32),
-        "labels": np.concatenate([np.asarray(s.labels, np.int32) for s in samples])
-        if samples
-        else np.zeros(0, np.int32),
-        "locations": [s.location for s in samples],
-        "report": report.as_dict(),
-    }
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as handle:
-        pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)  # readers never see a half-written file
-
-
-def _read_cache(path: Path) -> tuple[list[RenderedSample], DataReport]:
-    with path.open("rb") as handle:
-        payload = pickle.load(handle)
-    ends = np.cumsum(payload["lengths"])
-    ids = np.split(payload["input_ids"], ends[:-1]) if len(ends) else []
-    labels = np.split(payload["labels"], ends[:-1]) if len(ends) else []
-    samples = [
-        RenderedSample(i.tolist(), label.tolist(), location=loc)
-        for i, label, loc in zip(ids, labels, payload["locations"])
-    ]
-    return samples, DataReport.from_dict(payload["report"])
+        write_cache(path, samples, report)
+    rendered = RenderedSplit(samples, report, key, False, time.perf_counter() - started)
+    rendered.cache_problem = problem
+    return rendered
 
 
 def prepare_data(
@@ -210,6 +182,11 @@ def _cut(
 
 
 def _cache_note(split: str, rendered: RenderedSplit) -> str:
+    if rendered.cache_problem:
+        return (
+            f"{split} data: the cache entry {rendered.fingerprint} was damaged "
+            f"({rendered.cache_problem}); tokenized again in {rendered.seconds:.2f} s and rebuilt"
+        )
     if rendered.from_cache:
         return (
             f"{split} data: {len(rendered.samples)} samples loaded from the cache "

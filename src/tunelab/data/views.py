@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -49,8 +50,14 @@ def show_check(console: Console, target: Target, result: CheckResult) -> None:
         console.print(f"[bold red]{len(result.report.bad_rows)} bad row(s):[/]")
         for row in result.report.bad_rows:
             console.print(f"  {row}", highlight=False, soft_wrap=True)
+    for name in result.empty_sources:
+        console.print(
+            f"[bold red]{escape(name)} holds no records[/]: the file is empty or blank; "
+            "nothing in it can train.",
+            highlight=False,
+        )
     missing = [e for e in target.registry_entries if e["status"] == "missing file"]
-    if not result.report.bad_rows and not missing:
+    if not result.problems and not missing:
         console.print("[green]no bad rows[/]")
 
 

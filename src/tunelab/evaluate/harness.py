@@ -14,7 +14,7 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.models.sources import resolve_model
-from tunelab.training.run_folder import RECIPE_FILE, RunFolder
+from tunelab.run import RECIPE_FILE, RunFolder
 
 
 def hf_paths(target: str | Path) -> tuple[Path, Path | None, Path]:

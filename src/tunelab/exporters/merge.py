@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.inference.chat_model import open_chat_model
 from tunelab.methods import get_method
-from tunelab.training.run_folder import RunFolder
+from tunelab.run import RunFolder, refuse_precious
+
+EXPORT_MARK = "tunelab_export.json"
 
 
 def export_run(
@@ -18,38 +21,88 @@ def export_run(
     """Write the run's result to `out`.
 
     merge=None does what the method allows: LoRA-family runs are merged into the base (a plain
-    HF folder), prompt-style runs export their adapter, full and freeze runs their model.
+    HF folder), prompt-style runs export their adapter, full and freeze runs their model. The
+    export is written beside `out` and moved into place when complete; `overwrite` replaces
+    only an earlier tunelab export.
     """
-    run = RunFolder.open(run_dir).final_run()
+    top = RunFolder.open(run_dir)
+    run = top.final_run()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TunelabError(f"{out} is not empty; pass --overwrite or choose another --out folder.")
-    method = get_method(run.read_recipe()["method"]["type"])
+    recipe = run.read_recipe()
+    _check_destination(out, [top.path, run.path, Path(recipe["model"]["path"])], overwrite)
+    method = get_method(recipe["method"]["type"])
     if merge and not method.mergeable:
         raise TunelabError(
             f"merging is only for LoRA-family runs (lora, dora, qlora); this run used {method.name}. "
             "Export without --merge to save its "
             + ("adapter." if method.saves_adapter else "model.")
         )
-    if out.exists():
-        shutil.rmtree(out)
-    if method.family == "full":
-        shutil.copytree(run.model_dir, out)
-    elif merge is False or not method.mergeable:
-        shutil.copytree(run.adapter_dir, out)
-    else:
-        chat = open_chat_model(run.path, with_adapter=True, quantized=False)
-        merged = chat.model.merge_and_unload()
-        merged.save_pretrained(out)
-        chat.tokenizer.save_pretrained(out)
-    merged_flag = bool(method.mergeable and merge is not False)
-    provenance = {
-        "exported_from": str(run.path.resolve()),
-        "method": method.name,
-        "merged": merged_flag,
-        "recipe": run.read_recipe(),
-    }
-    (out / "tunelab_export.json").write_text(
-        json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8"
-    )
+    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        merged = _write_export(run, method, merge, staging)
+        provenance = {
+            "exported_from": str(run.path.resolve()),
+            "method": method.name,
+            "merged": merged,
+            "recipe": recipe,
+        }
+        (staging / EXPORT_MARK).write_text(
+            json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _move_into_place(staging, out)
     return out
+
+
+def _check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
+    """`out` may be new, empty, or (with overwrite) an earlier export; never a source."""
+    refuse_precious(out, "--out", [p for p in sources if p.exists()])
+    target = out.resolve()
+    for source in sources[:2]:
+        if source.resolve() in target.parents:
+            raise TunelabError(
+                f"--out {out} lies inside the run folder {source}; export to a folder of its own."
+            )
+    if out.exists() and not out.is_dir():
+        raise TunelabError(f"--out {out} is a file; choose a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise TunelabError(
+                f"{out} is not empty; pass --overwrite or choose another --out folder."
+            )
+        if not (out / EXPORT_MARK).is_file():
+            raise TunelabError(
+                f"{out} is not empty and is not a tunelab export (no {EXPORT_MARK}); "
+                "--overwrite replaces only an earlier export. Choose another --out folder."
+            )
+
+
+def _write_export(run: RunFolder, method, merge: bool | None, folder: Path) -> bool:
+    """The weights into `folder`; whether a LoRA-family adapter was merged."""
+    if method.family == "full":
+        shutil.copytree(run.model_dir, folder)
+        return False
+    if merge is False or not method.mergeable:
+        shutil.copytree(run.adapter_dir, folder)
+        return False
+    chat = open_chat_model(run.path, with_adapter=True, quantized=False)
+    merged = chat.model.merge_and_unload()
+    merged.save_pretrained(folder)
+    chat.tokenizer.save_pretrained(folder)
+    return True
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """One rename puts the export in place; an earlier export is removed only after it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    aside = None
+    if out.exists():
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(out, aside)
+    os.replace(staging, out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)

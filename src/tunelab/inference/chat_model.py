@@ -13,8 +13,8 @@ from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
 from tunelab.recipe import MethodConfig
+from tunelab.run import RECIPE_FILE, RunFolder
 from tunelab.templates import resolve_template
-from tunelab.training.run_folder import RECIPE_FILE, RunFolder
 
 
 @dataclass

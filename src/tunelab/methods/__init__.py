@@ -8,6 +8,9 @@ cannot (ptuning, prefix, prompt).
 
 from __future__ import annotations
 
+import copy
+import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -84,6 +87,8 @@ def prepare_lora(model, config: MethodConfig):
     """A peft LoRA (or DoRA) adapter; only the adapter trains."""
     from peft import LoraConfig, get_peft_model
 
+    check_targets(model, config)
+
     lora = LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
@@ -93,6 +98,73 @@ def prepare_lora(model, config: MethodConfig):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def check_targets(model, config: MethodConfig) -> None:
+    """LoRA targets must name linear layers the model has (peft matches a string as a regex)."""
+    if config.target == "all-linear":
+        return
+    linear = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+        }
+        - {"lm_head"}
+    )
+    full_names = [name for name, _ in model.named_modules()]
+    if isinstance(config.target, str):
+        try:
+            pattern = re.compile(config.target)
+        except re.error as exc:
+            raise TunelabError(
+                f"method.target `{config.target}` is not a valid regular expression ({exc})."
+            ) from None
+        if not any(pattern.fullmatch(name) for name in full_names):
+            raise TunelabError(
+                f"method.target `{config.target}` matches no module of the model; its linear "
+                f"layers are {', '.join(linear)} (or use all-linear)."
+            )
+        return
+    for target in config.target:
+        if target not in linear and not any(n.endswith("." + target) for n in full_names):
+            close = difflib.get_close_matches(target, linear, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise TunelabError(
+                f"method.target `{target}` is not a layer of this model; its linear layers are "
+                f"{', '.join(linear)}.{hint}"
+            )
+
+
+def meta_model(model_config, layers: int, dtype: torch.dtype, method: MethodConfig):
+    """The model with `layers` decoder layers on the meta device (no memory), method applied."""
+    from transformers import AutoModelForCausalLM
+
+    model_config = copy.deepcopy(model_config)
+    model_config.num_hidden_layers = layers
+    if getattr(model_config, "layer_types", None) is not None:
+        model_config.layer_types = model_config.layer_types[:layers]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            model_config, dtype=dtype, attn_implementation="sdpa"
+        )
+    options = method.model_copy(update={"layers": min(method.layers, layers)})
+    kind = "lora" if method.type == "qlora" else method.type  # same adapter, 4-bit base
+    options = options.model_copy(update={"type": kind})
+    model = METHODS[kind].prepare(model, options)
+    model.train()
+    return model
+
+
+def check_method(model_config, config: MethodConfig) -> None:
+    """Apply the method to a one-layer meta copy of the model, so a wrong target fails in a
+    second, before any weights load (architectures the meta device cannot build are skipped)."""
+    try:
+        meta_model(model_config, 1, torch.float32, config)
+    except TunelabError:
+        raise
+    except Exception:  # the real load reports what is wrong with such a model
+        return
 
 
 def qlora_load_options(config: MethodConfig, device: torch.device) -> dict:

@@ -156,3 +156,13 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class RunStarted(TrainerCallback):
+    """After the first optimizer step, the run that this one replaced is removed for good."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.run.confirm_start()

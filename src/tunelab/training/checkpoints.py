@@ -7,17 +7,23 @@ A crash mid-write leaves only a staging folder, which resume ignores and clears.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import shutil
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from transformers import TrainerCallback
 
+from tunelab.errors import TunelabError
+
 STAGING = ".staging"
+CHECKPOINTS = "checkpoints"
 COMPLETE_MARK = "tunelab_checkpoint.json"
 PREFIX = "checkpoint-"
 
@@ -28,6 +34,61 @@ def complete_checkpoints(folder: Path) -> list[Path]:
         return []
     found = [p for p in folder.glob(f"{PREFIX}*") if (p / COMPLETE_MARK).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None if the checkpoint is whole, else what is damaged in it."""
+    try:
+        mark = json.loads((path / COMPLETE_MARK).read_text(encoding="utf-8"))
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        return f"{Path(exc.filename).name} is missing"
+    except (ValueError, OSError) as exc:
+        return f"a JSON file cannot be read ({type(exc).__name__})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json has no global_step"
+    for name, size in (mark.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size:,} bytes, {size:,} when saved"
+    weights = list(path.glob("*.safetensors"))
+    if not weights:
+        return "it holds no .safetensors weights"
+    for file in weights:
+        problem = safetensors_problem(file)
+        if problem:
+            return f"{file.name} {problem}"
+    return None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Whether a safetensors file's header parses and its data is all there."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if length <= 0 or 8 + length > size:
+                return "has a broken header"
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError):
+        return "has a broken header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if 8 + length + max(ends, default=0) != size:
+        return "is truncated"
+    return None
+
+
+def resumable_checkpoint(folder: Path) -> tuple[Path | None, list[str]]:
+    """The newest whole checkpoint, and a note for each newer one that is damaged."""
+    notes = []
+    for path in reversed(complete_checkpoints(folder)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, notes
+        notes.append(f"{path.name} is damaged ({problem})")
+    return None, notes
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -47,7 +108,13 @@ class AtomicCheckpoints(TrainerCallback):
         staged = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
         if not staged.is_dir():
             return
-        mark = {"step": state.global_step, "epoch": state.epoch, "saved_at": time.time()}
+        files = {f.name: f.stat().st_size for f in staged.iterdir() if f.is_file()}
+        mark = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "saved_at": time.time(),
+            "files": files,
+        }
         (staged / COMPLETE_MARK).write_text(json.dumps(mark), encoding="utf-8")
         final = self.folder / staged.name
         if final.exists():
@@ -109,3 +176,79 @@ class CarryOptimizer(TrainerCallback):
 
             optimizer.load_state_dict(torch.load(self.path, weights_only=True))
             self.path = Path()  # once
+
+
+DISK_FULL_WORDS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether a failure (or what caused it) is a full disk or a file-size limit; libraries
+    that write in Rust or C++ report it in their own exception types."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return True
+        if any(word in str(exc).lower() for word in DISK_FULL_WORDS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+@contextmanager
+def saving_into(folder: Path):
+    """A full disk while training saves becomes one sentence; finished checkpoints stay."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        clear_staging(folder / CHECKPOINTS)
+        kept = latest_checkpoint(folder / CHECKPOINTS)
+        left = f"the last checkpoint {kept} is intact" if kept else "no checkpoint was saved"
+        raise TunelabError(
+            f"no space left in {folder} while saving; {left}. Free some space, then "
+            "continue with --resume (or start again)."
+        ) from None
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops at the first non-finite loss or gradient norm, before that step is saved."""
+
+    def __init__(self, folder: Path, lr: float):
+        self.folder = folder
+        self.lr = lr
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {
+            k: v
+            for k, v in (logs or {}).items()
+            if k in ("loss", "grad_norm") and not math.isfinite(float(v))
+        }
+        if bad:
+            raise Diverged(self._message(state.global_step, bad))
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if model is not None and not trainable_finite(model):
+            staged = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+            shutil.rmtree(staged, ignore_errors=True)
+            raise Diverged(self._message(state.global_step, {"weights": "not finite"}))
+
+    def _message(self, step: int, bad: dict) -> str:
+        kept = latest_checkpoint(self.folder)
+        what = ", ".join(f"{k} {v}" for k, v in bad.items())
+        left = f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved"
+        return (
+            f"training diverged at step {step} ({what}); nothing of it was saved and {left}. "
+            f"Lower train.lr (now {self.lr:g}) or check the data."
+        )
+
+
+class Diverged(TunelabError):
+    """The loss, a gradient norm or the weights stopped being finite numbers."""
+
+
+def trainable_finite(model) -> bool:
+    """Whether every trainable parameter holds finite numbers."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)

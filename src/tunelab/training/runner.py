@@ -4,32 +4,62 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from tunelab.data.load import DataReport, resolve_source
+from tunelab.data.load import DataReport
 from tunelab.data.pipeline import prepare_data
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
-from tunelab.methods import Method, count_parameters, get_method
-from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
+from tunelab.methods import Method, check_method, count_parameters, get_method
+from tunelab.models.load import (
+    load_config,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    pick_dtype,
+)
 from tunelab.models.sources import ModelSource, resolve_model
+from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import Recipe, load_recipe, stage_recipes
+from tunelab.run import (
+    ADAPTER_DIR,
+    DATA_REPORT_FILE,
+    ENVIRONMENT_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    RunFolder,
+    describe_environment,
+)
 from tunelab.templates import resolve_template
 from tunelab.training import attention as packed_attention
-from tunelab.training.callbacks import MetricsWriter, RichProgress, StepTimer, keep_rows_up_to
+from tunelab.training.callbacks import (
+    MetricsWriter,
+    RichProgress,
+    RunStarted,
+    StepTimer,
+    keep_rows_up_to,
+)
 from tunelab.training.checkpoints import (
     OPTIMIZER_FILE,
     STAGING,
     AtomicCheckpoints,
     CarryOptimizer,
+    Diverged,
+    NonFiniteGuard,
     SaveOnInterrupt,
     clear_staging,
     latest_checkpoint,
+    resumable_checkpoint,
+    saving_into,
+    trainable_finite,
 )
 from tunelab.training.collator import (
     Batching,
@@ -42,17 +72,6 @@ from tunelab.training.collator import (
 from tunelab.training.kernels import Kernels, choose_kernels
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
-from tunelab.training.run_folder import (
-    ADAPTER_DIR,
-    DATA_REPORT_FILE,
-    ENVIRONMENT_FILE,
-    METRICS_FILE,
-    MODEL_DIR,
-    SAMPLES_FILE,
-    SUMMARY_FILE,
-    RunFolder,
-    describe_environment,
-)
 from tunelab.training.sampling import SampleAnswers
 
 
@@ -83,14 +102,21 @@ def train(
     console = console or Console(stderr=True)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    protected = preflight(recipe)  # every input readable, none inside the run folder
     if recipe.stages:
-        result = _train_stages(recipe, overwrite, resume, console, callbacks)
+        result = _train_stages(recipe, overwrite, resume, console, callbacks, protected)
     else:
-        result = _train_one(recipe, overwrite, resume, console, callbacks)
+        run, checkpoint = _open_run(recipe, overwrite, resume, protected, console)
+        with _writing(run):
+            result = _train_one(recipe, run, checkpoint, console, callbacks)
+            _evaluate_after(recipe, run, result, console)
+    return result
+
+
+def _evaluate_after(recipe: Recipe, run: RunFolder, result: TrainResult, console) -> None:
     if recipe.evaluate is not None:
         result.summary["before_after"] = _before_after(recipe, result, console)
-        RunFolder(result.run_dir).write_json(SUMMARY_FILE, result.summary)
-    return result
+        run.write_json(SUMMARY_FILE, result.summary)
 
 
 def _before_after(recipe: Recipe, result: TrainResult, console: Console) -> dict:
@@ -143,81 +169,95 @@ def _before_after(recipe: Recipe, result: TrainResult, console: Console) -> dict
 
 
 def _train_stages(
-    recipe: Recipe, overwrite: bool, resume: bool, console: Console, callbacks
+    recipe: Recipe, overwrite: bool, resume: bool, console: Console, callbacks, protected
 ) -> TrainResult:
     """Run each stage in order, each from the previous stage's trained weights."""
     stages = stage_recipes(recipe)
     if resume:
-        run = RunFolder.open(recipe.output)
-        if run.read_recipe() != recipe.model_dump(mode="json"):
-            raise TunelabError(
-                f"the recipe differs from the one {run.path} started with; "
-                "resume with the same recipe and overrides."
-            )
+        run = RunFolder.reopen(recipe.output)
+        try:
+            check_same_recipe(run, recipe)
+        except TunelabError:
+            run.release()
+            raise
     else:
-        run = RunFolder.create(recipe.output, overwrite=overwrite)
+        run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
-    summaries, previous, result = [], None, None
-    for index, stage in enumerate(stages, start=1):
-        folder = RunFolder(Path(stage.output))
-        console.rule(f"stage {index}/{len(stages)}: {folder.path.name}")
-        if resume and folder.file(SUMMARY_FILE).is_file():
-            console.print("finished earlier; skipped", highlight=False)
-            result = TrainResult(folder.path, folder.read_json(SUMMARY_FILE))
-        else:
-            again = resume and latest_checkpoint(folder.checkpoints_dir) is not None
-            result = _train_one(
-                stage,
-                overwrite=True,
-                resume=again,
-                console=console,
-                callbacks=callbacks,
-                init_from=previous,
-                keep_optimizer=index < len(stages),
-            )
-        summaries.append({"stage": index, "run_dir": str(result.run_dir), **result.summary})
-        previous = result.run_dir
-    summary = {
-        "stages": summaries,
-        "final_stage": str(previous),
-        "train_seconds": round(sum(s["train_seconds"] for s in summaries), 3),
-        "peak_memory_bytes": max(s["peak_memory_bytes"] for s in summaries),
-        "steps": sum(s["steps"] for s in summaries),
-        "final_loss": summaries[-1]["final_loss"],
-    }
-    run.write_json(SUMMARY_FILE, summary)
-    return TrainResult(run.path, summary, result.model)
+    with _writing(run):
+        summaries, previous, result = [], None, None
+        for index, stage in enumerate(stages, start=1):
+            folder = RunFolder(Path(stage.output))
+            console.rule(f"stage {index}/{len(stages)}: {folder.path.name}")
+            if resume and folder.file(SUMMARY_FILE).is_file():
+                console.print("finished earlier; skipped", highlight=False)
+                result = TrainResult(folder.path, folder.read_json(SUMMARY_FILE))
+            else:
+                again = resume and latest_checkpoint(folder.checkpoints_dir) is not None
+                stage_run, checkpoint = _open_run(stage, True, again, protected, console)
+                with _writing(stage_run):
+                    result = _train_one(
+                        stage,
+                        stage_run,
+                        checkpoint,
+                        console,
+                        [*callbacks, RunStarted(run)],
+                        init_from=previous,
+                        keep_optimizer=index < len(stages),
+                    )
+            summaries.append({"stage": index, "run_dir": str(result.run_dir), **result.summary})
+            previous = result.run_dir
+        summary = {
+            "stages": summaries,
+            "final_stage": str(previous),
+            "train_seconds": round(sum(s["train_seconds"] for s in summaries), 3),
+            "peak_memory_bytes": max(s["peak_memory_bytes"] for s in summaries),
+            "steps": sum(s["steps"] for s in summaries),
+            "final_loss": summaries[-1]["final_loss"],
+        }
+        run.write_json(SUMMARY_FILE, summary)
+        result = TrainResult(run.path, summary, result.model)
+        _evaluate_after(recipe, run, result, console)
+    return result
+
+
+@contextmanager
+def _writing(run: RunFolder):
+    """Hold the run's lock while it is written; if it fails before training, put back the run
+    it replaced."""
+    try:
+        yield run
+    except BaseException:
+        run.abandon()
+        raise
+    finally:
+        run.release()
 
 
 def _train_one(
     recipe: Recipe,
-    overwrite: bool,
-    resume: bool,
+    run: RunFolder,
+    checkpoint: Path | None,
     console: Console,
     callbacks,
     init_from: Path | None = None,
     keep_optimizer: bool = False,
 ) -> TrainResult:
-    """One run (or one stage).
+    """One run (or one stage) into its open run folder, from `checkpoint` when resuming.
 
     `init_from` is a previous stage whose trained weights start this one; `keep_optimizer`
     saves the final optimizer state for a next stage that carries it on.
     """
     started_at = time.perf_counter()
     quiet_libraries()
-    # Cheap checks first, so a typo fails in a second, not after loading the model.
-    for split in ("train", "eval"):
-        for item in recipe.data.sources(split):
-            resolve_source(item, recipe.data, recipe.source_dir)
     source = resolve_model(recipe.model.path)
     method = get_method(recipe.method.type)
+    check_method(load_config(source), recipe.method)
     device = pick_device()
     load_options = method.load_options(recipe.method, device)
-    run, checkpoint = _open_run(recipe, overwrite, resume)
 
     tokenizer = load_tokenizer(source)
-    template = resolve_template(recipe.model.template, tokenizer)
+    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
     tokenizer.chat_template = template
     data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
     run.write_json(DATA_REPORT_FILE, {**data.report.as_dict(), "max_length": data.max_length})
@@ -271,10 +311,12 @@ def _train_one(
     interrupt = SaveOnInterrupt(console)
     renderer = ConversationRenderer(tokenizer, template)
     our_callbacks = [
+        RunStarted(run),
         timer,
         metrics,
         RichProgress(console),
         interrupt,
+        NonFiniteGuard(run.checkpoints_dir, recipe.train.lr),
         AtomicCheckpoints(run.checkpoints_dir, recipe.train.keep_last),
         SampleAnswers(
             run.file(SAMPLES_FILE),
@@ -292,7 +334,8 @@ def _train_one(
     trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks, batching, kernels)
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with saving_into(run.path):
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if interrupt.requested:
         saved = latest_checkpoint(run.checkpoints_dir)
         raise Interrupted(
@@ -304,8 +347,14 @@ def _train_one(
     if data.eval:  # validate at the end unless the schedule just did
         done = metrics.last_eval_step == trainer.state.global_step
         eval_loss = metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
+    if not trainable_finite(model):
+        raise Diverged(
+            f"training diverged: after step {trainer.state.global_step} the trained weights are "
+            f"not finite; nothing was saved. Lower train.lr (now {recipe.train.lr:g})."
+        )
     model.config.use_cache = True  # the saved config is for inference
-    _save_final(run, method, model, tokenizer)
+    with saving_into(run.path):
+        _save_final(run, method, model, tokenizer)
     if keep_optimizer:
         torch.save(trainer.optimizer.state_dict(), run.file(OPTIMIZER_FILE))
     plot_losses(run.file(METRICS_FILE), run.file("loss.png"))
@@ -336,7 +385,7 @@ def _train_one(
 def _memory_estimate(recipe, source, dtype, device, data, packed: bool, console):
     """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
     came from (None if the model cannot be traced)."""
-    from tunelab.estimate import estimate_for, load_config, profile, worst_case_batch
+    from tunelab.estimate import estimate_for, profile, worst_case_batch
 
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     config = load_config(source)
@@ -403,16 +452,29 @@ def _continue_adapter(model, method: Method, adapter: Path):
     return PeftModel.from_pretrained(model, adapter, is_trainable=True)
 
 
-def _open_run(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[RunFolder, Path | None]:
-    """A fresh run folder, or the run to resume and its newest complete checkpoint."""
+def _open_run(
+    recipe: Recipe, overwrite: bool, resume: bool, protected: list[Path], console: Console
+) -> tuple[RunFolder, Path | None]:
+    """A fresh run folder, or the run to resume and its newest complete checkpoint (locked)."""
     if not resume:
-        run = RunFolder.create(recipe.output, overwrite=overwrite)
+        run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
+        for note in run.notes:
+            console.print(note, highlight=False)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
         return run, None
-    run = RunFolder.open(recipe.output)
-    if run.file(SUMMARY_FILE).is_file():
-        raise TunelabError(f"{run.path} already finished; there is nothing to resume.")
+    run = RunFolder.reopen(recipe.output)
+    for note in run.notes:
+        console.print(note, highlight=False)
+    try:
+        return run, _resume_point(run, recipe, console)
+    except BaseException:
+        run.release()
+        raise
+
+
+def check_same_recipe(run: RunFolder, recipe: Recipe) -> None:
+    """A run resumes only with the recipe (and overrides) it started with."""
     saved, now = run.read_recipe(), recipe.model_dump(mode="json")
     changed = [key for key in now if saved.get(key) != now[key]]
     if changed:
@@ -420,16 +482,30 @@ def _open_run(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[RunFolder,
             f"the recipe's `{changed[0]}` section differs from the one {run.path} started with; "
             "resume with the same recipe and overrides."
         )
+
+
+def _resume_point(run: RunFolder, recipe: Recipe, console: Console) -> Path:
+    """The newest whole checkpoint of a run that may be resumed with this recipe."""
+    if run.file(SUMMARY_FILE).is_file():
+        raise TunelabError(f"{run.path} already finished; there is nothing to resume.")
+    check_same_recipe(run, recipe)
     clear_staging(run.checkpoints_dir)
-    checkpoint = latest_checkpoint(run.checkpoints_dir)
+    checkpoint, damaged = resumable_checkpoint(run.checkpoints_dir)
+    if checkpoint is None and damaged:
+        raise TunelabError(
+            f"{run.path} has no whole checkpoint to resume from: {'; '.join(damaged)}. "
+            "Start again with --overwrite."
+        )
     if checkpoint is None:
         raise TunelabError(
             f"{run.path} has no complete checkpoint to resume from; start again with --overwrite."
         )
+    for note in damaged:
+        console.print(f"{note}; resuming from {checkpoint.name} instead", highlight=False)
     step = int(checkpoint.name.split("-")[-1])
     for name in (METRICS_FILE, SAMPLES_FILE):
         keep_rows_up_to(run.file(name), step)
-    return run, checkpoint
+    return checkpoint
 
 
 def _tensorboard(run: RunFolder, recipe: Recipe, console: Console) -> list:

@@ -1,0 +1,69 @@
+"""How a failure reaches the user: one `error:` line for what they can fix, else the log file.
+
+A user's mistake is a `TunelabError`, raised where it is found; an operating-system error on
+their files (permissions, a full disk) is told the same way. Anything else is a bug: its
+traceback goes to a log file and the console says where, with exit code 1.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from tunelab.errors import TunelabError
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def report_failure(exc: BaseException, console: Console) -> int | None:
+    """Print the failure and return the exit code; None for exits that are not failures."""
+    if isinstance(exc, SystemExit | GeneratorExit):
+        return None
+    if isinstance(exc, KeyboardInterrupt):
+        console.print("[yellow]interrupted[/]")
+        return 130
+    if isinstance(exc, TunelabError):
+        return _say(console, str(exc), exc.exit_code)
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        where = Path(exc.filename).parent if exc.filename else "the output folder"
+        return _say(console, f"no space left in {where}; free some space and run again.", 2)
+    if isinstance(exc, OSError) and exc.errno in NOT_ALLOWED and exc.filename:
+        return _say(
+            console, f"{exc.filename}: {exc.strerror.lower()}; fix its permissions or the path.", 2
+        )
+    log = write_crash_log(exc)
+    console.print(
+        f"[bold red]internal error:[/] {escape(type(exc).__name__)}: "
+        f"{escape(str(exc)[:300])}\nThis is a bug in tunelab; the traceback is in {log}.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
+
+
+def _say(console: Console, message: str, code: int) -> int:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return code
+
+
+def write_crash_log(exc: BaseException) -> Path:
+    """The traceback, in the cache folder's logs (or the temp folder if that cannot be written)."""
+    from tunelab.models.builtin import cache_dir
+
+    text = "".join(traceback.format_exception(exc))
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (cache_dir() / "logs", Path("/tmp")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
+            return folder / name
+        except OSError:
+            continue
+    return Path(name)

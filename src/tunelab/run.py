@@ -1,0 +1,307 @@
+"""The run folder: everything a run writes, so that chat, eval and export can read it back.
+
+A run folder is tunelab's own: a marker written when it is created says so, and only such a
+folder is ever replaced. While a process writes it, it holds an OS lock on a file inside it;
+a second writer is refused with the holder's pid, and a lock left by a dead process is free
+again (the OS drops it with the process).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import yaml
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import Recipe
+
+MARKER_FILE = ".tunelab-run"
+LOCK_FILE = ".tunelab-lock"
+RECIPE_FILE = "recipe.yaml"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+ENVIRONMENT_FILE = "environment.json"
+DATA_REPORT_FILE = "data_report.json"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+SAMPLES_FILE = "samples.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+
+_PACKAGES = (
+    "tunelab",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "gguf",
+    "tokenizers",
+    "safetensors",
+)
+
+
+@dataclass
+class RunFolder:
+    """A run folder; one made by `create` or `reopen` holds the writer's lock until `release`."""
+
+    path: Path
+    lock: RunLock | None = field(default=None, repr=False)
+    replaced: Path | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def create(
+        cls, output: str | Path, overwrite: bool = False, protected: Iterable[Path] = ()
+    ) -> RunFolder:
+        """A fresh run folder, locked for this process.
+
+        Only a folder that tunelab made (its marker) is replaced, and only when asked; the old
+        run is moved aside and removed by `confirm_start` once the new one trains, or put
+        back by `abandon` if it fails first. An existing empty folder is used as it is.
+        """
+        path = Path(output)
+        refuse_precious(path, "output", protected)
+        if path.exists() and not path.is_dir():
+            raise TunelabError(f"output {path} is a file, not a folder; choose another output.")
+        replaced = None
+        if path.is_dir() and any(path.iterdir()):
+            replaced = _set_aside(path, overwrite)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TunelabError(f"cannot create run folder {path}: {exc.strerror}.") from None
+        marker = {"created_at": time.time(), "pid": os.getpid(), "tunelab": _version()}
+        (path / MARKER_FILE).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+        folder = cls(path, RunLock.take(path), replaced)
+        folder.notes.extend(folder.lock.notes)
+        return folder
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """An existing run folder, for reading, checked to be one."""
+        folder = cls(Path(path))
+        if not (folder.path / RECIPE_FILE).is_file():
+            raise TunelabError(f"{path} is not a tunelab run folder (no {RECIPE_FILE} in it).")
+        return folder
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> RunFolder:
+        """An existing run folder to write again (resume), locked for this process."""
+        folder = cls.open(path)
+        if not is_run_folder(folder.path):
+            raise TunelabError(
+                f"{path} has no {MARKER_FILE} marker, so tunelab did not make it (or an older "
+                "version did); it will not write into it. Start a new run with another output."
+            )
+        folder.lock = RunLock.take(folder.path)
+        folder.notes.extend(folder.lock.notes)
+        return folder
+
+    def confirm_start(self) -> None:
+        """The new run trains: the run it replaced is removed for good."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def abandon(self) -> None:
+        """The new run failed before training: put the run it replaced back."""
+        if self.replaced is None:
+            return
+        self.release()
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.replace(self.replaced, self.path)
+        self.replaced = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    def write_recipe(self, recipe: Recipe) -> None:
+        self.file(RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
+
+    def read_recipe(self) -> dict:
+        return yaml.safe_load(self.file(RECIPE_FILE).read_text(encoding="utf-8"))
+
+    def write_json(self, name: str, data: dict) -> None:
+        tmp = self.file(f"{name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.file(name))
+
+    def final_run(self) -> RunFolder:
+        """The folder holding the trained weights: the last stage's for a staged run."""
+        recipe = self.read_recipe()
+        if recipe.get("stages"):
+            summary = self.file(SUMMARY_FILE)
+            if not summary.is_file():
+                raise TunelabError(
+                    f"{self.path} has not finished all its stages; continue with --resume."
+                )
+            return RunFolder.open(self.read_json(SUMMARY_FILE)["final_stage"])
+        return self
+
+    def read_json(self, name: str) -> dict:
+        return json.loads(self.file(name).read_text(encoding="utf-8"))
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether tunelab made this folder (it carries the marker written at creation)."""
+    return (Path(path) / MARKER_FILE).is_file()
+
+
+def refuse_precious(path: Path, what: str, protected: Iterable[Path] = ()) -> None:
+    """Refuse a folder to write or replace that is, or holds, what the user works in.
+
+    That is the current directory or any folder above it, the home folder, and any folder
+    holding one of `protected` (the recipe, its data, the model being read).
+    """
+    target = path.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise TunelabError(
+            f"{what} {path} is the current directory or a folder above it; tunelab writes a "
+            "run into a folder of its own, e.g. runs/name."
+        )
+    if target == Path.home().resolve() or target == Path(target.anchor):
+        raise TunelabError(
+            f"{what} {path} is your home or root folder; choose a folder of its own."
+        )
+    for item in protected:
+        held = Path(item).expanduser().resolve()
+        if held == target or target in held.parents:
+            raise TunelabError(
+                f"{what} {path} holds {item}, which this command reads; choose another {what}."
+            )
+
+
+def _set_aside(path: Path, overwrite: bool) -> Path:
+    """Move an earlier run out of the way (it is removed once the new run trains)."""
+    if not is_run_folder(path):
+        raise TunelabError(
+            f"{path} exists, is not empty and was not made by tunelab (no {MARKER_FILE} marker); "
+            "refusing to write into it or replace it. Choose another output."
+        )
+    held = RunLock.take(path)  # refuses while another process writes it
+    if _holds_results(path) and not overwrite:
+        held.release()
+        raise TunelabError(
+            f"run folder {path} already holds a run; pass --overwrite to replace it "
+            "or set output=... to another folder."
+        )
+    aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(path, aside)
+    held.release()
+    return aside
+
+
+class RunLock:
+    """An exclusive OS lock (flock) on a file in the run folder, holding the writer's pid."""
+
+    def __init__(self, handle: int, notes: list[str]):
+        self.handle = handle
+        self.notes = notes
+
+    @classmethod
+    def take(cls, folder: Path) -> RunLock:
+        path = folder / LOCK_FILE
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(handle)
+            os.close(handle)
+            raise TunelabError(
+                f"run folder {folder} is being written by another tunelab process (pid {holder}); "
+                "wait for it to finish, or choose another output."
+            ) from None
+        notes = []
+        earlier = _read_pid(handle)
+        if earlier and earlier != os.getpid():
+            notes.append(f"took over the lock of {folder} left by pid {earlier}, which has ended")
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+        return cls(handle, notes)
+
+    def release(self) -> None:
+        if self.handle >= 0:
+            os.ftruncate(self.handle, 0)  # a pid left in the file means its holder died
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            os.close(self.handle)
+            self.handle = -1
+
+
+def _read_pid(handle: int) -> int | None:
+    text = os.pread(handle, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _version() -> str | None:
+    try:
+        return metadata.version("tunelab")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _holds_results(path: Path) -> bool:
+    checkpoints = path / CHECKPOINTS_DIR
+    return (
+        any(_holds_results(stage) for stage in path.glob("stage-*") if stage.is_dir())
+        or (path / SUMMARY_FILE).exists()
+        or (path / ADAPTER_DIR).exists()
+        or (path / MODEL_DIR).exists()
+        or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    )
+
+
+def describe_environment() -> dict:
+    """Package versions and hardware, written beside every run."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": versions,
+        "cuda": torch.version.cuda,
+        "gpus": [],
+    }
+    if torch.cuda.is_available():
+        env["gpus"] = [
+            {
+                "name": torch.cuda.get_device_name(i),
+                "memory_bytes": torch.cuda.get_device_properties(i).total_memory,
+            }
+            for i in range(torch.cuda.device_count())
+        ]
+    return env

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from tunelab.errors import TunelabError
 from tunelab.failures import report_failure
@@ -25,13 +25,7 @@ class Commands(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (
-            typer.Exit,
-            typer.Abort,
-            click.exceptions.Exit,
-            click.exceptions.Abort,
-            click.ClickException,
-        ):
+        except (typer.Exit, typer.Abort, TyperException):  # usage errors, --help, exits
             raise
         except BaseException as exc:  # the one place failures are told
             code = report_failure(exc, err)
@@ -138,7 +132,9 @@ def chat(
     base: Annotated[
         bool, typer.Option(help="for a run folder: the base model without the adapter")
     ] = False,
-    max_new_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 256,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, max=65_536, help="longest answer in tokens")
+    ] = 256,
 ):
     """Talk to a model: one answer with --prompt, else an interactive multi-turn chat."""
     from tunelab.inference.chat_model import open_chat_model
@@ -170,7 +166,12 @@ def _interactive(model, system: str | None, max_new_tokens: int) -> None:
         if not text.strip():
             continue
         history.append({"role": "user", "content": text})
-        reply = model.generate([history], max_new_tokens)[0]
+        try:
+            reply = model.generate([history], max_new_tokens)[0]
+        except TunelabError as exc:  # the session goes on without that message
+            history.pop()
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            continue
         history.append({"role": "assistant", "content": reply})
         print(f"assistant> {reply}", flush=True)
 
@@ -215,19 +216,25 @@ def evaluate(
         str, typer.Option(help="gsm8k (exact match on question/answer jsonl)")
     ] = "gsm8k",
     data: Annotated[Path | None, typer.Option(help="questions to score (.jsonl)")] = None,
-    shots: Annotated[int, typer.Option(help="worked examples in each prompt")] = 5,
+    shots: Annotated[int, typer.Option(min=0, max=64, help="worked examples in each prompt")] = 5,
     fewshot_from: Annotated[Path | None, typer.Option(help="file the shots are drawn from")] = None,
-    fewshot_limit: Annotated[int | None, typer.Option(help="draw shots from its first N")] = None,
-    limit: Annotated[int | None, typer.Option(help="score only N questions")] = None,
+    fewshot_limit: Annotated[
+        int | None, typer.Option(min=1, help="draw shots from its first N")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="score only N questions")] = None,
     last: Annotated[
         bool, typer.Option(help="with --limit: the last N instead of the first")
     ] = False,
-    seed: Annotated[int, typer.Option(help="seed for choosing the shots")] = 1234,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="seed for choosing the shots")
+    ] = 1234,
     style: Annotated[
         str, typer.Option(help="auto, chat (turns) or plain (Question:/Answer: text)")
     ] = "auto",
-    batch_size: Annotated[int, typer.Option(help="questions generated together")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="longest answer")] = 256,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=4096, help="questions generated together")
+    ] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=65_536, help="longest answer")] = 256,
     out: Annotated[
         Path | None, typer.Option(help="folder for summary.json and items.jsonl")
     ] = None,
@@ -300,13 +307,17 @@ def compare_models(
     ] = Path("report"),
     task: Annotated[str | None, typer.Option(help="also score a task: gsm8k")] = None,
     data: Annotated[Path | None, typer.Option(help="the task's questions (.jsonl)")] = None,
-    shots: Annotated[int, typer.Option(help="task shots")] = 5,
+    shots: Annotated[int, typer.Option(min=0, max=64, help="task shots")] = 5,
     fewshot_from: Annotated[Path | None, typer.Option(help="file the shots come from")] = None,
-    fewshot_limit: Annotated[int | None, typer.Option(help="draw shots from its first N")] = None,
-    limit: Annotated[int | None, typer.Option(help="score only N task questions")] = None,
+    fewshot_limit: Annotated[
+        int | None, typer.Option(min=1, help="draw shots from its first N")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="score only N task questions")] = None,
     last: Annotated[bool, typer.Option(help="with --limit: the last N")] = False,
-    batch_size: Annotated[int, typer.Option(help="task questions generated together")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="longest answer")] = 256,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=4096, help="task questions generated together")
+    ] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=65_536, help="longest answer")] = 256,
 ):
     """The same prompts (and task) through two models: side-by-side table, flips, gain and cost."""
     from tunelab.errors import TunelabError
@@ -414,7 +425,7 @@ def data_stats(
 @data_app.command("preview")
 def data_preview(
     target: TargetArg,
-    n: Annotated[int, typer.Option("-n", help="how many samples")] = 3,
+    n: Annotated[int, typer.Option("-n", min=1, help="how many samples")] = 3,
     model: Annotated[str | None, typer.Option(help="tokenizer and template to render with")] = None,
     plain: Annotated[
         bool | None, typer.Option(help="mark trained text with [[ ]] instead of colour")

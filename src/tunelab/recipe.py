@@ -265,6 +265,13 @@ class Recipe(Section):
     source_dir: Path | None = Field(None, exclude=True, repr=False)
     source_file: Path | None = Field(None, exclude=True, repr=False)
 
+    @field_validator("output")
+    @classmethod
+    def _output_expanded(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; name a run folder such as runs/name")
+        return str(Path(value).expanduser())
+
     def to_yaml(self) -> str:
         """The fully resolved recipe, every default written out."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -276,6 +283,8 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
         raw, lines, origin, source_dir = dict(source), {}, "recipe", None
     else:
         path = Path(source)
+        if path.is_dir():
+            raise TunelabError(f"{path} is a folder; give the recipe's .yaml file.")
         if not path.is_file():
             raise TunelabError(f"recipe file {path} does not exist; check the path.")
         raw, lines = _read_yaml(path)

@@ -56,6 +56,7 @@ class RunFolder:
     path: Path
     lock: RunLock | None = field(default=None, repr=False)
     replaced: Path | None = field(default=None, repr=False)
+    made: list[Path] | None = field(default=None, repr=False)  # folders `create` made
     notes: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -68,21 +69,22 @@ class RunFolder:
         run is moved aside and removed by `confirm_start` once the new one trains, or put
         back by `abandon` if it fails first. An existing empty folder is used as it is.
         """
-        path = Path(output)
+        path = Path(output).expanduser()
         refuse_precious(path, "output", protected)
         if path.exists() and not path.is_dir():
             raise TunelabError(f"output {path} is a file, not a folder; choose another output.")
-        replaced = None
+        replaced, notes = None, []
         if path.is_dir() and any(path.iterdir()):
-            replaced = _set_aside(path, overwrite)
+            replaced, notes = _set_aside(path, overwrite)
+        made = [p for p in [path, *path.parents] if not p.exists()]
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TunelabError(f"cannot create run folder {path}: {exc.strerror}.") from None
         marker = {"created_at": time.time(), "pid": os.getpid(), "tunelab": _version()}
         (path / MARKER_FILE).write_text(json.dumps(marker) + "\n", encoding="utf-8")
-        folder = cls(path, RunLock.take(path), replaced)
-        folder.notes.extend(folder.lock.notes)
+        folder = cls(path, RunLock.take(path), replaced, made)
+        folder.notes.extend([*notes, *folder.lock.notes])
         return folder
 
     @classmethod
@@ -111,15 +113,25 @@ class RunFolder:
         if self.replaced is not None:
             shutil.rmtree(self.replaced, ignore_errors=True)
             self.replaced = None
+        self.made = None
 
     def abandon(self) -> None:
-        """The new run failed before training: put the run it replaced back."""
-        if self.replaced is None:
-            return
+        """The new run failed before training: leave the disk as it was before `create`,
+        with the run it replaced back in place."""
+        if self.made is None:
+            return  # not made by `create`, or training had started
         self.release()
         shutil.rmtree(self.path, ignore_errors=True)
-        os.replace(self.replaced, self.path)
-        self.replaced = None
+        if self.replaced is not None:
+            os.replace(self.replaced, self.path)
+        elif self.path not in self.made:
+            self.path.mkdir()  # it was an empty folder before; it is one again
+        for folder in self.made[1:]:  # parents made for it, innermost first, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self.made = self.replaced = None
 
     def release(self) -> None:
         if self.lock is not None:
@@ -198,7 +210,7 @@ def refuse_precious(path: Path, what: str, protected: Iterable[Path] = ()) -> No
             )
 
 
-def _set_aside(path: Path, overwrite: bool) -> Path:
+def _set_aside(path: Path, overwrite: bool) -> tuple[Path, list[str]]:
     """Move an earlier run out of the way (it is removed once the new run trains)."""
     if not is_run_folder(path):
         raise TunelabError(
@@ -216,7 +228,7 @@ def _set_aside(path: Path, overwrite: bool) -> Path:
     shutil.rmtree(aside, ignore_errors=True)
     os.replace(path, aside)
     held.release()
-    return aside
+    return aside, held.notes
 
 
 class RunLock:

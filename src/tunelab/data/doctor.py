@@ -69,16 +69,15 @@ def _registry_target(path: Path, model: str | None) -> Target:
     """Every local SFT entry becomes a source; the others are described, not loaded."""
     entries, usable = [], []
     for name, raw in read_registry(path).items():
+        if not isinstance(raw, dict):
+            lookup(path, name)  # says what is wrong with the entry
         if "file_name" not in raw:
             entries.append({"name": name, "status": "hub only (not downloaded)"})
             continue
         try:
             entry: RegistryEntry = lookup(path, name)
-        except TunelabError:
-            missing = path.parent / raw["file_name"]
-            entries.append(
-                {"name": name, "status": "missing file", "problem": f"missing file {missing}"}
-            )
+        except TunelabError as problem:
+            entries.append({"name": name, "status": "missing file", "problem": str(problem)})
             continue
         if entry.kind != "sft":
             entries.append({"name": name, "status": f"{entry.kind} data (not SFT), not checked"})

@@ -53,7 +53,12 @@ class PreparedData:
 
 
 def fingerprint(
-    config: DataConfig, base_dir: Path | None, split: str, tokenizer, template: str
+    config: DataConfig,
+    base_dir: Path | None,
+    split: str,
+    tokenizer,
+    template: str,
+    cut_for: int | None = None,
 ) -> str:
     """A hash of everything that decides the rendered samples of a split."""
     digest = hashlib.sha256()
@@ -61,7 +66,7 @@ def fingerprint(
         mode="json",
         include={"registry", "system", "replace", "on_bad_row", "max_answer_chars", "dedupe"},
     )
-    digest.update(json.dumps([__version__, split, settings], sort_keys=True).encode())
+    digest.update(json.dumps([__version__, split, settings, cut_for], sort_keys=True).encode())
     for source in config.sources(split):
         resolved = resolve_source(source, config, base_dir)
         digest.update(
@@ -105,10 +110,14 @@ def render_split(
     tokenizer,
     template: str,
     use_cache: bool = True,
+    cut_for: int | None = None,
 ) -> RenderedSplit:
-    """Load, check and render a split without truncation, from the cache when possible."""
+    """Load, check and render a split without truncation, from the cache when possible.
+
+    `cut_for` (a fixed max_length) bounds each record's memory: see ConversationRenderer.
+    """
     started = time.perf_counter()
-    key = fingerprint(config, base_dir, split, tokenizer, template)
+    key = fingerprint(config, base_dir, split, tokenizer, template, cut_for)
     path = cache_dir() / "data" / f"{key}{CACHE_SUFFIX}"
     problem = None
     if use_cache and path.is_file():
@@ -119,7 +128,7 @@ def render_split(
             problem = str(damaged)
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
     conversations, report = load_conversations(config, base_dir, split)
-    renderer = ConversationRenderer(tokenizer, template, max_length=None)
+    renderer = ConversationRenderer(tokenizer, template, max_length=None, cut_for=cut_for)
     samples = []
     for result in renderer.render_many(conversations):
         if isinstance(result, RowError):
@@ -138,7 +147,8 @@ def prepare_data(
     config: DataConfig, base_dir: Path | None, tokenizer, template: str, seed: int
 ) -> PreparedData:
     """Everything the trainer needs from the data section, with notes on what was done."""
-    rendered = render_split(config, base_dir, "train", tokenizer, template, config.cache)
+    cut_for = config.max_length if isinstance(config.max_length, int) else None
+    rendered = render_split(config, base_dir, "train", tokenizer, template, config.cache, cut_for)
     notes = [_cache_note("train", rendered)]
     report = rendered.report
     if config.max_length == "auto":
@@ -149,7 +159,9 @@ def prepare_data(
     train = _cut(rendered.samples, max_length, report, config.on_bad_row)
     evaluation = None
     if config.eval:
-        held_out = render_split(config, base_dir, "eval", tokenizer, template, config.cache)
+        held_out = render_split(
+            config, base_dir, "eval", tokenizer, template, config.cache, cut_for
+        )
         notes.append(_cache_note("eval", held_out))
         evaluation = _cut(held_out.samples, max_length, held_out.report, config.on_bad_row)
     elif config.val_ratio:

@@ -49,6 +49,7 @@ def lookup(path: Path, name: str) -> RegistryEntry:
         raise TunelabError(f"{path}: no entry named `{name}`{hint}")
     entry = entries[name]
     where = f"{path} entry `{name}`"
+    _check_entry(entry, where)
     if "file_name" not in entry:
         hub = entry.get("hf_hub_url") or entry.get("ms_hub_url") or entry.get("script_url")
         raise TunelabError(
@@ -60,9 +61,39 @@ def lookup(path: Path, name: str) -> RegistryEntry:
         raise TunelabError(
             f"{where}: its file {file} is missing; put the file there or fix file_name."
         )
+    if not file.is_file():
+        raise TunelabError(
+            f"{where}: file_name {entry['file_name']} is a folder; tunelab reads one file per "
+            "entry, so register each file as its own entry."
+        )
     columns = dict(entry.get("columns") or {})
     columns.update(entry.get("tags") or {})
     return RegistryEntry(name, file, entry.get("formatting", "alpaca"), columns, _kind(entry))
+
+
+def _check_entry(entry, where: str) -> None:
+    """The fields tunelab reads have the types dataset_info.json gives them."""
+    if not isinstance(entry, dict):
+        raise TunelabError(
+            f"{where} is {type(entry).__name__} {entry!r:.60}, not an object like "
+            '{"file_name": "data.json"}; fix the registry.'
+        )
+    for key in ("file_name", "formatting", "hf_hub_url", "ms_hub_url", "script_url"):
+        if key in entry and not isinstance(entry[key], str):
+            raise TunelabError(f"{where}: `{key}` must be text, not {type(entry[key]).__name__}.")
+    for key in ("columns", "tags"):
+        value = entry.get(key)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            raise TunelabError(
+                f"{where}: `{key}` must map names to column names, e.g. "
+                '{"prompt": "instruction"}.'
+            )
+    if entry.get("formatting", "alpaca") not in ("alpaca", "sharegpt"):
+        raise TunelabError(
+            f"{where}: formatting `{entry['formatting']}` is not alpaca or sharegpt."
+        )
 
 
 def _kind(entry: dict) -> str:

@@ -34,10 +34,20 @@ class RenderedSample:
 class ConversationRenderer:
     """Renders conversations with one tokenizer and template; serves training and chat alike."""
 
-    def __init__(self, tokenizer, template: str, max_length: int | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        template: str,
+        max_length: int | None = None,
+        cut_for: int | None = None,
+    ):
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
+        # With a known cutoff, a huge message is cut to its head and tail before rendering,
+        # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
+        # the same sample, and memory stays bounded by the cutoff instead of the record.
+        self.cut_chars = None if cut_for is None else (cut_for + 16) * longest_token(tokenizer)
 
     @property
     def template_takes_tools(self) -> bool:
@@ -60,6 +70,8 @@ class ConversationRenderer:
         """The messages to render, with tool schemas given to the template or, if it has no
         place for them, written into the system prompt so the model still sees them."""
         messages = conversation.as_dicts()
+        if self.cut_chars:
+            messages = [cut_message(m, self.cut_chars) for m in messages]
         if not conversation.tools:
             return messages, None
         tools = json.loads(conversation.tools)
@@ -148,6 +160,24 @@ class ConversationRenderer:
                 sample.location = str(conversation.location) if conversation.location else None
                 results.append(sample)
         return results
+
+
+def cut_message(message: dict, keep: int) -> dict:
+    """The message with its content cut to `keep` characters at each end."""
+    content = message["content"]
+    if not isinstance(content, str) or len(content) <= 2 * keep:
+        return message
+    return {**message, "content": content[:keep] + content[-keep:]}
+
+
+def longest_token(tokenizer) -> int:
+    """The most characters any single token of the vocabulary decodes to."""
+    cached = getattr(tokenizer, "_tunelab_longest_token", None)
+    if cached is None:
+        tokens = list(tokenizer.get_vocab())
+        cached = max((len(tokenizer.convert_tokens_to_string([t])) for t in tokens), default=1)
+        tokenizer._tunelab_longest_token = max(cached, 1)
+    return tokenizer._tunelab_longest_token
 
 
 def mask_labels(input_ids: list[int], offsets, spans: list[tuple[int, int]]) -> list[int]:

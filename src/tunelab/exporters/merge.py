@@ -59,13 +59,17 @@ def export_run(
 
 def _check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
     """`out` may be new, empty, or (with overwrite) an earlier export; never a source."""
-    refuse_precious(out, "--out", [p for p in sources if p.exists()])
     target = out.resolve()
     for source in sources[:2]:
+        if source.resolve() == target:
+            raise TunelabError(
+                f"--out {out} is the run folder being exported; export to a folder of its own."
+            )
         if source.resolve() in target.parents:
             raise TunelabError(
                 f"--out {out} lies inside the run folder {source}; export to a folder of its own."
             )
+    refuse_precious(out, "--out", [p for p in sources if p.exists()])
     if out.exists() and not out.is_dir():
         raise TunelabError(f"--out {out} is a file; choose a folder.")
     if out.is_dir() and any(out.iterdir()):

@@ -35,6 +35,19 @@ class ChatModel:
             ids.update(configured)
         return sorted(i for i in ids if i is not None)
 
+    def room_for(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """How many tokens may follow a prompt within the model's context; a prompt that
+        fills the context is refused before anything is generated."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if not context:
+            return max_new_tokens
+        if prompt_tokens >= context:
+            raise TunelabError(
+                f"the prompt is {prompt_tokens:,} tokens, which fills the model's context of "
+                f"{context:,} tokens (max_position_embeddings); shorten it."
+            )
+        return min(max_new_tokens, context - prompt_tokens)
+
     @torch.inference_mode()
     def generate_ids(
         self,
@@ -49,6 +62,7 @@ class ChatModel:
         from transformers import GenerationConfig
 
         longest = max(len(p) for p in prompts)
+        max_new_tokens = self.room_for(longest, max_new_tokens)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor(
             [[pad] * (longest - len(p)) + p for p in prompts], device=self.device

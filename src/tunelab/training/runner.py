@@ -489,7 +489,6 @@ def _resume_point(run: RunFolder, recipe: Recipe, console: Console) -> Path:
     if run.file(SUMMARY_FILE).is_file():
         raise TunelabError(f"{run.path} already finished; there is nothing to resume.")
     check_same_recipe(run, recipe)
-    clear_staging(run.checkpoints_dir)
     checkpoint, damaged = resumable_checkpoint(run.checkpoints_dir)
     if checkpoint is None and damaged:
         raise TunelabError(
@@ -502,6 +501,7 @@ def _resume_point(run: RunFolder, recipe: Recipe, console: Console) -> Path:
         )
     for note in damaged:
         console.print(f"{note}; resuming from {checkpoint.name} instead", highlight=False)
+    clear_staging(run.checkpoints_dir)  # a checkpoint half-written when the run stopped
     step = int(checkpoint.name.split("-")[-1])
     for name in (METRICS_FILE, SAMPLES_FILE):
         keep_rows_up_to(run.file(name), step)
@@ -562,6 +562,7 @@ def _build_trainer(
         disable_tqdm=True,
         remove_unused_columns=False,
         # a packed row has no padding, and its pad id (often eos) also occurs in real text
+        logging_nan_inf_filter=False,  # a diverging loss is shown, and stops the run
         include_num_input_tokens_seen="all" if batching.packed else "non_padding",
         train_sampling_strategy="group_by_length" if batching.group_by_length else "random",
         use_liger_kernel=kernels.liger,

@@ -324,3 +324,27 @@ def test_cutting_a_long_message_gives_the_same_truncated_sample(builtin_tokenize
         a = truncate(whole.input_ids, whole.labels, 64)
         b = truncate(cut.input_ids, cut.labels, 64)
         assert (a.input_ids, a.labels) == (b.input_ids, b.labels)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+def test_an_unreadable_data_file_is_named(tmp_path):
+    """Root reads everything, so the command runs without the capability to bypass file
+    permissions (as a normal user would)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(DATA, encoding="utf-8")
+    data.chmod(0o000)
+    (tmp_path / "r.yaml").write_text(f"data:\n  train: [{data}]\noutput: {tmp_path / 'run'}\n")
+    plain_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    for args, words in (
+        (["data", "check", str(data), "--no-lengths"], "is not readable"),
+        (["train", str(tmp_path / "r.yaml")], f"{data} cannot be read (permission denied)"),
+    ):
+        result = subprocess.run(
+            [*plain_user, sys.executable, "-m", "tunelab", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "400"},
+        )
+        assert_refused(result, words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "r.yaml"]

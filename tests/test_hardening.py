@@ -298,6 +298,16 @@ CASES: dict[str, Case] = {
     "preview-zero-samples": Case(
         ["data", "preview", "d.jsonl", "-n", "0"], "-n", "greater than or equal to 1"
     ),
+    "convert-onto-its-source": Case(
+        ["data", "convert", "d.jsonl", "--to", "messages", "--out", "d.jsonl", "--overwrite"],
+        "--out d.jsonl",
+        "is the file being converted",
+    ),
+    "convert-onto-an-existing-file": Case(
+        ["data", "convert", "d.jsonl", "--to", "messages", "--out", "notes.txt"],
+        "--out notes.txt",
+        "exists; pass --overwrite",
+    ),
     "check-empty-jsonl": Case(
         ["data", "check", "e.jsonl", "--no-lengths"], "e.jsonl", "holds no records", {"e.jsonl": ""}
     ),

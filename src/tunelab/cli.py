@@ -456,12 +456,19 @@ def data_convert(
     to: Annotated[str, typer.Option(help="messages, sharegpt or alpaca")],
     out: Annotated[Path, typer.Option("--out", "-o", help="file to write (.jsonl or .json)")],
     fmt: Annotated[str, typer.Option("--format", help="input format, or auto")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ):
     """Rewrite a data file in another format (every bad row is reported, none is written)."""
     from tunelab.data.doctor import convert_records
     from tunelab.data.load import load_conversations
     from tunelab.recipe import DataConfig, DataSource
 
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise TunelabError(f"--out {out} is the file being converted; write to another file.")
+    if out.is_dir():
+        raise TunelabError(f"--out {out} is a folder; give a .jsonl or .json file.")
+    if out.exists() and not overwrite:
+        raise TunelabError(f"--out {out} exists; pass --overwrite to replace it.")
     config = DataConfig(train=[DataSource(path=str(source), format=fmt)])
     conversations, report = load_conversations(config)
     records = convert_records(conversations, to)

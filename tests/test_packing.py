@@ -10,13 +10,9 @@ import yaml
 
 import tunelab
 from tunelab.data.render import IGNORE_INDEX
-from tunelab.training import attention
-from tunelab.training.collator import (
-    PaddingCollator,
-    choose_batching,
-    make_collator,
-    trained_positions_loss,
-)
+from tunelab.models import attention
+from tunelab.plan import choose_batching
+from tunelab.training.collator import PaddingCollator, make_collator, trained_positions_loss
 
 PACKED = choose_batching(packing=True, group_by_length=None, method_family="lora")
 LENGTHS = [7, 19, 4, 12]
@@ -166,7 +162,7 @@ def test_packed_training_matches_padded_training(tmp_path, tiny_model_dir):
 
 
 def test_fused_kernels_stay_off_on_cpu():
-    from tunelab.training.kernels import choose_kernels
+    from tunelab.plan import choose_kernels
 
     cpu = torch.device("cpu")
     assert choose_kernels(None, cpu, torch.float32).describe() == "fused kernels: none"
@@ -180,7 +176,7 @@ def test_packed_loss_equals_padded_loss_on_gpu(tiny_model_dir):
     """On a GPU: sdpa, and flash-attention's varlen path when flash_attn is installed."""
     from transformers import AutoModelForCausalLM
 
-    from tunelab.training.kernels import installed
+    from tunelab.plan import installed
 
     kinds = ["sdpa"] + (["flash_attention_2"] if installed("flash_attn") else [])
     for implementation in kinds:

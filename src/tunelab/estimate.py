@@ -383,25 +383,19 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     """The estimate for a recipe: config and tokenizer are read, the data is tokenized (or taken
     from the cache) to find the longest batch; no weights are loaded."""
     from tunelab.data.pipeline import prepare_data
-    from tunelab.methods import get_method
-    from tunelab.models.load import load_tokenizer, pick_dtype
-    from tunelab.models.sources import resolve_model
+    from tunelab.models.load import load_tokenizer
+    from tunelab.plan import plan_run
     from tunelab.templates import resolve_template
-    from tunelab.training.collator import choose_batching
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    source = resolve_model(recipe.model.path)
-    config = load_config(source)
-    tokenizer = load_tokenizer(source)
-    template = resolve_template(recipe.model.template, tokenizer)
+    plan = plan_run(recipe, torch.device(device), load=False)
+    config = load_config(plan.source)
+    tokenizer = load_tokenizer(plan.source)
+    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
     data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
-    packed = choose_batching(
-        recipe.data.packing, recipe.train.group_by_length, get_method(recipe.method.type).family
-    ).packed
+    packed = plan.trained_logits_only
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
-    dtype = pick_dtype(recipe.model.dtype, torch.device(device))
-    if device == "cuda" and recipe.model.dtype == "auto":
-        dtype = torch.bfloat16  # what a CUDA card with bf16 gets; estimated here without one
+    dtype = plan.dtype
     return estimate_for(
         config,
         recipe.method,

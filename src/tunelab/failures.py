@@ -55,7 +55,7 @@ def _say(console: Console, message: str, code: int) -> int:
 
 def write_crash_log(exc: BaseException) -> Path:
     """The traceback, in the cache folder's logs (or the temp folder if that cannot be written)."""
-    from tunelab.models.builtin import cache_dir
+    from tunelab.locations import cache_dir
 
     text = "".join(traceback.format_exception(exc))
     name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"

@@ -23,7 +23,7 @@ from tunelab.data.render import ConversationRenderer, RenderedSample, truncate
 from tunelab.data.stats import suggest_max_length
 from tunelab.data.transforms import split_indices
 from tunelab.errors import TunelabError
-from tunelab.models.builtin import cache_dir
+from tunelab.locations import cache_dir
 from tunelab.recipe import DataConfig
 
 

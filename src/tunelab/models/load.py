@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.models import attention
 from tunelab.models.sources import ModelSource
 
 
@@ -48,6 +49,8 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device, **
     """The causal LM on its device, in the requested dtype (options: e.g. quantization_config)."""
     from transformers import AutoModelForCausalLM
 
+    if options.get("attn_implementation") == attention.NAME:
+        attention.register()
     with loading(source, "model"):
         model = AutoModelForCausalLM.from_pretrained(
             source.folder,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.render import IGNORE_INDEX, RenderedSample
+from tunelab.plan import Batching
 
 
 class SampleDataset(torch.utils.data.Dataset):
@@ -42,36 +43,6 @@ class PaddingCollator:
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(attention, dtype=torch.long),
         }
-
-
-@dataclass(frozen=True)
-class Batching:
-    """How a run's batches are built, and why."""
-
-    packed: bool
-    group_by_length: bool
-    reason: str
-
-    def describe(self) -> str:
-        shape = "packed (padding-free)" if self.packed else "padded"
-        grouped = ", grouped by length" if self.group_by_length else ""
-        return f"batches: {shape}{grouped}{f' ({self.reason})' if self.reason else ''}"
-
-
-def choose_batching(packing: bool, group_by_length: bool | None, method_family: str) -> Batching:
-    """Packed unless switched off or the method prepends learned tokens (prompt family).
-
-    Prompt-learning adapters add virtual tokens with their own attention mask and positions,
-    which a packed row cannot carry, so those runs use padded batches.
-    """
-    reason = ""
-    packed = packing
-    if packing and method_family == "prompt":
-        packed, reason = False, "prompt-learning methods need padded batches"
-    elif not packing:
-        reason = "data.packing is off"
-    grouped = (not packed) if group_by_length is None else group_by_length
-    return Batching(packed=packed, group_by_length=grouped, reason=reason)
 
 
 def make_collator(

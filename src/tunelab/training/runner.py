@@ -15,15 +15,14 @@ from tunelab.data.load import DataReport
 from tunelab.data.pipeline import prepare_data
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
-from tunelab.methods import Method, check_method, count_parameters, get_method
+from tunelab.methods import Method, check_method, count_parameters
 from tunelab.models.load import (
     load_config,
     load_model,
     load_tokenizer,
-    pick_device,
-    pick_dtype,
 )
-from tunelab.models.sources import ModelSource, resolve_model
+from tunelab.models.sources import ModelSource
+from tunelab.plan import RunPlan, plan_run
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import Recipe, load_recipe, stage_recipes
@@ -39,7 +38,6 @@ from tunelab.run import (
     describe_environment,
 )
 from tunelab.templates import resolve_template
-from tunelab.training import attention as packed_attention
 from tunelab.training.callbacks import (
     MetricsWriter,
     RichProgress,
@@ -62,14 +60,11 @@ from tunelab.training.checkpoints import (
     trainable_finite,
 )
 from tunelab.training.collator import (
-    Batching,
     LargestBatch,
     SampleDataset,
-    choose_batching,
     make_collator,
     trained_positions_loss,
 )
-from tunelab.training.kernels import Kernels, choose_kernels
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
 from tunelab.training.sampling import SampleAnswers
@@ -250,46 +245,20 @@ def _train_one(
     """
     started_at = time.perf_counter()
     quiet_libraries()
-    source = resolve_model(recipe.model.path)
-    method = get_method(recipe.method.type)
+    plan = plan_run(recipe)
+    source, method, device = plan.source, plan.method, plan.device
     check_method(load_config(source), recipe.method)
-    device = pick_device()
-    load_options = method.load_options(recipe.method, device)
-
-    tokenizer = load_tokenizer(source)
-    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
-    tokenizer.chat_template = template
-    data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
-    run.write_json(DATA_REPORT_FILE, {**data.report.as_dict(), "max_length": data.max_length})
-    for note in [*data.cache_notes, data.max_length_note]:
+    tokenizer, template, data = _prepare_data(recipe, run, source, console)
+    for note in plan.notes():
         console.print(note, highlight=False)
-    console.print(
-        f"data: {len(data.train)} training samples, {len(data.eval or [])} validation, "
-        f"{len(data.report.bad_rows)} bad row(s) skipped, {data.report.truncated} truncated",
-        highlight=False,
-    )
-
-    batching = choose_batching(recipe.data.packing, recipe.train.group_by_length, method.family)
-    dtype = pick_dtype(recipe.model.dtype, device)
-    kernels = choose_kernels(recipe.train.fused_kernels, device, dtype)
-    if kernels.flash_attention:
-        load_options["attn_implementation"] = "flash_attention_2"
-    elif batching.packed:
-        load_options["attn_implementation"] = packed_attention.register()
-    for note in [batching.describe(), *kernels.notes]:
-        console.print(note, highlight=False)
-
-    # the trainer computes logits only at trained positions of packed rows, unless liger does
-    memory_estimate = _memory_estimate(
-        recipe, source, dtype, device, data, batching.packed and not kernels.liger, console
-    )
+    memory_estimate = _memory_estimate(recipe, plan, data, console)
 
     torch.manual_seed(recipe.train.seed)
     weights = source
     if init_from is not None and not method.saves_adapter:
         weights = ModelSource(str(init_from / MODEL_DIR), init_from / MODEL_DIR)
-    model = load_model(weights, dtype, device, **load_options)
-    if batching.packed:
+    model = load_model(weights, plan.dtype, device, **plan.load_options)
+    if plan.batching.packed:
         # With a cache the model skips packed-sequence detection and attends across samples.
         model.config.use_cache = False
     if recipe.train.gradient_checkpointing:
@@ -331,7 +300,7 @@ def _train_one(
     ]
     if init_from is not None and recipe.train.carry_optimizer:
         our_callbacks.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
-    trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks, batching, kernels)
+    trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks, plan)
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
     with saving_into(run.path):
@@ -368,9 +337,9 @@ def _train_one(
         memory=_memory_side_by_side(
             recipe, device, memory_estimate, trainer.data_collator, summary["peak_memory_bytes"]
         ),
-        packed=batching.packed,
-        group_by_length=batching.group_by_length,
-        fused_kernels=kernels.used,
+        packed=plan.batching.packed,
+        group_by_length=plan.batching.group_by_length,
+        fused_kernels=plan.kernels.used,
     )
     run.write_json(SUMMARY_FILE, summary)
     console.print(
@@ -382,13 +351,31 @@ def _train_one(
     return TrainResult(run.path, summary, model)
 
 
-def _memory_estimate(recipe, source, dtype, device, data, packed: bool, console):
+def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
+    """The tokenizer, its chat template and the rendered data, reported into the run."""
+    tokenizer = load_tokenizer(source)
+    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
+    tokenizer.chat_template = template
+    data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
+    run.write_json(DATA_REPORT_FILE, {**data.report.as_dict(), "max_length": data.max_length})
+    for note in [*data.cache_notes, data.max_length_note]:
+        console.print(note, highlight=False)
+    console.print(
+        f"data: {len(data.train)} training samples, {len(data.eval or [])} validation, "
+        f"{len(data.report.bad_rows)} bad row(s) skipped, {data.report.truncated} truncated",
+        highlight=False,
+    )
+    return tokenizer, template, data
+
+
+def _memory_estimate(recipe, plan: RunPlan, data, console):
     """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
     came from (None if the model cannot be traced)."""
     from tunelab.estimate import estimate_for, profile, worst_case_batch
 
+    packed, dtype, device = plan.trained_logits_only, plan.dtype, plan.device
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
-    config = load_config(source)
+    config = load_config(plan.source)
     try:
         prof = profile(config, recipe.method, dtype)
     except TunelabError as error:
@@ -528,13 +515,12 @@ def _tensorboard(run: RunFolder, recipe: Recipe, console: Console) -> list:
             os.environ["TENSORBOARD_LOGGING_DIR"] = previous
 
 
-def _build_trainer(
-    recipe, run, model, tokenizer, data, callbacks, batching: Batching, kernels: Kernels
-):
+def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     cfg = recipe.train
+    batching, kernels = plan.batching, plan.kernels
     if data.eval:
         eval_strategy, eval_steps = ("steps", cfg.eval_every) if cfg.eval_every else ("epoch", None)
     else:

@@ -1,0 +1,144 @@
+"""The run plan: what a recipe means on this machine, decided once, before anything loads.
+
+Training and the estimate both read it: the model source, the method, the device and dtype,
+how batches are built (packed or padded), which fused kernels and attention backend are used,
+and the options the weights load with.
+
+Fused kernels (liger-kernel, flash-attention) are CUDA only; a CPU run gets neither and says
+so only if they were asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+import torch
+
+from tunelab.methods import Method, get_method
+from tunelab.models import attention
+from tunelab.models.load import pick_device, pick_dtype
+from tunelab.models.sources import ModelSource, resolve_model
+from tunelab.recipe import Recipe
+
+
+@dataclass
+class RunPlan:
+    """Everything decided about a run before its weights load."""
+
+    source: ModelSource
+    method: Method
+    device: torch.device
+    dtype: torch.dtype
+    batching: Batching
+    kernels: Kernels
+    load_options: dict = field(default_factory=dict)
+
+    @property
+    def attention(self) -> str | None:
+        """The attention backend the model loads with (None: transformers' default)."""
+        return self.load_options.get("attn_implementation")
+
+    @property
+    def trained_logits_only(self) -> bool:
+        """Packed rows compute logits only where the next token trains, unless liger's fused
+        loss already avoids materialising them."""
+        return self.batching.packed and not self.kernels.liger
+
+    def notes(self) -> list[str]:
+        return [self.batching.describe(), *self.kernels.notes]
+
+
+def plan_run(recipe: Recipe, device: torch.device | None = None, load: bool = True) -> RunPlan:
+    """The plan for `recipe` on `device` (default: this process's accelerator, else the CPU).
+
+    `load=False` plans without the method's load options (the estimate loads no weights, and
+    needs no bitsandbytes to estimate qlora).
+    """
+    device = device or pick_device()
+    source = resolve_model(recipe.model.path)
+    method = get_method(recipe.method.type)
+    if device.type == "cuda" and recipe.model.dtype == "auto" and not torch.cuda.is_available():
+        dtype = torch.bfloat16  # what a CUDA card with bf16 gets (planned without one here)
+    else:
+        dtype = pick_dtype(recipe.model.dtype, device)
+    batching = choose_batching(recipe.data.packing, recipe.train.group_by_length, method.family)
+    kernels = choose_kernels(recipe.train.fused_kernels, device, dtype)
+    options = method.load_options(recipe.method, device) if load else {}
+    if kernels.flash_attention:
+        options["attn_implementation"] = "flash_attention_2"
+    elif batching.packed:
+        options["attn_implementation"] = attention.NAME
+    return RunPlan(source, method, device, dtype, batching, kernels, options)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a run's batches are built, and why."""
+
+    packed: bool
+    group_by_length: bool
+    reason: str
+
+    def describe(self) -> str:
+        shape = "packed (padding-free)" if self.packed else "padded"
+        grouped = ", grouped by length" if self.group_by_length else ""
+        return f"batches: {shape}{grouped}{f' ({self.reason})' if self.reason else ''}"
+
+
+def choose_batching(packing: bool, group_by_length: bool | None, method_family: str) -> Batching:
+    """Packed unless switched off or the method prepends learned tokens (prompt family).
+
+    Prompt-learning adapters add virtual tokens with their own attention mask and positions,
+    which a packed row cannot carry, so those runs use padded batches.
+    """
+    reason = ""
+    packed = packing
+    if packing and method_family == "prompt":
+        packed, reason = False, "prompt-learning methods need padded batches"
+    elif not packing:
+        reason = "data.packing is off"
+    grouped = (not packed) if group_by_length is None else group_by_length
+    return Batching(packed=packed, group_by_length=grouped, reason=reason)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    liger: bool = False
+    flash_attention: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def used(self) -> str:
+        """The kernels in use, e.g. "liger, flash-attention", or "none"."""
+        names = [
+            n for n, on in (("liger", self.liger), ("flash-attention", self.flash_attention)) if on
+        ]
+        return ", ".join(names) or "none"
+
+    def describe(self) -> str:
+        return f"fused kernels: {self.used}"
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def choose_kernels(setting: bool | None, device: torch.device, dtype: torch.dtype) -> Kernels:
+    """Which fused kernels to use: `setting` None means whatever is present on a CUDA GPU."""
+    if setting is False:
+        return Kernels()
+    notes = []
+    if device.type != "cuda":
+        if setting:
+            notes.append("train.fused_kernels needs a CUDA GPU; training with the standard kernels")
+        return Kernels(notes=notes)
+    liger = installed("liger_kernel")
+    flash = installed("flash_attn") and dtype in (torch.float16, torch.bfloat16)
+    if setting and not liger:
+        notes.append("liger-kernel is not installed (pip install liger-kernel); not used")
+    if setting and not flash:
+        notes.append(
+            "flash-attention needs the flash_attn package and bf16/fp16 weights; sdpa used"
+        )
+    return Kernels(liger=liger, flash_attention=flash, notes=notes)

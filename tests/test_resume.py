@@ -169,6 +169,15 @@ def test_watching_a_run_samples_validation_tensorboard_plot(tmp_path, tiny_model
         (10, "Count to 5"),
     ]
     assert "Count to 3 ->" in result.stderr  # shown in the console too
+    # the answers while training come from the same engine as `tunelab chat`
+    # (step 0 is the base model: a new LoRA adds nothing until it trains)
+    for step, base in ((0, ["--base"]), (10, [])):
+        for prompt in ("Count to 3", "Count to 5"):
+            chat = run_cli("chat", str(run), "-p", prompt, "--max-new-tokens", "64", *base)
+            sample = next(s for s in samples if s["step"] == step and s["prompt"] == prompt)
+            assert chat.returncode == 0, chat.stderr
+            assert chat.stdout.strip() == sample["answer"]
+    assert all(s["answer"] for s in samples if s["step"] == 0)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_loss" in r]
     assert [r["step"] for r in evals] == [5, 10]

@@ -179,6 +179,47 @@ class RunFolder:
     def read_json(self, name: str) -> dict:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
 
+    def recipe(self) -> Recipe:
+        """The saved recipe, validated as when it ran."""
+        try:
+            return Recipe.model_validate(self.read_recipe())
+        except ValueError as exc:
+            raise TunelabError(
+                f"{self.file(RECIPE_FILE)} is not a recipe this version can read ({exc})."
+            ) from None
+
+    def trained(self) -> TrainedWeights:
+        """What a finished run's weights are (the last stage's, for a staged run)."""
+        run = self.final_run()
+        recipe = run.recipe()
+        model = run.model_dir if (run.model_dir / "config.json").is_file() else None
+        adapter = run.adapter_dir if (run.adapter_dir / "adapter_config.json").is_file() else None
+        if model is None and adapter is None:
+            raise TunelabError(
+                f"{run.path} has no trained weights yet (no adapter/ or model/); "
+                "did the run finish? A stopped run continues with --resume."
+            )
+        return TrainedWeights(run, recipe, model, adapter)
+
+
+@dataclass
+class TrainedWeights:
+    """The weights a run left: a whole model folder, or an adapter on the recipe's base."""
+
+    run: RunFolder
+    recipe: Recipe
+    model: Path | None  # full and freeze runs
+    adapter: Path | None  # peft methods: load `recipe.model.path`, then this adapter
+
+    @property
+    def base(self) -> str:
+        return self.recipe.model.path
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The tokenizer (and chat template) saved with the trained weights."""
+        return self.model or self.adapter
+
 
 def is_run_folder(path: Path) -> bool:
     """Whether tunelab made this folder (it carries the marker written at creation)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from tunelab.data.conversation import Conversation, RowError
+from tunelab.data.conversation import Conversation, Message, RowError
 
 IGNORE_INDEX = -100
 TOOLS_PREAMBLE = "You can call these tools; answer with a JSON function call to use one:\n"
@@ -84,9 +84,19 @@ class ConversationRenderer:
             messages.insert(0, {"role": "system", "content": listing})
         return messages, None
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """Token ids of a conversation ready for the model's next answer (for generation)."""
-        text = self.render_text(messages, add_generation_prompt=True)
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a conversation ready for the model's next answer (for generation).
+
+        Tool schemas reach the model as in training: given to the template, or written into
+        the system prompt when the template has no place for them.
+        """
+        if tools:
+            conversation = Conversation(
+                [Message(m["role"], m["content"]) for m in messages],
+                tools=json.dumps(tools, ensure_ascii=False),
+            )
+            messages, tools = self.messages_and_tools(conversation)
+        text = self.render_text(messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def assistant_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:

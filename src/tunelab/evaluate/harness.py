@@ -21,15 +21,15 @@ def hf_paths(target: str | Path) -> tuple[Path, Path | None, Path]:
     """(weights folder, adapter folder or None, tokenizer folder) for what `target` names."""
     path = Path(target)
     if (path / RECIPE_FILE).is_file():
-        run = RunFolder.open(path).final_run()
-        if (run.model_dir / "config.json").is_file():
-            return run.model_dir, None, run.model_dir
-        base = resolve_model(run.read_recipe()["model"]["path"])
+        weights = RunFolder.open(path).trained()
+        if weights.model is not None:
+            return weights.model, None, weights.model
+        base = resolve_model(weights.base)
         if base.gguf_file:
             raise TunelabError(
                 "the harness cannot load a .gguf base; convert it to an HF folder first."
             )
-        return base.folder, run.adapter_dir, run.adapter_dir
+        return base.folder, weights.adapter, weights.adapter
     source = resolve_model(str(target))
     if source.gguf_file:
         raise TunelabError(

@@ -10,7 +10,7 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.inference.chat_model import open_chat_model
 from tunelab.methods import get_method
-from tunelab.run import RunFolder, refuse_precious
+from tunelab.run import RunFolder, TrainedWeights, refuse_precious
 
 EXPORT_MARK = "tunelab_export.json"
 
@@ -26,11 +26,10 @@ def export_run(
     only an earlier tunelab export.
     """
     top = RunFolder.open(run_dir)
-    run = top.final_run()
-    out = Path(out)
-    recipe = run.read_recipe()
-    _check_destination(out, [top.path, run.path, Path(recipe["model"]["path"])], overwrite)
-    method = get_method(recipe["method"]["type"])
+    weights = top.trained()
+    run, out = weights.run, Path(out)
+    _check_destination(out, [top.path, run.path, Path(weights.base)], overwrite)
+    method = get_method(weights.recipe.method.type)
     if merge and not method.mergeable:
         raise TunelabError(
             f"merging is only for LoRA-family runs (lora, dora, qlora); this run used {method.name}. "
@@ -40,12 +39,12 @@ def export_run(
     staging = out.with_name(f".{out.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        merged = _write_export(run, method, merge, staging)
+        merged = _write_export(weights, method, merge, staging)
         provenance = {
             "exported_from": str(run.path.resolve()),
             "method": method.name,
             "merged": merged,
-            "recipe": recipe,
+            "recipe": run.read_recipe(),
         }
         (staging / EXPORT_MARK).write_text(
             json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8"
@@ -84,15 +83,15 @@ def _check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
             )
 
 
-def _write_export(run: RunFolder, method, merge: bool | None, folder: Path) -> bool:
+def _write_export(weights: TrainedWeights, method, merge: bool | None, folder: Path) -> bool:
     """The weights into `folder`; whether a LoRA-family adapter was merged."""
-    if method.family == "full":
-        shutil.copytree(run.model_dir, folder)
+    if weights.model is not None:
+        shutil.copytree(weights.model, folder)
         return False
     if merge is False or not method.mergeable:
-        shutil.copytree(run.adapter_dir, folder)
+        shutil.copytree(weights.adapter, folder)
         return False
-    chat = open_chat_model(run.path, with_adapter=True, quantized=False)
+    chat = open_chat_model(weights.run.path, with_adapter=True, quantized=False)
     merged = chat.model.merge_and_unload()
     merged.save_pretrained(folder)
     chat.tokenizer.save_pretrained(folder)

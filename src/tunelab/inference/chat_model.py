@@ -12,7 +12,6 @@ from tunelab.errors import TunelabError
 from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
-from tunelab.recipe import MethodConfig
 from tunelab.run import RECIPE_FILE, RunFolder
 from tunelab.templates import resolve_template
 
@@ -76,6 +75,7 @@ class ChatModel:
             eos_token_id=self.stop_token_ids(),
             pad_token_id=pad,
             stop_strings=stop_strings or None,
+            use_cache=True,  # also for a model being trained, whose config turns it off
         )
         output = self.model.generate(
             input_ids=input_ids,
@@ -95,9 +95,14 @@ class ChatModel:
             texts.append(text.strip())
         return texts, generated
 
-    def generate(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
-        """Greedy answers to a batch of conversations."""
-        prompts = [self.renderer.prompt_ids(messages) for messages in conversations]
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        max_new_tokens: int = 256,
+        tools: list[dict] | None = None,
+    ) -> list[str]:
+        """Greedy answers to a batch of conversations (with tool schemas, as in training)."""
+        prompts = [self.renderer.prompt_ids(messages, tools) for messages in conversations]
         return self.generate_ids(prompts, max_new_tokens)[0]
 
     def answer(self, prompt: str, system: str | None = None, max_new_tokens: int = 256) -> str:
@@ -116,43 +121,43 @@ def open_chat_model(
     """
     path = Path(target)
     if (path / RECIPE_FILE).is_file():
-        return _open_run(RunFolder.open(path).final_run(), with_adapter, quantized)
+        return _open_run(RunFolder.open(path), with_adapter, quantized)
     source = resolve_model(str(target))
     return _open_source(source, "auto", str(target))
 
 
 def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
-    recipe = run.read_recipe()
-    source = resolve_model(recipe["model"]["path"])
-    dtype_setting = recipe["model"].get("dtype", "auto")
     if not with_adapter:
+        recipe = run.final_run().recipe()
         return _open_source(
-            source, recipe["model"].get("template", "auto"), f"base of {run.path}", dtype_setting
+            resolve_model(recipe.model.path),
+            recipe.model.template,
+            f"base of {run.path}",
+            recipe.model.dtype,
         )
-    if (run.model_dir / "config.json").is_file():
+    weights = run.trained()
+    dtype_setting = weights.recipe.model.dtype
+    if weights.model is not None:
         return _open_source(
-            ModelSource(str(run.model_dir), run.model_dir),
+            ModelSource(str(weights.model), weights.model),
             "auto",
-            f"{run.path} (trained model)",
+            f"{weights.run.path} (trained model)",
             dtype_setting,
-        )
-    if not (run.adapter_dir / "adapter_config.json").is_file():
-        raise TunelabError(
-            f"{run.path} has no trained weights yet (no adapter/ or model/); "
-            "did the run finish? A stopped run continues with --resume."
         )
     from peft import PeftModel
 
-    method_config = MethodConfig(**recipe["method"])
+    method_config = weights.recipe.method
     device = pick_device()
     options = (
         get_method(method_config.type).load_options(method_config, device) if quantized else {}
     )
-    tokenizer = load_tokenizer(ModelSource(str(run.adapter_dir), run.adapter_dir))
-    base = load_model(source, pick_dtype(dtype_setting, device), device, **options)
-    model = PeftModel.from_pretrained(base, run.adapter_dir).eval()
+    tokenizer = load_tokenizer(ModelSource(str(weights.adapter), weights.adapter))
+    base = load_model(
+        resolve_model(weights.base), pick_dtype(dtype_setting, device), device, **options
+    )
+    model = PeftModel.from_pretrained(base, weights.adapter).eval()
     renderer = ConversationRenderer(tokenizer, tokenizer.chat_template)
-    return ChatModel(model, tokenizer, renderer, device, f"{run.path} (base + adapter)")
+    return ChatModel(model, tokenizer, renderer, device, f"{weights.run.path} (base + adapter)")
 
 
 def _open_source(

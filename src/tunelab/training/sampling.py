@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from transformers import TrainerCallback
 
 from tunelab.data.render import ConversationRenderer
+from tunelab.inference.chat_model import ChatModel
 
 
 class SampleAnswers(TrainerCallback):
@@ -44,28 +44,18 @@ class SampleAnswers(TrainerCallback):
         if self.every and state.global_step != self.last_step:
             self._answer(model, state.global_step)
 
-    @torch.no_grad()
     def _answer(self, model, step: int) -> None:
         if not self.prompts or model is None:
             return
         self.last_step = step
         was_training = model.training
         model.eval()
-        tokenizer = self.renderer.tokenizer
         device = next(model.parameters()).device
+        # the same engine as `tunelab chat`: same stop tokens, same decoding, one prompt a call
+        engine = ChatModel(model, self.renderer.tokenizer, self.renderer, device, "training")
         rows = []
         for prompt in self.prompts:
-            ids = self.renderer.prompt_ids([{"role": "user", "content": prompt}])
-            output = model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            answer = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True).strip()
+            answer = engine.answer(prompt, max_new_tokens=self.max_new_tokens)
             rows.append({"step": step, "prompt": prompt, "answer": answer})
             self.console.print(
                 f"[dim]step {step}[/] [bold]{prompt}[/] -> {answer}", highlight=False

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tunelab.data.load import DataReport
 from tunelab.data.pipeline import prepare_data
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
@@ -229,6 +228,16 @@ def _writing(run: RunFolder):
         run.release()
 
 
+@dataclass
+class Watchers:
+    """The callbacks that watch a run, and the ones whose numbers the summary reads."""
+
+    timer: StepTimer
+    metrics: MetricsWriter
+    interrupt: SaveOnInterrupt
+    all: list
+
+
 def _train_one(
     recipe: Recipe,
     run: RunFolder,
@@ -246,18 +255,51 @@ def _train_one(
     started_at = time.perf_counter()
     quiet_libraries()
     plan = plan_run(recipe)
-    source, method, device = plan.source, plan.method, plan.device
-    check_method(load_config(source), recipe.method)
-    tokenizer, template, data = _prepare_data(recipe, run, source, console)
+    check_method(load_config(plan.source), recipe.method)
+    tokenizer, template, data = _prepare_data(recipe, run, plan.source, console)
     for note in plan.notes():
         console.print(note, highlight=False)
     memory_estimate = _memory_estimate(recipe, plan, data, console)
+    model = _load_model(recipe, plan, init_from, console)
+    renderer = ConversationRenderer(tokenizer, template)
+    watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
+    trainer = _build_trainer(recipe, run, model, tokenizer, data, watchers.all, plan)
+    output = _run_trainer(trainer, run, checkpoint, watchers, console)
+    eval_loss = None
+    if data.eval:  # validate at the end unless the schedule just did
+        done = watchers.metrics.last_eval_step == trainer.state.global_step
+        eval_loss = watchers.metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
+    _save_trained(recipe, run, plan, trainer, tokenizer, keep_optimizer)
+    summary = _summary(recipe, trainer, output, watchers, data, plan)
+    summary.update(
+        eval_loss=eval_loss,
+        resumed_from=checkpoint.name if checkpoint else None,
+        memory=_memory_side_by_side(
+            recipe,
+            plan.device,
+            memory_estimate,
+            trainer.data_collator,
+            summary["peak_memory_bytes"],
+        ),
+    )
+    run.write_json(SUMMARY_FILE, summary)
+    console.print(
+        f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
+        f"final loss {summary['final_loss']:.4f}, {summary['tokens_per_second']:.0f} tok/s, "
+        f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB",
+        highlight=False,
+    )
+    return TrainResult(run.path, summary, trainer.model)
 
+
+def _load_model(recipe: Recipe, plan: RunPlan, init_from: Path | None, console: Console):
+    """The model with the method applied (or the previous stage's weights continued)."""
+    method = plan.method
     torch.manual_seed(recipe.train.seed)
-    weights = source
+    weights = plan.source
     if init_from is not None and not method.saves_adapter:
         weights = ModelSource(str(init_from / MODEL_DIR), init_from / MODEL_DIR)
-    model = load_model(weights, plan.dtype, device, **plan.load_options)
+    model = load_model(weights, plan.dtype, plan.device, **plan.load_options)
     if plan.batching.packed:
         # With a cache the model skips packed-sequence detection and attends across samples.
         model.config.use_cache = False
@@ -274,48 +316,56 @@ def _train_one(
         f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)",
         highlight=False,
     )
+    return model
 
+
+def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from) -> Watchers:
     timer = StepTimer(started_at)
     metrics = MetricsWriter(run.file(METRICS_FILE))
     interrupt = SaveOnInterrupt(console)
-    renderer = ConversationRenderer(tokenizer, template)
-    our_callbacks = [
+    cfg = recipe.train
+    found = [
         RunStarted(run),
         timer,
         metrics,
         RichProgress(console),
         interrupt,
-        NonFiniteGuard(run.checkpoints_dir, recipe.train.lr),
-        AtomicCheckpoints(run.checkpoints_dir, recipe.train.keep_last),
+        NonFiniteGuard(run.checkpoints_dir, cfg.lr),
+        AtomicCheckpoints(run.checkpoints_dir, cfg.keep_last),
         SampleAnswers(
             run.file(SAMPLES_FILE),
             renderer,
-            recipe.train.sample_prompts,
-            recipe.train.sample_every,
-            recipe.train.sample_max_new_tokens,
+            cfg.sample_prompts,
+            cfg.sample_every,
+            cfg.sample_max_new_tokens,
             console,
         ),
         *_tensorboard(run, recipe, console),
-        *callbacks,
+        *extra,
     ]
-    if init_from is not None and recipe.train.carry_optimizer:
-        our_callbacks.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
-    trainer = _build_trainer(recipe, run, model, tokenizer, data, our_callbacks, plan)
+    if init_from is not None and cfg.carry_optimizer:
+        found.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
+    return Watchers(timer, metrics, interrupt, found)
+
+
+def _run_trainer(trainer, run: RunFolder, checkpoint: Path | None, watchers, console):
+    """Train (from the checkpoint, if any); Ctrl-C ends as `Interrupted` once it has saved."""
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
     with saving_into(run.path):
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if interrupt.requested:
+    if watchers.interrupt.requested:
         saved = latest_checkpoint(run.checkpoints_dir)
         raise Interrupted(
             f"stopped at step {trainer.state.global_step}; checkpoint {saved} saved; "
             f"continue with `tunelab train <recipe> --resume`."
         )
+    return output
 
-    eval_loss = None
-    if data.eval:  # validate at the end unless the schedule just did
-        done = metrics.last_eval_step == trainer.state.global_step
-        eval_loss = metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
+
+def _save_trained(recipe, run, plan: RunPlan, trainer, tokenizer, keep_optimizer: bool) -> None:
+    """The final weights (only finite ones), the optimizer for a next stage, the loss plot."""
+    model = trainer.model
     if not trainable_finite(model):
         raise Diverged(
             f"training diverged: after step {trainer.state.global_step} the trained weights are "
@@ -323,32 +373,10 @@ def _train_one(
         )
     model.config.use_cache = True  # the saved config is for inference
     with saving_into(run.path):
-        _save_final(run, method, model, tokenizer)
-    if keep_optimizer:
-        torch.save(trainer.optimizer.state_dict(), run.file(OPTIMIZER_FILE))
+        _save_final(run, plan.method, model, tokenizer)
+        if keep_optimizer:
+            torch.save(trainer.optimizer.state_dict(), run.file(OPTIMIZER_FILE))
     plot_losses(run.file(METRICS_FILE), run.file("loss.png"))
-    summary = _summary(
-        recipe, trainer, output, timer, metrics, data.report, device, trainable, total, data.train
-    )
-    summary.update(
-        max_length=data.max_length,
-        eval_loss=eval_loss,
-        resumed_from=checkpoint.name if checkpoint else None,
-        memory=_memory_side_by_side(
-            recipe, device, memory_estimate, trainer.data_collator, summary["peak_memory_bytes"]
-        ),
-        packed=plan.batching.packed,
-        group_by_length=plan.batching.group_by_length,
-        fused_kernels=plan.kernels.used,
-    )
-    run.write_json(SUMMARY_FILE, summary)
-    console.print(
-        f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
-        f"final loss {summary['final_loss']:.4f}, {summary['tokens_per_second']:.0f} tok/s, "
-        f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB",
-        highlight=False,
-    )
-    return TrainResult(run.path, summary, model)
 
 
 def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
@@ -595,10 +623,10 @@ def _save_final(run: RunFolder, method: Method, model, tokenizer) -> None:
         run.checkpoints_dir.rmdir()
 
 
-def _summary(
-    recipe, trainer, output, timer, metrics, report: DataReport, device, trainable, total, samples
-) -> dict:
-    state = trainer.state
+def _summary(recipe, trainer, output, watchers: Watchers, data, plan: RunPlan) -> dict:
+    state, report, samples = trainer.state, data.report, data.train
+    timer, metrics, device = watchers.timer, watchers.metrics, plan.device
+    trainable, total = count_parameters(trainer.model)
     train_seconds = timer.train_seconds
     tokens = int(state.num_input_tokens_seen)
     return {
@@ -625,4 +653,8 @@ def _summary(
         "duplicates_dropped": len(report.duplicates_dropped),
         "method": recipe.method.type,
         "model": recipe.model.path,
+        "max_length": data.max_length,
+        "packed": plan.batching.packed,
+        "group_by_length": plan.batching.group_by_length,
+        "fused_kernels": plan.kernels.used,
     }

@@ -244,32 +244,16 @@ def evaluate(
     ] = None,
 ):
     """Score a model: GSM8K-style strict and flexible exact match with standard errors."""
-    from tunelab.errors import TunelabError
-    from tunelab.evaluate.runner import evaluate_gsm8k
-
     if harness is not None:
-        from tunelab.evaluate.harness import evaluate_with_harness
-        from tunelab.quiet import quiet_libraries
-
-        quiet_libraries()
-        summary = evaluate_with_harness(
-            target, harness, limit, shots if fewshot_from else None, batch_size, out
-        )
-        summary.pop("samples")
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        _eval_with_harness(target, harness, limit, shots if fewshot_from else None, batch_size, out)
         return
+    from tunelab.evaluate.runner import evaluate_gsm8k
 
     if task != "gsm8k":
         raise TunelabError(f"--task {task} is not known; tunelab has gsm8k.")
     if data is None:
         raise TunelabError("--data is required: a .jsonl file of question/answer records.")
-    if shots and fewshot_from is None:
-        raise TunelabError(
-            "--shots needs --fewshot-from, a file the examples are drawn from "
-            "(not the one being scored)."
-        )
-    summary = evaluate_gsm8k(
-        target,
+    options = _task_options(
         data,
         shots,
         fewshot_from,
@@ -280,9 +264,11 @@ def evaluate(
         style,
         batch_size,
         max_new_tokens,
-        out,
-        err,
     )
+    _show_eval(evaluate_gsm8k(target, options, out, err), as_json)
+
+
+def _show_eval(summary: dict, as_json: bool) -> None:
     summary.pop("records")
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -295,6 +281,49 @@ def evaluate(
     )
     print(f"strict-match     {strict['score']:.4f} ± {strict['stderr']:.4f}")
     print(f"flexible-extract {flexible['score']:.4f} ± {flexible['stderr']:.4f}")
+
+
+def _task_options(
+    data, shots, fewshot_from, fewshot_limit, limit, last, seed, style, batch_size, max_new_tokens
+):
+    """The typed task options from the command line (the same class a recipe's evaluate uses)."""
+    from pydantic import ValidationError
+
+    from tunelab.recipe import TaskOptions
+
+    if shots and fewshot_from is None:
+        raise TunelabError(
+            "--shots needs --fewshot-from, a file the examples are drawn from "
+            "(not the one being scored)."
+        )
+    try:
+        return TaskOptions(
+            task="gsm8k",
+            data=str(data),
+            shots=shots,
+            fewshot_from=str(fewshot_from) if fewshot_from else None,
+            fewshot_limit=fewshot_limit,
+            limit=limit,
+            last=last,
+            seed=seed,
+            style=style,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        option = "--" + str(problem["loc"][0]).replace("_", "-") if problem["loc"] else "option"
+        raise TunelabError(f"{option}: {problem['msg']}.") from None
+
+
+def _eval_with_harness(target, harness, limit, shots, batch_size, out) -> None:
+    from tunelab.evaluate.harness import evaluate_with_harness
+    from tunelab.quiet import quiet_libraries
+
+    quiet_libraries()
+    summary = evaluate_with_harness(target, harness, limit, shots, batch_size, out)
+    summary.pop("samples")
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
 @app.command("compare")
@@ -320,7 +349,6 @@ def compare_models(
     max_new_tokens: Annotated[int, typer.Option(min=1, max=65_536, help="longest answer")] = 256,
 ):
     """The same prompts (and task) through two models: side-by-side table, flips, gain and cost."""
-    from tunelab.errors import TunelabError
     from tunelab.evaluate import compare as comparison
 
     task_options = None
@@ -329,21 +357,25 @@ def compare_models(
             raise TunelabError(
                 "--task gsm8k needs --data, a .jsonl file of question/answer records."
             )
-        if shots and fewshot_from is None:
-            raise TunelabError("--shots needs --fewshot-from, the file the examples come from.")
-        task_options = {
-            "data": data,
-            "shots": shots,
-            "fewshot_from": fewshot_from,
-            "fewshot_limit": fewshot_limit,
-            "limit": limit,
-            "last": last,
-            "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens,
-            "console": err,
-        }
+        task_options = _task_options(
+            data,
+            shots,
+            fewshot_from,
+            fewshot_limit,
+            limit,
+            last,
+            1234,
+            "auto",
+            batch_size,
+            max_new_tokens,
+        )
     report = comparison.compare(
-        before, after, comparison.read_prompts(prompts), task_options, min(max_new_tokens, 128)
+        before,
+        after,
+        comparison.read_prompts(prompts),
+        task_options,
+        min(max_new_tokens, 128),
+        err,
     )
     comparison.show(err, report)
     for path in comparison.write_report(out, report):

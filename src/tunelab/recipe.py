@@ -211,12 +211,10 @@ class TrainConfig(Section):
     tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
 
 
-class EvaluateConfig(Section):
-    """Before/after checks run when training ends; the report lands in the run folder."""
+class TaskOptions(Section):
+    """A scored task (GSM8K-style exact match): the same options for `tunelab eval`,
+    `tunelab compare --task` and a recipe's `evaluate` section."""
 
-    prompts: str | None = Field(
-        None, description="probe prompts .jsonl ({prompt, expect?} per line)"
-    )
     task: Literal["gsm8k"] | None = Field(
         None, description="a scored task run on base and tuned model"
     )
@@ -226,15 +224,33 @@ class EvaluateConfig(Section):
     fewshot_limit: int | None = Field(None, gt=0, le=BIG, description="draw shots from its first N")
     limit: int | None = Field(None, gt=0, le=BIG, description="score only N task questions")
     last: bool = Field(False, description="with limit: the last N questions")
+    seed: int = Field(1234, ge=0, le=2**32 - 1, description="seed for choosing the shots")
+    style: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="auto, chat (turns) or plain (Question:/Answer: text)"
+    )
     batch_size: int = Field(8, gt=0, le=4096)
     max_new_tokens: int = Field(256, gt=0, le=65_536)
 
     @model_validator(mode="after")
     def _task_needs_data(self):
         if self.task and not self.data:
-            raise ValueError("evaluate.task needs evaluate.data")
+            raise ValueError("a task needs its data: a .jsonl file of question/answer records")
         if self.task and self.shots and not self.fewshot_from:
-            raise ValueError("evaluate.shots needs evaluate.fewshot_from")
+            raise ValueError(
+                "shots need fewshot_from, a file the examples are drawn from (not the one scored)"
+            )
+        return self
+
+
+class EvaluateConfig(TaskOptions):
+    """Before/after checks run when training ends; the report lands in the run folder."""
+
+    prompts: str | None = Field(
+        None, description="probe prompts .jsonl ({prompt, expect?} per line)"
+    )
+
+    @model_validator(mode="after")
+    def _task_needs_prompts(self):
         if self.task and not self.prompts:
             raise ValueError(
                 "evaluate.task needs evaluate.prompts too (the probe of general ability)"

@@ -18,6 +18,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.gsm8k import flips, read_jsonl
 from tunelab.inference.chat_model import open_chat_model
 from tunelab.quiet import quiet_libraries
+from tunelab.recipe import TaskOptions
 
 
 def read_prompts(path: Path) -> list[dict]:
@@ -58,8 +59,9 @@ def compare(
     before: str,
     after: str,
     prompts: list[dict],
-    task: dict | None = None,
+    task: TaskOptions | None = None,
     max_new_tokens: int = 128,
+    console: Console | None = None,
 ) -> dict:
     """Everything the report shows, as one JSON-ready dict."""
     quiet_libraries()
@@ -78,7 +80,7 @@ def compare(
         rows.append(row)
     report = {"before": name_a, "after": name_b, "rows": rows, "probe": _probe_summary(rows)}
     if task is not None:
-        report["task"] = _task_comparison(before, after, task)
+        report["task"] = _task_comparison(before, after, task, console)
     report["summary_line"] = summary_line(report)
     return report
 
@@ -94,12 +96,12 @@ def _probe_summary(rows: list[dict]) -> dict:
     }
 
 
-def _task_comparison(before: str, after: str, task: dict) -> dict:
+def _task_comparison(before: str, after: str, task: TaskOptions, console) -> dict:
     from tunelab.evaluate.runner import evaluate_gsm8k
 
     results = {}
     for side, target in (("before", before), ("after", after)):
-        summary = evaluate_gsm8k(target, **task)
+        summary = evaluate_gsm8k(target, task, console=console)
         results[side] = summary
     a, b = results["before"], results["after"]
     return {

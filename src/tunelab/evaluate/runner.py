@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from tunelab.errors import TunelabError
 from tunelab.evaluate.gsm8k import (
     PLAIN_STOPS,
     chat_prompt,
@@ -20,28 +21,24 @@ from tunelab.evaluate.gsm8k import (
 )
 from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.quiet import quiet_libraries
+from tunelab.recipe import TaskOptions
 
 
 def evaluate_gsm8k(
     target: str | Path | ChatModel,
-    data: Path,
-    shots: int = 5,
-    fewshot_from: Path | None = None,
-    fewshot_limit: int | None = None,
-    limit: int | None = None,
-    last: bool = False,
-    seed: int = 1234,
-    style: str = "auto",
-    batch_size: int = 8,
-    max_new_tokens: int = 256,
+    options: TaskOptions,
     out: Path | None = None,
     console: Console | None = None,
 ) -> dict:
     """Score a model on question/answer problems; returns the summary, writes items to `out`."""
     quiet_libraries()
     console = console or Console(stderr=True)
-    problems = read_problems(Path(data), limit, last)
-    pool = read_problems(Path(fewshot_from), fewshot_limit) if shots else []
+    if options.data is None:
+        raise TunelabError("the task needs its data: a .jsonl file of question/answer records.")
+    data, shots, seed, style = options.data, options.shots, options.seed, options.style
+    batch_size, max_new_tokens = options.batch_size, options.max_new_tokens
+    problems = read_problems(Path(data), options.limit, options.last)
+    pool = read_problems(Path(options.fewshot_from), options.fewshot_limit) if shots else []
     examples = pick_shots(pool, shots, seed) if shots else []
     model = target if isinstance(target, ChatModel) else open_chat_model(target)
     if style == "auto":

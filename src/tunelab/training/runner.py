@@ -24,7 +24,7 @@ from tunelab.models.sources import ModelSource
 from tunelab.plan import RunPlan, plan_run
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
-from tunelab.recipe import Recipe, load_recipe, stage_recipes
+from tunelab.recipe import Recipe, TaskOptions, load_recipe, stage_recipes
 from tunelab.run import (
     ADAPTER_DIR,
     DATA_REPORT_FILE,
@@ -122,25 +122,26 @@ def _before_after(recipe: Recipe, result: TrainResult, console: Console) -> dict
     where = recipe.source_dir
 
     def path(text):
-        return find_path(text, where) if text else None
+        return str(find_path(text, where)) if text else None
 
     task = None
     if cfg.task:
-        task = {
-            "data": path(cfg.data),
-            "shots": cfg.shots,
-            "fewshot_from": path(cfg.fewshot_from),
-            "fewshot_limit": cfg.fewshot_limit,
-            "limit": cfg.limit,
-            "last": cfg.last,
-            "batch_size": cfg.batch_size,
-            "max_new_tokens": cfg.max_new_tokens,
-            "console": console,
-        }
+        task = TaskOptions.model_validate(
+            {
+                **cfg.model_dump(exclude={"prompts"}),
+                "data": path(cfg.data),
+                "fewshot_from": path(cfg.fewshot_from),
+            }
+        )
     console.rule("before / after")
-    prompts = compare.read_prompts(path(cfg.prompts)) if cfg.prompts else []
+    prompts = compare.read_prompts(Path(path(cfg.prompts))) if cfg.prompts else []
     report = compare.compare(
-        recipe.model.path, str(result.run_dir), prompts, task, min(cfg.max_new_tokens, 128)
+        recipe.model.path,
+        str(result.run_dir),
+        prompts,
+        task,
+        min(cfg.max_new_tokens, 128),
+        console,
     )
     compare.show(console, report)
     compare.write_report(result.run_dir / "report", report)

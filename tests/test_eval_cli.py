@@ -157,7 +157,9 @@ def test_evaluate_section_is_validated(tmp_path):
 
     path = tmp_path / "r.yaml"
     path.write_text("data: {train: [identity]}\nevaluate: {task: gsm8k, prompts: p.jsonl}\n")
-    with pytest.raises(TunelabError, match="r.yaml:2: `evaluate` value error, a task needs its data"):
+    with pytest.raises(
+        TunelabError, match="r.yaml:2: `evaluate` value error, a task needs its data"
+    ):
         load_recipe(path)
 
 

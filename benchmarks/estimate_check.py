@@ -78,7 +78,7 @@ FIXED = [
     ),
     ("qlora 512x2", ["method.type=qlora", "data.max_length=512", "train.batch_size=2"]),
 ]
-NOTE = "The CPU constants in `src/tunelab/estimate.py` (runtime 0.57 GiB, 1.84 fp32 logit rows per trained position, 1.74 / 1.32 copies of the LoRA layers' outputs without / with checkpointing) were fitted on separate runs of long synthetic samples: LoRA at 2,048 tokens per step without checkpointing, LoRA with checkpointing at 512, 1,024 and 2,048, full fine-tuning at 256 and 1,024. The row `lora 256x4, checkpointing` repeats one of those fitting configurations; the others were not used to fit. Everything else (saved activations, parameter counts, weights, optimizer states) comes from the meta-device trace, not from a fit. On a GPU the estimate reports max allocated memory and is not validated here."
+NOTE = "The CPU constants in `src/tunelab/estimation.py` (runtime 0.57 GiB, 1.84 fp32 logit rows per trained position, 1.74 / 1.32 copies of the LoRA layers' outputs without / with checkpointing) were fitted on separate runs of long synthetic samples: LoRA at 2,048 tokens per step without checkpointing, LoRA with checkpointing at 512, 1,024 and 2,048, full fine-tuning at 256 and 1,024. The row `lora 256x4, checkpointing` repeats one of those fitting configurations; the others were not used to fit. Everything else (saved activations, parameter counts, weights, optimizer states) comes from the meta-device trace, not from a fit. On a GPU the estimate reports max allocated memory and is not validated here."
 MIXED = [
     ("lora, identity data (mixed lengths), 1 epoch", ["data.train=[identity]", "train.epochs=1"]),
 ]

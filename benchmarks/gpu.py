@@ -80,7 +80,7 @@ def main() -> int:
 
     from transformers import AutoConfig
 
-    from tunelab.estimate import linear_parameters
+    from tunelab.estimation import linear_parameters
 
     work = Path(tempfile.mkdtemp(prefix="tunelab-gpu-"))
     model_dir = work / "qwen2.5-1.5b-shaped"

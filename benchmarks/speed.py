@@ -248,7 +248,7 @@ def main() -> int:
     if "tunelab" in summary["medians"]:
         from transformers import AutoConfig
 
-        from tunelab.estimate import cpu_matmul_rate, training_flops_per_token
+        from tunelab.estimation import cpu_matmul_rate, training_flops_per_token
 
         rate = cpu_matmul_rate(seconds=3.0, size=2048) / 1e9
         per_token = training_flops_per_token(AutoConfig.from_pretrained(model_dir), "lora")

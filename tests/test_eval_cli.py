@@ -167,7 +167,7 @@ def test_harness_missing_is_one_clear_message(monkeypatch, tmp_path):
     import sys
 
     from tunelab.errors import TunelabError
-    from tunelab.evaluate.harness import evaluate_with_harness
+    from tunelab.evaluation.harness import evaluate_with_harness
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(TunelabError, match=r"pip install 'tunelab\[harness\]'"):

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.gsm8k import (
+from tunelab.evaluation.gsm8k import (
     INVALID,
     Problem,
     chat_prompt,

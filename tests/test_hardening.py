@@ -422,14 +422,14 @@ def test_there_are_at_least_60_cases():
 
 def test_internal_errors_name_a_log_with_the_traceback(tmp_path, monkeypatch):
     """A bug is not dressed up as a user error: exit 1, and the traceback is in the log."""
-    from tunelab import cli
+    from tunelab import data_tools
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(cli, "_stats_of", broken)
+    monkeypatch.setattr(data_tools, "length_stats", broken)
     (tmp_path / "d.jsonl").write_text(DATA, encoding="utf-8")
     result = runner.invoke(app, ["data", "check", str(tmp_path / "d.jsonl")])
     assert result.exit_code == 1

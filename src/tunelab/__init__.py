@@ -3,9 +3,14 @@
 The Python API mirrors the CLI:
 
     import tunelab
+    tunelab.check_data("examples/identity.yaml")          # tunelab data check
+    tunelab.data_stats("examples/identity.yaml")          # tunelab data stats
+    tunelab.estimation("examples/identity.yaml")            # tunelab estimate
     result = tunelab.train("examples/identity.yaml", ["train.epochs=2"])
-    print(tunelab.chat(result.run_dir, "Who are you?"))
-    tunelab.export(result.run_dir, "merged/")
+    print(tunelab.chat(result.run_dir, "Who are you?"))   # tunelab chat
+    tunelab.evaluation(result.run_dir, "test.jsonl", shots=0)   # tunelab eval
+    tunelab.compare("smollm2-135m-instruct", result.run_dir, "probes.jsonl")
+    tunelab.export(result.run_dir, "merged/")             # tunelab export
 """
 
 from __future__ import annotations
@@ -13,10 +18,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.recipe import Recipe, load_recipe
+from tunelab.recipe import Recipe, TaskOptions, load_recipe
+from tunelab.version import __version__
 
-__version__ = "0.1.0"
-__all__ = ["Recipe", "TunelabError", "chat", "export", "load_recipe", "train"]
+__all__ = [
+    "Recipe",
+    "TaskOptions",
+    "TunelabError",
+    "__version__",
+    "chat",
+    "check_data",
+    "compare",
+    "data_stats",
+    "estimate",
+    "evaluate",
+    "export",
+    "load_recipe",
+    "train",
+]
 
 
 def train(recipe, overrides=(), overwrite: bool = False, resume: bool = False, callbacks=()):
@@ -56,3 +75,73 @@ def export(
 
     quiet_libraries()
     return export_run(run_dir, out, merge=merge, overwrite=overwrite)
+
+
+def check_data(target: str | Path, model: str | None = None):
+    """Every bad row of a recipe's data, a data file or a dataset_info.json (`data check`).
+
+    Returns a CheckResult: `.report` (counts, `bad_rows`), `.conversations`, `.problems`.
+    """
+    from tunelab.data import doctor
+
+    return doctor.check(doctor.open_target(target, model))
+
+
+def data_stats(target: str | Path, model: str | None = None, png: str | Path | None = None):
+    """Token-length percentiles, cutoff costs and the suggested max_length (`data stats`)."""
+    from tunelab.data import doctor
+    from tunelab.data_tools import length_stats
+
+    return length_stats(doctor.open_target(target, model), Path(png) if png else None)
+
+
+def estimate(
+    recipe,
+    overrides=(),
+    device: str | None = None,
+    gpu_memory: str | None = None,
+    memory: str | None = None,
+):
+    """Peak memory by part and what fits, before anything loads (`tunelab estimate`).
+
+    Returns one Estimate per stage (a list of one for a recipe without stages).
+    """
+    from tunelab.estimation import estimate_run
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, list(overrides))
+    return estimate_run(recipe, device, gpu_memory, memory)
+
+
+def evaluate(
+    target: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    **options,
+) -> dict:
+    """GSM8K-style strict and flexible exact match (`tunelab eval`); `options` are the
+    fields of TaskOptions (shots, fewshot_from, limit, batch_size, max_new_tokens, ...)."""
+    from tunelab.evaluation.runner import evaluate_gsm8k
+
+    task = TaskOptions(task="gsm8k", data=str(data), **{"shots": 0, **options})
+    return evaluate_gsm8k(target, task, Path(out) if out else None)
+
+
+def compare(
+    before: str | Path,
+    after: str | Path,
+    prompts: str | Path,
+    out: str | Path | None = None,
+    task: TaskOptions | None = None,
+    max_new_tokens: int = 128,
+) -> dict:
+    """The same probe prompts (and task) through two models (`tunelab compare`); the report,
+    also written to `out` as report.md, report.html and report.json when given."""
+    from tunelab.evaluation import compare as comparison
+
+    report = comparison.compare(
+        str(before), str(after), comparison.read_prompts(Path(prompts)), task, max_new_tokens
+    )
+    if out is not None:
+        comparison.write_report(Path(out), report)
+    return report

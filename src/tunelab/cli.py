@@ -76,39 +76,13 @@ def estimate(
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ):
     """Peak memory by part before anything loads, and what would fit (method, batch, length)."""
-    from tunelab.estimate import estimate_recipe, machine_memory, parse_size
     from tunelab.estimate_view import show_estimate
-    from tunelab.quiet import quiet_libraries
-    from tunelab.recipe import load_recipe
+    from tunelab.estimation import estimate_run
+    from tunelab.recipe import load_recipe, stage_recipes
 
-    quiet_libraries()
-    if device not in (None, "cpu", "cuda"):
-        raise TunelabError(f"--device is {device!r}; use cpu or cuda.")
     config = load_recipe(recipe, overrides or [])
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        if gpu_memory:
-            budget = parse_size(gpu_memory)
-        elif torch.cuda.is_available():
-            budget = torch.cuda.get_device_properties(0).total_memory
-        else:
-            raise TunelabError("no CUDA card here; say its size with --gpu-memory, e.g. 24GB.")
-    else:
-        budget = parse_size(memory) if memory else machine_memory()
-    from tunelab.recipe import stage_recipes
-
+    results = estimate_run(config, device, gpu_memory, memory)
     stages = stage_recipes(config) if config.stages else [config]
-    results = [estimate_recipe(stage, device, budget) for stage in stages]
-    if device == "cpu":
-        from tunelab.estimate import CPU_MATMUL_EFFICIENCY, cpu_matmul_rate
-
-        rate = cpu_matmul_rate()
-        for result in results:
-            result.matmul_flops_per_second = rate
-            work = result.flops_per_token * result.tokens_per_step
-            result.seconds_per_step = work / (rate * CPU_MATMUL_EFFICIENCY)
     if as_json:
         payload = [r.as_dict() for r in results] if config.stages else results[0].as_dict()
         print(json.dumps(payload, indent=1))
@@ -247,7 +221,7 @@ def evaluate(
     if harness is not None:
         _eval_with_harness(target, harness, limit, shots if fewshot_from else None, batch_size, out)
         return
-    from tunelab.evaluate.runner import evaluate_gsm8k
+    from tunelab.evaluation.runner import evaluate_gsm8k
 
     if task != "gsm8k":
         raise TunelabError(f"--task {task} is not known; tunelab has gsm8k.")
@@ -317,7 +291,7 @@ def _task_options(
 
 
 def _eval_with_harness(target, harness, limit, shots, batch_size, out) -> None:
-    from tunelab.evaluate.harness import evaluate_with_harness
+    from tunelab.evaluation.harness import evaluate_with_harness
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
@@ -349,7 +323,7 @@ def compare_models(
     max_new_tokens: Annotated[int, typer.Option(min=1, max=65_536, help="longest answer")] = 256,
 ):
     """The same prompts (and task) through two models: side-by-side table, flips, gain and cost."""
-    from tunelab.evaluate import compare as comparison
+    from tunelab.evaluation import compare as comparison
 
     task_options = None
     if task is not None:
@@ -396,41 +370,15 @@ def data_check(
     """List every bad row with its location and reason; exit 2 if there is any."""
     from tunelab.data import doctor
     from tunelab.data.views import show_check, show_stats
+    from tunelab.data_tools import length_stats
 
     found = doctor.open_target(target, model)
     result = doctor.check(found)
     show_check(err, found, result)
     if lengths and result.conversations:
-        show_stats(err, _stats_of(found))
+        show_stats(err, length_stats(found))
     if result.problems:
         raise typer.Exit(2)
-
-
-def _stats_of(found, png: Path | None = None) -> dict:
-    """Render the target's data (cached), then measure it; optionally save the histogram."""
-    from tunelab.data.pipeline import render_split
-    from tunelab.data.stats import full_report, save_histogram
-    from tunelab.models.load import load_tokenizer
-    from tunelab.models.sources import resolve_model
-    from tunelab.quiet import quiet_libraries
-    from tunelab.templates import resolve_template
-
-    quiet_libraries()
-    tokenizer = load_tokenizer(resolve_model(found.model))
-    template = resolve_template(found.template, tokenizer)
-    config = found.config.model_copy(update={"on_bad_row": "skip"})
-    rendered = render_split(config, found.base_dir, "train", tokenizer, template, config.cache)
-    stats = {**full_report(rendered.samples), "model": found.model}
-    stats["cache"] = {
-        "fingerprint": rendered.fingerprint,
-        "hit": rendered.from_cache,
-        "seconds": round(rendered.seconds, 3),
-    }
-    if png is not None:
-        stats["histogram"] = str(
-            save_histogram(rendered.samples, png, stats["suggested_max_length"])
-        )
-    return stats
 
 
 @data_app.command("stats")
@@ -445,9 +393,10 @@ def data_stats(
     """Token lengths of prompt, answer and sample; cost of each cutoff; suggested max_length."""
     from tunelab.data import doctor
     from tunelab.data.views import show_stats
+    from tunelab.data_tools import length_stats
 
     found = doctor.open_target(target, model)
-    stats = _stats_of(found, png)
+    stats = length_stats(found, png)
     if as_json:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
     else:
@@ -465,21 +414,13 @@ def data_preview(
 ):
     """Samples rendered as the model sees them; trained (loss) tokens highlighted."""
     from tunelab.data import doctor
-    from tunelab.data.pipeline import prepare_data
     from tunelab.data.views import show_preview
-    from tunelab.models.load import load_tokenizer
-    from tunelab.models.sources import resolve_model
-    from tunelab.quiet import quiet_libraries
-    from tunelab.templates import resolve_template
+    from tunelab.data_tools import preview_samples
 
-    quiet_libraries()
-    found = doctor.open_target(target, model)
-    tokenizer = load_tokenizer(resolve_model(found.model))
-    template = resolve_template(found.template, tokenizer)
-    data = prepare_data(found.config, found.base_dir, tokenizer, template, seed=0)
+    samples, tokenizer = preview_samples(doctor.open_target(target, model), n)
     out = Console()
     use_plain = (not out.is_terminal) if plain is None else plain
-    show_preview(out, data.train[:n], tokenizer, use_plain)
+    show_preview(out, samples, tokenizer, use_plain)
 
 
 @data_app.command("convert")

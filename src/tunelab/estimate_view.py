@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.estimate import CPU_MATMUL_EFFICIENCY, Estimate, GiB
+from tunelab.estimation import CPU_MATMUL_EFFICIENCY, Estimate, GiB
 
 PART_NAMES = {
     "weights": "weights",

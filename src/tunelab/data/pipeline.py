@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab import __version__
 from tunelab.data.cache import CACHE_SUFFIX, DamagedCache, read_cache, write_cache
 from tunelab.data.conversation import RowError
 from tunelab.data.load import DataReport, load_conversations, raise_for_bad_rows, resolve_source
@@ -25,6 +24,7 @@ from tunelab.data.transforms import split_indices
 from tunelab.errors import TunelabError
 from tunelab.locations import cache_dir
 from tunelab.recipe import DataConfig
+from tunelab.version import __version__
 
 
 @dataclass

@@ -116,7 +116,7 @@ def _evaluate_after(recipe: Recipe, run: RunFolder, result: TrainResult, console
 def _before_after(recipe: Recipe, result: TrainResult, console: Console) -> dict:
     """Compare the base model with the trained run and write the report into the run folder."""
     from tunelab.data.load import find_path
-    from tunelab.evaluate import compare
+    from tunelab.evaluation import compare
 
     cfg = recipe.evaluate
     where = recipe.source_dir
@@ -400,7 +400,7 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
 def _memory_estimate(recipe, plan: RunPlan, data, console):
     """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
     came from (None if the model cannot be traced)."""
-    from tunelab.estimate import estimate_for, profile, worst_case_batch
+    from tunelab.estimation import estimate_for, profile, worst_case_batch
 
     packed, dtype, device = plan.trained_logits_only, plan.dtype, plan.device
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
@@ -433,7 +433,7 @@ def _memory_estimate(recipe, plan: RunPlan, data, console):
 def _memory_side_by_side(recipe, device, before, largest, measured: int) -> dict | None:
     """The estimate made before the run, and the same estimate for the largest batch that
     actually ran (random batches rarely meet the data's worst case), next to the measured peak."""
-    from tunelab.estimate import estimate
+    from tunelab.estimation import estimate
 
     if before is None:
         return None

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.gsm8k import (
+from tunelab.evaluation.gsm8k import (
     PLAIN_STOPS,
     chat_prompt,
     mean_and_stderr,

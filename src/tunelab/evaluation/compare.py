@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.gsm8k import flips, read_jsonl
+from tunelab.evaluation.gsm8k import flips, read_jsonl
 from tunelab.inference.chat_model import open_chat_model
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import TaskOptions
@@ -97,7 +97,7 @@ def _probe_summary(rows: list[dict]) -> dict:
 
 
 def _task_comparison(before: str, after: str, task: TaskOptions, console) -> dict:
-    from tunelab.evaluate.runner import evaluate_gsm8k
+    from tunelab.evaluation.runner import evaluate_gsm8k
 
     results = {}
     for side, target in (("before", before), ("after", after)):

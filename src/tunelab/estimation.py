@@ -379,6 +379,45 @@ def machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def estimate_run(
+    recipe,
+    device: str | None = None,
+    gpu_memory: str | None = None,
+    memory: str | None = None,
+) -> list[Estimate]:
+    """One estimate per stage (one for a recipe without stages), what `tunelab estimate` shows.
+
+    The budget is the card's memory (cuda; `gpu_memory` for a card that is not here) or the
+    machine's RAM (`memory` overrides it); on a CPU the time per step comes from a measured
+    matmul rate.
+    """
+    from tunelab.quiet import quiet_libraries
+    from tunelab.recipe import stage_recipes
+
+    quiet_libraries()
+    if device not in (None, "cpu", "cuda"):
+        raise TunelabError(f"--device is {device!r}; use cpu or cuda.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        if gpu_memory:
+            budget = parse_size(gpu_memory)
+        elif torch.cuda.is_available():
+            budget = torch.cuda.get_device_properties(0).total_memory
+        else:
+            raise TunelabError("no CUDA card here; say its size with --gpu-memory, e.g. 24GB.")
+    else:
+        budget = parse_size(memory) if memory else machine_memory()
+    stages = stage_recipes(recipe) if recipe.stages else [recipe]
+    results = [estimate_recipe(stage, device, budget) for stage in stages]
+    if device == "cpu":
+        rate = cpu_matmul_rate()
+        for result in results:
+            result.matmul_flops_per_second = rate
+            work = result.flops_per_token * result.tokens_per_step
+            result.seconds_per_step = work / (rate * CPU_MATMUL_EFFICIENCY)
+    return results
+
+
 def estimate_recipe(recipe, device: str | None = None, budget: int | None = None) -> Estimate:
     """The estimate for a recipe: config and tokenizer are read, the data is tokenized (or taken
     from the cache) to find the longest batch; no weights are loaded."""

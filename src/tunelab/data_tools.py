@@ -1,0 +1,52 @@
+"""What `tunelab data stats` and `data preview` compute with a tokenizer: lengths, samples.
+
+(The checks that need no tokenizer live in `tunelab.data.doctor`.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.data.doctor import Target
+from tunelab.data.render import RenderedSample
+
+
+def _tokenizer_and_template(target: Target):
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.sources import resolve_model
+    from tunelab.quiet import quiet_libraries
+    from tunelab.templates import resolve_template
+
+    quiet_libraries()
+    tokenizer = load_tokenizer(resolve_model(target.model))
+    return tokenizer, resolve_template(target.template, tokenizer, target.base_dir)
+
+
+def length_stats(target: Target, png: Path | None = None) -> dict:
+    """Render the target's data (cached), then measure it; optionally save the histogram."""
+    from tunelab.data.pipeline import render_split
+    from tunelab.data.stats import full_report, save_histogram
+
+    tokenizer, template = _tokenizer_and_template(target)
+    config = target.config.model_copy(update={"on_bad_row": "skip"})
+    rendered = render_split(config, target.base_dir, "train", tokenizer, template, config.cache)
+    stats = {**full_report(rendered.samples), "model": target.model}
+    stats["cache"] = {
+        "fingerprint": rendered.fingerprint,
+        "hit": rendered.from_cache,
+        "seconds": round(rendered.seconds, 3),
+    }
+    if png is not None:
+        stats["histogram"] = str(
+            save_histogram(rendered.samples, png, stats["suggested_max_length"])
+        )
+    return stats
+
+
+def preview_samples(target: Target, n: int) -> tuple[list[RenderedSample], object]:
+    """The first `n` training samples as the trainer gets them, and their tokenizer."""
+    from tunelab.data.pipeline import prepare_data
+
+    tokenizer, template = _tokenizer_and_template(target)
+    data = prepare_data(target.config, target.base_dir, tokenizer, template, seed=0)
+    return data.train[:n], tokenizer

@@ -182,3 +182,39 @@ def test_tools_are_written_into_the_system_prompt_otherwise(builtin_tokenizer):
     assert '{"result": 5}' in text and '{"result": 5}' not in "".join(
         trained_runs(sample, builtin_tokenizer)
     )
+
+
+# A ChatML template that marks only the last assistant turn, so an earlier turn renders
+# differently once the conversation goes on: the prefix rule fails and the fallback is used.
+REWRITING = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' and loop.last %}[latest] {% endif %}"
+    "{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_history_rewriting_template_still_trains_each_stop_token(builtin_tokenizer):
+    renderer = ConversationRenderer(builtin_tokenizer, REWRITING)
+    talk = conversation(
+        ("user", "One?"), ("assistant", "First answer."), ("user", "Two?"), ("assistant", "Second.")
+    )
+    full = renderer.render_text(talk.as_dicts())
+    upto = renderer.render_text(talk.as_dicts()[:2])
+    assert not full.startswith(upto)  # the fallback path, not the prefix rule
+    sample = renderer.render(talk)
+    assert trained_runs(sample, builtin_tokenizer) == [
+        "First answer.<|im_end|>",
+        "[latest] Second.<|im_end|>",
+    ]
+
+
+def test_stop_token_count_sees_a_truncated_answer(builtin_tokenizer):
+    from tunelab.data.pipeline import ends_with_trained
+    from tunelab.data.render import truncate
+
+    renderer = ConversationRenderer(builtin_tokenizer, builtin_tokenizer.chat_template)
+    sample = renderer.render(conversation(("user", "Hi"), ("assistant", "Hello " * 40)))
+    stops = set(builtin_tokenizer.all_special_ids)
+    assert ends_with_trained(sample, stops)
+    assert not ends_with_trained(truncate(sample.input_ids, sample.labels, 40), stops)

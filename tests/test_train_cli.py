@@ -62,6 +62,7 @@ def test_run_folder_contents(finished_run):
     assert "<|im_start|>" in (adapter / "chat_template.jinja").read_text()
     report = json.loads((run / "data_report.json").read_text())
     assert report["kept"] == 9 and report["skipped"] == 0
+    assert report["samples"] == 9 and report["stop_token_trained"] == 9
 
 
 def test_summary_numbers_are_consistent(finished_run, tiny_model_dir):

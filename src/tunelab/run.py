@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from tunelab.errors import TunelabError
+from tunelab.events import EVENTS_FILE, RunEvent, read_events
 from tunelab.recipe import Recipe
 
 MARKER_FILE = ".tunelab-run"
@@ -178,6 +179,10 @@ class RunFolder:
 
     def read_json(self, name: str) -> dict:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
+
+    def events(self) -> list[RunEvent]:
+        """What the run has done so far, as RunEvents (started, step, ..., finished/failed)."""
+        return read_events(self.file(EVENTS_FILE))
 
     def recipe(self) -> Recipe:
         """The saved recipe, validated as when it ran."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from tunelab.data.cache import CACHE_SUFFIX, DamagedCache, read_cache, write_cache
 from tunelab.data.conversation import RowError
 from tunelab.data.load import DataReport, load_conversations, raise_for_bad_rows, resolve_source
-from tunelab.data.render import ConversationRenderer, RenderedSample, truncate
+from tunelab.data.render import IGNORE_INDEX, ConversationRenderer, RenderedSample, truncate
 from tunelab.data.stats import suggest_max_length
 from tunelab.data.transforms import split_indices
 from tunelab.errors import TunelabError
@@ -50,6 +50,7 @@ class PreparedData:
     max_length_note: str
     cache_notes: list[str] = field(default_factory=list)
     untruncated: list[RenderedSample] = field(default_factory=list)
+    stop_token_trained: int = 0  # training samples whose last trained token is a special one
 
 
 def fingerprint(
@@ -173,7 +174,18 @@ def prepare_data(
             f"validation split: {len(evaluation)} of {len(train) + len(evaluation)} samples held out (seed {seed})"
         )
     report.truncated = sum(s.truncated for s in train)
-    return PreparedData(train, evaluation, report, max_length, note, notes, rendered.samples)
+    stops = set(tokenizer.all_special_ids)
+    prepared = PreparedData(train, evaluation, report, max_length, note, notes, rendered.samples)
+    prepared.stop_token_trained = sum(ends_with_trained(s, stops) for s in train)
+    return prepared
+
+
+def ends_with_trained(sample: RenderedSample, stop_ids: set[int]) -> bool:
+    """Whether the sample's last trained token is a stop (special) token: the model learns to
+    end its answer. A truncated answer, or a template that closes turns with plain text, does
+    not teach it."""
+    trained = [label for label in sample.labels if label != IGNORE_INDEX]
+    return bool(trained) and trained[-1] in stop_ids
 
 
 def _cut(

@@ -110,7 +110,7 @@ class ConversationRenderer:
             before = self.render_text(messages[:turn], add_generation_prompt=True, tools=tools)
             upto = self.render_text(messages[: turn + 1], tools=tools)
             if not (upto.startswith(before) and full.startswith(upto)):
-                start, end = self._locate(full, message["content"], spans, conversation, turn)
+                start, end = self._locate(full, message, upto, spans, conversation, turn)
             else:
                 start, end = len(before), len(upto)
             # Keep the end-of-turn token, drop the template's trailing newline after it.
@@ -119,9 +119,11 @@ class ConversationRenderer:
             spans.append((start, end))
         return full, spans
 
-    def _locate(self, full, content, spans, conversation, turn) -> tuple[int, int]:
+    def _locate(self, full, message, upto, spans, conversation, turn) -> tuple[int, int]:
         # Templates that rewrite earlier turns (e.g. stripping reasoning) break the prefix rule;
-        # fall back to finding the answer text itself after the previous answer.
+        # fall back to finding the answer text itself after the previous answer, followed by
+        # what the template writes to close the turn (its end-of-turn token, which must train).
+        content = message["content"]
         after = spans[-1][1] if spans else 0
         start = full.find(content, after)
         if start < 0:
@@ -131,7 +133,11 @@ class ConversationRenderer:
                 "the chat template does not reproduce this answer verbatim, so its loss mask "
                 "cannot be found; check model.template",
             )
-        return start, start + len(content)
+        end = start + len(content)
+        closing = upto[upto.rfind(content) + len(content) :] if content in upto else ""
+        if closing and full.startswith(closing.rstrip(), end):
+            end += len(closing.rstrip())
+        return start, end
 
     def render(self, conversation: Conversation) -> RenderedSample:
         """Token ids and labels (assistant answers only), truncated to max_length."""

@@ -1,4 +1,4 @@
-"""Trainer callbacks: metrics.jsonl, a rich progress bar, and step timing."""
+"""Trainer callbacks: metrics.jsonl, run events and their console view, and step timing."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+from tunelab.events import RunEvent, RunEvents
 
 
 class StepTimer(TrainerCallback):
@@ -85,18 +88,48 @@ def keep_rows_up_to(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-class RichProgress(TrainerCallback):
-    """A progress bar with loss, learning rate and real tokens per second."""
+class EventSource(TrainerCallback):
+    """Turns the Trainer's hooks into run events: started, step (each logged loss), eval."""
+
+    def __init__(self, events: RunEvents):
+        self.events = events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.events.emit("started", state.global_step, max_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.events.emit(
+                "step",
+                state.global_step,
+                max_steps=state.max_steps,
+                loss=logs["loss"],
+                lr=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens=int(state.num_input_tokens_seen),
+                epoch=round(state.epoch or 0.0, 4),
+            )
+        elif "eval_loss" in logs:
+            self.events.emit("eval", state.global_step, eval_loss=logs["eval_loss"])
+
+
+class ConsoleView:
+    """Follows a run's events on the console: a progress bar with loss, learning rate and real
+    tokens per second (a line every ~5% when the console is not a terminal), sample answers."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self.task = None
-        self.loss = math.nan
-        self.lr = 0.0
-        self.begin = 0.0
+        self.begin = time.perf_counter()
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def __call__(self, event: RunEvent) -> None:
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_started(self, event: RunEvent) -> None:
         self.begin = time.perf_counter()
         self.progress = Progress(
             TextColumn("[bold]train"),
@@ -111,51 +144,52 @@ class RichProgress(TrainerCallback):
         )
         self.progress.start()
         self.task = self.progress.add_task(
-            "train", total=state.max_steps, loss=math.nan, lr=0.0, tps=0.0
+            "train",
+            total=event.data["max_steps"],
+            completed=event.step,
+            loss=math.nan,
+            lr=0.0,
+            tps=0.0,
         )
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
-            return
-        self.loss = logs["loss"]
-        self.lr = logs.get("learning_rate", self.lr)
+    def _on_step(self, event: RunEvent) -> None:
+        data = event.data
+        elapsed = time.perf_counter() - self.begin
+        tps = data["tokens"] / max(elapsed, 1e-9)
         if self.progress is not None:
-            self.progress.update(self.task, loss=self.loss, lr=self.lr)
-        if (
-            self.progress is not None
-            and not self.console.is_terminal
-            and self._is_report_step(state)
-        ):
+            self.progress.update(
+                self.task, completed=event.step, loss=data["loss"], lr=data["lr"] or 0.0, tps=tps
+            )
+        if not self.console.is_terminal and _is_report_step(event.step, data["max_steps"]):
             # A live bar only draws on a terminal; logs get a line every ~5% instead.
             self.console.print(
-                f"step {state.global_step}/{state.max_steps}  loss {self.loss:.4f}  "
-                f"lr {self.lr:.2e}  {self._tokens_per_second(state):.0f} tok/s  "
-                f"{time.perf_counter() - self.begin:.0f} s",
+                f"step {event.step}/{data['max_steps']}  loss {data['loss']:.4f}  "
+                f"lr {data['lr'] or 0.0:.2e}  {tps:.0f} tok/s  {elapsed:.0f} s",
                 highlight=False,
             )
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(
-                self.task,
-                completed=state.global_step,
-                loss=self.loss,
-                lr=self.lr,
-                tps=self._tokens_per_second(state),
-            )
+    def _on_sample(self, event: RunEvent) -> None:
+        self.console.print(
+            f"[dim]step {event.step}[/] [bold]{escape(event.data['prompt'])}[/] -> "
+            f"{escape(event.data['answer'])}",
+            highlight=False,
+        )
 
-    def _tokens_per_second(self, state) -> float:
-        return state.num_input_tokens_seen / max(time.perf_counter() - self.begin, 1e-9)
+    def _on_finished(self, event: RunEvent) -> None:
+        self._stop()
 
-    @staticmethod
-    def _is_report_step(state) -> bool:
-        every = max(1, state.max_steps // 20)
-        return state.global_step % every == 0 or state.global_step == state.max_steps
+    def _on_failed(self, event: RunEvent) -> None:
+        self._stop()
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def _stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _is_report_step(step: int, max_steps: int) -> bool:
+    every = max(1, max_steps // 20)
+    return step % every == 0 or step == max_steps
 
 
 class RunStarted(TrainerCallback):

@@ -100,9 +100,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
 class AtomicCheckpoints(TrainerCallback):
     """Moves each finished checkpoint out of staging and keeps the newest `keep_last`."""
 
-    def __init__(self, folder: Path, keep_last: int):
+    def __init__(self, folder: Path, keep_last: int, events=None):
         self.folder = folder
         self.keep_last = keep_last
+        self.events = events
 
     def on_save(self, args, state, control, **kwargs):
         staged = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
@@ -122,6 +123,8 @@ class AtomicCheckpoints(TrainerCallback):
         os.replace(staged, final)
         for old in complete_checkpoints(self.folder)[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+        if self.events is not None:
+            self.events.emit("checkpoint", state.global_step, path=str(final))
 
 
 class SaveOnInterrupt(TrainerCallback):

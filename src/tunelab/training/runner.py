@@ -14,6 +14,7 @@ from rich.console import Console
 from tunelab.data.pipeline import prepare_data
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
+from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import Method, check_method, count_parameters
 from tunelab.models.load import (
     load_config,
@@ -38,8 +39,9 @@ from tunelab.run import (
 )
 from tunelab.templates import resolve_template
 from tunelab.training.callbacks import (
+    ConsoleView,
+    EventSource,
     MetricsWriter,
-    RichProgress,
     RunStarted,
     StepTimer,
     keep_rows_up_to,
@@ -236,6 +238,7 @@ class Watchers:
     timer: StepTimer
     metrics: MetricsWriter
     interrupt: SaveOnInterrupt
+    events: RunEvents
     all: list
 
 
@@ -265,25 +268,22 @@ def _train_one(
     renderer = ConversationRenderer(tokenizer, template)
     watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
     trainer = _build_trainer(recipe, run, model, tokenizer, data, watchers.all, plan)
-    output = _run_trainer(trainer, run, checkpoint, watchers, console)
-    eval_loss = None
-    if data.eval:  # validate at the end unless the schedule just did
-        done = watchers.metrics.last_eval_step == trainer.state.global_step
-        eval_loss = watchers.metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
-    _save_trained(recipe, run, plan, trainer, tokenizer, keep_optimizer)
-    summary = _summary(recipe, trainer, output, watchers, data, plan)
-    summary.update(
-        eval_loss=eval_loss,
-        resumed_from=checkpoint.name if checkpoint else None,
-        memory=_memory_side_by_side(
-            recipe,
-            plan.device,
-            memory_estimate,
-            trainer.data_collator,
-            summary["peak_memory_bytes"],
-        ),
+    if checkpoint is not None:
+        console.print(f"resuming from {checkpoint}", highlight=False)
+    try:
+        summary = _train_and_save(
+            recipe, run, plan, trainer, data, watchers, checkpoint, keep_optimizer
+        )
+    except BaseException as exc:
+        watchers.events.emit(
+            "failed", trainer.state.global_step, error=str(exc) or type(exc).__name__
+        )
+        raise
+    summary["memory"] = _memory_side_by_side(
+        recipe, plan.device, memory_estimate, trainer.data_collator, summary["peak_memory_bytes"]
     )
     run.write_json(SUMMARY_FILE, summary)
+    watchers.events.emit("finished", summary["steps"], summary=summary)
     console.print(
         f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
         f"final loss {summary['final_loss']:.4f}, {summary['tokens_per_second']:.0f} tok/s, "
@@ -291,6 +291,21 @@ def _train_one(
         highlight=False,
     )
     return TrainResult(run.path, summary, trainer.model)
+
+
+def _train_and_save(
+    recipe, run, plan: RunPlan, trainer, data, watchers, checkpoint, keep_optimizer: bool
+) -> dict:
+    """Train, validate at the end, save the weights; the summary without the memory part."""
+    output = _run_trainer(trainer, run, checkpoint, watchers, watchers.events)
+    eval_loss = None
+    if data.eval:  # validate at the end unless the schedule just did
+        done = watchers.metrics.last_eval_step == trainer.state.global_step
+        eval_loss = watchers.metrics.eval_losses[-1] if done else trainer.evaluate()["eval_loss"]
+    _save_trained(recipe, run, plan, trainer, trainer.processing_class, keep_optimizer)
+    summary = _summary(recipe, trainer, output, watchers, data, plan)
+    summary.update(eval_loss=eval_loss, resumed_from=checkpoint.name if checkpoint else None)
+    return summary
 
 
 def _load_model(recipe: Recipe, plan: RunPlan, init_from: Path | None, console: Console):
@@ -324,35 +339,34 @@ def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from
     timer = StepTimer(started_at)
     metrics = MetricsWriter(run.file(METRICS_FILE))
     interrupt = SaveOnInterrupt(console)
+    events = RunEvents(ConsoleView(console), EventFile(run.file(EVENTS_FILE)))
     cfg = recipe.train
     found = [
         RunStarted(run),
         timer,
         metrics,
-        RichProgress(console),
+        EventSource(events),
         interrupt,
         NonFiniteGuard(run.checkpoints_dir, cfg.lr),
-        AtomicCheckpoints(run.checkpoints_dir, cfg.keep_last),
+        AtomicCheckpoints(run.checkpoints_dir, cfg.keep_last, events),
         SampleAnswers(
             run.file(SAMPLES_FILE),
             renderer,
             cfg.sample_prompts,
             cfg.sample_every,
             cfg.sample_max_new_tokens,
-            console,
+            events,
         ),
         *_tensorboard(run, recipe, console),
         *extra,
     ]
     if init_from is not None and cfg.carry_optimizer:
         found.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
-    return Watchers(timer, metrics, interrupt, found)
+    return Watchers(timer, metrics, interrupt, events, found)
 
 
-def _run_trainer(trainer, run: RunFolder, checkpoint: Path | None, watchers, console):
+def _run_trainer(trainer, run: RunFolder, checkpoint: Path | None, watchers, events):
     """Train (from the checkpoint, if any); Ctrl-C ends as `Interrupted` once it has saved."""
-    if checkpoint is not None:
-        console.print(f"resuming from {checkpoint}", highlight=False)
     with saving_into(run.path):
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if watchers.interrupt.requested:
@@ -386,9 +400,25 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
     template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
     tokenizer.chat_template = template
     data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
-    run.write_json(DATA_REPORT_FILE, {**data.report.as_dict(), "max_length": data.max_length})
+    run.write_json(
+        DATA_REPORT_FILE,
+        {
+            **data.report.as_dict(),
+            "max_length": data.max_length,
+            "samples": len(data.train),
+            "stop_token_trained": data.stop_token_trained,
+        },
+    )
     for note in [*data.cache_notes, data.max_length_note]:
         console.print(note, highlight=False)
+    untaught = len(data.train) - data.stop_token_trained
+    if untaught:
+        console.print(
+            f"[yellow]{untaught} of {len(data.train)} training samples do not train a stop token "
+            "at the end of their answer[/] (cut by max_length, or the template closes turns "
+            "with plain text); the model may not learn to stop.",
+            highlight=False,
+        )
     console.print(
         f"data: {len(data.train)} training samples, {len(data.eval or [])} validation, "
         f"{len(data.report.bad_rows)} bad row(s) skipped, {data.report.truncated} truncated",

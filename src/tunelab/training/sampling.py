@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.console import Console
 from transformers import TrainerCallback
 
 from tunelab.data.render import ConversationRenderer
+from tunelab.events import RunEvents
 from tunelab.inference.chat_model import ChatModel
 
 
@@ -22,14 +22,14 @@ class SampleAnswers(TrainerCallback):
         prompts: list[str],
         every: int | None,
         max_new_tokens: int,
-        console: Console,
+        events: RunEvents,
     ):
         self.path = path
         self.renderer = renderer
         self.prompts = prompts
         self.every = every
         self.max_new_tokens = max_new_tokens
-        self.console = console
+        self.events = events
         self.last_step = -1
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -57,9 +57,7 @@ class SampleAnswers(TrainerCallback):
         for prompt in self.prompts:
             answer = engine.answer(prompt, max_new_tokens=self.max_new_tokens)
             rows.append({"step": step, "prompt": prompt, "answer": answer})
-            self.console.print(
-                f"[dim]step {step}[/] [bold]{prompt}[/] -> {answer}", highlight=False
-            )
+            self.events.emit("sample", step, prompt=prompt, answer=answer)
         with self.path.open("a", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")

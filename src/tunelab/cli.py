@@ -109,20 +109,28 @@ def chat(
     max_new_tokens: Annotated[
         int, typer.Option(min=1, max=65_536, help="longest answer in tokens")
     ] = 256,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, max=10.0, help="0 is greedy; above 0 samples")
+    ] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus sampling")] = 1.0,
+    seed: Annotated[int | None, typer.Option(min=0, help="seed for sampling")] = None,
 ):
     """Talk to a model: one answer with --prompt, else an interactive multi-turn chat."""
-    from tunelab.inference.chat_model import open_chat_model
+    from tunelab.inference.chat_model import Sampling, open_chat_model
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
+    sampling = Sampling(temperature, top_p, seed=seed)
     model = open_chat_model(target, with_adapter=not base)
     if prompt is not None:
-        print(model.answer(prompt, system, max_new_tokens))
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        print(model.generate([messages], max_new_tokens, sampling=sampling)[0])
         return
-    _interactive(model, system, max_new_tokens)
+    _interactive(model, system, max_new_tokens, sampling)
 
 
-def _interactive(model, system: str | None, max_new_tokens: int) -> None:
+def _interactive(model, system: str | None, max_new_tokens: int, sampling) -> None:
     err.print(f"[bold]{model.description}[/]  /reset clears the history, /exit or Ctrl-D leaves")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     start = list(history)
@@ -141,13 +149,25 @@ def _interactive(model, system: str | None, max_new_tokens: int) -> None:
             continue
         history.append({"role": "user", "content": text})
         try:
-            reply = model.generate([history], max_new_tokens)[0]
+            reply = _stream_reply(model, history, max_new_tokens, sampling)
         except TunelabError as exc:  # the session goes on without that message
             history.pop()
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             continue
         history.append({"role": "assistant", "content": reply})
-        print(f"assistant> {reply}", flush=True)
+
+
+def _stream_reply(model, history: list[dict], max_new_tokens: int, sampling) -> str:
+    """Print the answer as it is generated; returns it whole."""
+    pieces = model.stream(history, max_new_tokens, sampling)
+    first = next(pieces, "")  # a prompt over the context fails here, before any output
+    print(f"assistant> {first}", end="", flush=True)
+    reply = first
+    for piece in pieces:
+        print(piece, end="", flush=True)
+        reply += piece
+    print(flush=True)
+    return reply.strip()
 
 
 @app.command()

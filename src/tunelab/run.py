@@ -180,6 +180,18 @@ class RunFolder:
     def read_json(self, name: str) -> dict:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
 
+    def metrics(self) -> list[dict]:
+        """metrics.jsonl: one row per logged step (loss, lr, grad_norm, tokens) or validation."""
+        return _jsonl(self.file(METRICS_FILE))
+
+    def samples(self) -> list[dict]:
+        """samples.jsonl: the answers to the recipe's sample prompts (step, prompt, answer)."""
+        return _jsonl(self.file(SAMPLES_FILE))
+
+    def summary(self) -> dict | None:
+        """summary.json of a finished run (None while it is not finished)."""
+        return self.read_json(SUMMARY_FILE) if self.file(SUMMARY_FILE).is_file() else None
+
     def events(self) -> list[RunEvent]:
         """What the run has done so far, as RunEvents (started, step, ..., finished/failed)."""
         return read_events(self.file(EVENTS_FILE))
@@ -224,6 +236,12 @@ class TrainedWeights:
     def tokenizer_dir(self) -> Path:
         """The tokenizer (and chat template) saved with the trained weights."""
         return self.model or self.adapter
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def is_run_folder(path: Path) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +138,7 @@ def render_split(
         else:
             samples.append(result)
     raise_for_bad_rows(report, config.on_bad_row, split)
-    if use_cache:
+    if use_cache and os.environ.get("RANK", "0") == "0":  # one process writes the cache
         write_cache(path, samples, report)
     rendered = RenderedSplit(samples, report, key, False, time.perf_counter() - started)
     rendered.cache_problem = problem

@@ -1,7 +1,15 @@
-"""A model ready to answer: base, base + adapter from a run folder, or a merged folder."""
+"""The one generation engine: a model ready to answer (base, base + adapter from a run
+folder, or a merged folder), used by chat, eval, compare, the demo and the sample answers
+during training.
+
+Stop tokens come from the tokenizer and the model's generation config; decoding is greedy
+unless `Sampling` asks otherwise; `stream` yields the answer as it is generated.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +22,27 @@ from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dt
 from tunelab.models.sources import ModelSource, resolve_model
 from tunelab.run import RECIPE_FILE, RunFolder
 from tunelab.templates import resolve_template
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: temperature 0 is greedy (the default everywhere)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+
+    def options(self) -> dict:
+        if self.temperature <= 0:
+            return {"do_sample": False}
+        options = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        if self.top_k:
+            options["top_k"] = self.top_k
+        return options
+
+
+GREEDY = Sampling()
 
 
 @dataclass
@@ -47,44 +76,51 @@ class ChatModel:
             )
         return min(max_new_tokens, context - prompt_tokens)
 
+    def _config(self, max_new_tokens: int, stop_strings, sampling: Sampling):
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.stop_token_ids(),
+            pad_token_id=self.tokenizer.pad_token_id,
+            stop_strings=stop_strings or None,
+            use_cache=True,  # also for a model being trained, whose config turns it off
+            **sampling.options(),
+        )
+
+    def _batch(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and attention mask for a batch of prompts."""
+        longest = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = [[pad] * (longest - len(p)) + p for p in prompts]
+        mask = [[0] * (longest - len(p)) + [1] * len(p) for p in prompts]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
+
     @torch.inference_mode()
     def generate_ids(
         self,
         prompts: list[list[int]],
         max_new_tokens: int = 256,
         stop_strings: list[str] | None = None,
+        sampling: Sampling = GREEDY,
     ) -> tuple[list[str], int]:
-        """Greedy continuations of token-id prompts (one left-padded batch, KV cache on).
+        """Continuations of token-id prompts (one left-padded batch, KV cache on).
 
         Returns the texts (cut at the first stop string) and the number of generated tokens.
         """
-        from transformers import GenerationConfig
-
-        longest = max(len(p) for p in prompts)
+        input_ids, attention = self._batch(prompts)
+        longest = input_ids.shape[1]
         max_new_tokens = self.room_for(longest, max_new_tokens)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor(
-            [[pad] * (longest - len(p)) + p for p in prompts], device=self.device
-        )
-        attention = torch.tensor(
-            [[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=self.device
-        )
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.stop_token_ids(),
-            pad_token_id=pad,
-            stop_strings=stop_strings or None,
-            use_cache=True,  # also for a model being trained, whose config turns it off
-        )
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
-            generation_config=config,
+            generation_config=self._config(max_new_tokens, stop_strings, sampling),
             tokenizer=self.tokenizer,
         )
         texts, generated = [], 0
-        stops = set(self.stop_token_ids()) | {pad}
+        stops = set(self.stop_token_ids()) | {self.tokenizer.pad_token_id}
         for row in output[:, longest:].tolist():
             # Count up to and including the first stop token; the rest is batch padding.
             length = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
@@ -95,15 +131,48 @@ class ChatModel:
             texts.append(text.strip())
         return texts, generated
 
+    def stream(
+        self,
+        messages: list[dict],
+        max_new_tokens: int = 256,
+        sampling: Sampling = GREEDY,
+        tools: list[dict] | None = None,
+    ) -> Iterator[str]:
+        """The answer to one conversation, piece by piece as it is generated."""
+        from transformers import TextIteratorStreamer
+
+        prompt = self.renderer.prompt_ids(messages, tools)
+        input_ids, attention = self._batch([prompt])
+        max_new_tokens = self.room_for(len(prompt), max_new_tokens)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        config = self._config(max_new_tokens, None, sampling)
+
+        def run():
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            with torch.inference_mode():
+                self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    generation_config=config,
+                    streamer=streamer,
+                )
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+
     def generate(
         self,
         conversations: list[list[dict]],
         max_new_tokens: int = 256,
         tools: list[dict] | None = None,
+        sampling: Sampling = GREEDY,
     ) -> list[str]:
-        """Greedy answers to a batch of conversations (with tool schemas, as in training)."""
+        """Answers to a batch of conversations (with tool schemas, as in training)."""
         prompts = [self.renderer.prompt_ids(messages, tools) for messages in conversations]
-        return self.generate_ids(prompts, max_new_tokens)[0]
+        return self.generate_ids(prompts, max_new_tokens, sampling=sampling)[0]
 
     def answer(self, prompt: str, system: str | None = None, max_new_tokens: int = 256) -> str:
         """The greedy answer to one user prompt."""

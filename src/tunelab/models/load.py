@@ -7,6 +7,7 @@ loaded is one sentence naming it, not a library traceback.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,8 +19,10 @@ from tunelab.models.sources import ModelSource
 
 
 def pick_device() -> torch.device:
-    """The accelerator if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The accelerator if there is one (this process's own under torchrun), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:

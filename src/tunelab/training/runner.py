@@ -186,9 +186,9 @@ def _train_stages(
         for index, stage in enumerate(stages, start=1):
             folder = RunFolder(Path(stage.output))
             console.rule(f"stage {index}/{len(stages)}: {folder.path.name}")
-            if resume and folder.file(SUMMARY_FILE).is_file():
+            if resume and folder.summary() is not None:
                 console.print("finished earlier; skipped", highlight=False)
-                result = TrainResult(folder.path, folder.read_json(SUMMARY_FILE))
+                result = TrainResult(folder.path, folder.summary())
             else:
                 again = resume and latest_checkpoint(folder.checkpoints_dir) is not None
                 stage_run, checkpoint = _open_run(stage, True, again, protected, console)

@@ -54,10 +54,12 @@ def train(
     ] = False,
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
+    from tunelab.ranks import is_main
     from tunelab.training.runner import train as run_training
 
     result = run_training(recipe, overrides or [], overwrite=overwrite, resume=resume, console=err)
-    print(result.run_dir)
+    if is_main():  # launched as several processes, the run is told once
+        print(result.run_dir)
 
 
 @app.command()

@@ -58,6 +58,7 @@ class RunFolder:
     lock: RunLock | None = field(default=None, repr=False)
     replaced: Path | None = field(default=None, repr=False)
     made: list[Path] | None = field(default=None, repr=False)  # folders `create` made
+    writer: bool = field(default=True, repr=False)  # False: another process writes it
     notes: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -87,6 +88,12 @@ class RunFolder:
         folder = cls(path, RunLock.take(path), replaced, made)
         folder.notes.extend([*notes, *folder.lock.notes])
         return folder
+
+    @classmethod
+    def follow(cls, path: str | Path) -> RunFolder:
+        """The run folder that the main process of a multi-process run writes; this process
+        only reads it (its writes are skipped)."""
+        return cls(Path(path), writer=False)
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
@@ -155,12 +162,16 @@ class RunFolder:
         return self.path / CHECKPOINTS_DIR
 
     def write_recipe(self, recipe: Recipe) -> None:
+        if not self.writer:
+            return
         self.file(RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
 
     def read_recipe(self) -> dict:
         return yaml.safe_load(self.file(RECIPE_FILE).read_text(encoding="utf-8"))
 
     def write_json(self, name: str, data: dict) -> None:
+        if not self.writer:
+            return
         tmp = self.file(f"{name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, self.file(name))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from tunelab.data.stats import suggest_max_length
 from tunelab.data.transforms import split_indices
 from tunelab.errors import TunelabError
 from tunelab.locations import cache_dir
+from tunelab.ranks import is_main
 from tunelab.recipe import DataConfig
 from tunelab.version import __version__
 
@@ -138,7 +138,7 @@ def render_split(
         else:
             samples.append(result)
     raise_for_bad_rows(report, config.on_bad_row, split)
-    if use_cache and os.environ.get("RANK", "0") == "0":  # one process writes the cache
+    if use_cache and is_main():  # one process writes the cache
         write_cache(path, samples, report)
     rendered = RenderedSplit(samples, report, key, False, time.perf_counter() - started)
     rendered.cache_problem = problem

@@ -75,8 +75,9 @@ class MetricsWriter(TrainerCallback):
             self.last_eval_step = state.global_step
         else:
             return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if state.is_world_process_zero:  # one process writes the run folder
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:
@@ -95,9 +96,12 @@ class EventSource(TrainerCallback):
         self.events = events
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.events.emit("started", state.global_step, max_steps=state.max_steps)
+        if state.is_world_process_zero:
+            self.events.emit("started", state.global_step, max_steps=state.max_steps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:  # one process tells the run
+            return
         logs = logs or {}
         if "loss" in logs:
             self.events.emit(
@@ -199,4 +203,5 @@ class RunStarted(TrainerCallback):
         self.run = run
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.run.confirm_start()
+        if state.is_world_process_zero:
+            self.run.confirm_start()

@@ -21,6 +21,7 @@ from rich.console import Console
 from transformers import TrainerCallback
 
 from tunelab.errors import TunelabError
+from tunelab.ranks import wait_for_everyone
 
 STAGING = ".staging"
 CHECKPOINTS = "checkpoints"
@@ -106,8 +107,9 @@ class AtomicCheckpoints(TrainerCallback):
         self.events = events
 
     def on_save(self, args, state, control, **kwargs):
+        wait_for_everyone()  # every process has written its part (its RNG state) first
         staged = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
-        if not staged.is_dir():
+        if not state.is_world_process_zero or not staged.is_dir():
             return
         files = {f.name: f.stat().st_size for f in staged.iterdir() if f.is_file()}
         mark = {

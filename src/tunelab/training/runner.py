@@ -25,6 +25,7 @@ from tunelab.models.sources import ModelSource
 from tunelab.plan import RunPlan, plan_run
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
+from tunelab.ranks import is_main, wait_for_everyone
 from tunelab.recipe import Recipe, TaskOptions, load_recipe, stage_recipes
 from tunelab.run import (
     ADAPTER_DIR,
@@ -96,6 +97,8 @@ def train(
 ) -> TrainResult:
     """Fine-tune as the recipe says and return the run folder with its summary."""
     console = console or Console(stderr=True)
+    if not is_main():  # launched as several processes, the main one tells the run
+        console = Console(stderr=True, quiet=True)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     protected = preflight(recipe)  # every input readable, none inside the run folder
@@ -110,7 +113,7 @@ def train(
 
 
 def _evaluate_after(recipe: Recipe, run: RunFolder, result: TrainResult, console) -> None:
-    if recipe.evaluate is not None:
+    if recipe.evaluate is not None and run.writer:
         result.summary["before_after"] = _before_after(recipe, result, console)
         run.write_json(SUMMARY_FILE, result.summary)
 
@@ -170,7 +173,10 @@ def _train_stages(
 ) -> TrainResult:
     """Run each stage in order, each from the previous stage's trained weights."""
     stages = stage_recipes(recipe)
-    if resume:
+    if not is_main():
+        wait_for_everyone()
+        run = RunFolder.follow(recipe.output)
+    elif resume:
         run = RunFolder.reopen(recipe.output)
         try:
             check_same_recipe(run, recipe)
@@ -181,6 +187,8 @@ def _train_stages(
         run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
+    if is_main():
+        wait_for_everyone()
     with _writing(run):
         summaries, previous, result = [], None, None
         for index, stage in enumerate(stages, start=1):
@@ -275,14 +283,17 @@ def _train_one(
             recipe, run, plan, trainer, data, watchers, checkpoint, keep_optimizer
         )
     except BaseException as exc:
-        watchers.events.emit(
-            "failed", trainer.state.global_step, error=str(exc) or type(exc).__name__
-        )
+        if run.writer:
+            error = str(exc) or type(exc).__name__
+            watchers.events.emit("failed", trainer.state.global_step, error=error)
         raise
     summary["memory"] = _memory_side_by_side(
         recipe, plan.device, memory_estimate, trainer.data_collator, summary["peak_memory_bytes"]
     )
     run.write_json(SUMMARY_FILE, summary)
+    wait_for_everyone()  # the weights are saved before any process goes on
+    if not run.writer:
+        return TrainResult(run.path, summary, trainer.model)
     watchers.events.emit("finished", summary["steps"], summary=summary)
     console.print(
         f"done: {summary['steps']} steps in {summary['train_seconds']:.1f} s, "
@@ -387,6 +398,8 @@ def _save_trained(recipe, run, plan: RunPlan, trainer, tokenizer, keep_optimizer
             f"not finite; nothing was saved. Lower train.lr (now {recipe.train.lr:g})."
         )
     model.config.use_cache = True  # the saved config is for inference
+    if not run.writer:
+        return
     with saving_into(run.path):
         _save_final(run, plan.method, model, tokenizer)
         if keep_optimizer:
@@ -501,7 +514,21 @@ def _continue_adapter(model, method: Method, adapter: Path):
 def _open_run(
     recipe: Recipe, overwrite: bool, resume: bool, protected: list[Path], console: Console
 ) -> tuple[RunFolder, Path | None]:
-    """A fresh run folder, or the run to resume and its newest complete checkpoint (locked)."""
+    """A fresh run folder, or the run to resume and its newest complete checkpoint (locked).
+
+    Launched as several processes, the main one opens (and locks) the folder while the others
+    wait, then follow it without writing.
+    """
+    if not is_main():
+        wait_for_everyone()
+        checkpoint = resumable_checkpoint(Path(recipe.output) / "checkpoints")[0]
+        return RunFolder.follow(recipe.output), checkpoint if resume else None
+    run, checkpoint = _open_main(recipe, overwrite, resume, protected, console)
+    wait_for_everyone()
+    return run, checkpoint
+
+
+def _open_main(recipe, overwrite, resume, protected, console) -> tuple[RunFolder, Path | None]:
     if not resume:
         run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
         for note in run.notes:

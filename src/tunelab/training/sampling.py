@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 from tunelab.data.render import ConversationRenderer
 from tunelab.events import RunEvents
 from tunelab.inference.chat_model import ChatModel
+from tunelab.ranks import is_main
 
 
 class SampleAnswers(TrainerCallback):
@@ -45,7 +46,7 @@ class SampleAnswers(TrainerCallback):
             self._answer(model, state.global_step)
 
     def _answer(self, model, step: int) -> None:
-        if not self.prompts or model is None:
+        if not self.prompts or model is None or not is_main():
             return
         self.last_step = step
         was_training = model.training

@@ -11,6 +11,7 @@ are trained, everything else is labelled -100. This works for templates without
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from tunelab.data.conversation import Conversation, Message, RowError
@@ -135,9 +136,19 @@ class ConversationRenderer:
             )
         end = start + len(content)
         closing = upto[upto.rfind(content) + len(content) :] if content in upto else ""
-        if closing and full.startswith(closing.rstrip(), end):
-            end += len(closing.rstrip())
-        return start, end
+        return start, end + self._closing_here(closing, full[end : end + len(closing)])
+
+    def _closing_here(self, closing: str, following: str) -> int:
+        """How much of the turn's closing the full text has after the answer, up to the end of
+        its last whole special token (a template may close the final turn with more, e.g. an
+        eos after the end-of-turn token)."""
+        shared = os.path.commonprefix([closing, following])
+        ends = [
+            shared.rfind(token) + len(token)
+            for token in self.tokenizer.all_special_tokens
+            if token and token in shared
+        ]
+        return max(ends, default=0)
 
     def render(self, conversation: Conversation) -> RenderedSample:
         """Token ids and labels (assistant answers only), truncated to max_length."""

@@ -1,0 +1,141 @@
+"""The loss mask on the chat templates models publish (the originals that trl's wheel ships in
+trl/chat_templates/, read as files): each assistant answer is trained once, ends on a trained
+stop token, and no user or system text is trained.
+
+Vision templates (content parts) and trl's own `*_training.jinja` patches are left out. The
+template's tags are added to the built-in tokenizer as special tokens, as the model's own
+tokenizer has them.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from tunelab.data.conversation import Conversation, Message
+from tunelab.data.render import IGNORE_INDEX, ConversationRenderer
+
+
+def _template_folder() -> Path | None:
+    spec = importlib.util.find_spec("trl")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(spec.submodule_search_locations[0]) / "chat_templates"
+    return folder if folder.is_dir() else None
+
+
+FOLDER = _template_folder()
+VISION = ("vl", "llava", "idefics", "diffusion")
+TEMPLATES = sorted(
+    p.stem
+    for p in (FOLDER.glob("*.jinja") if FOLDER else [])
+    if not p.stem.endswith("_training") and not any(v in p.stem for v in VISION)
+)
+TAG = re.compile(  # <|im_end|>, <｜Assistant｜>, <|turn>, <turn|>, <end_of_turn>, [INST]
+    r"<\|[^|<>]{1,40}\|>|<｜[^｜<>]{1,40}｜>|<\|[a-z_]{1,20}>|<[a-z_]{1,20}\|>"
+    r"|</?(?:think|start_of_turn|end_of_turn)>|\[/?INST\]"
+)
+CONVERSATIONS = {
+    "one-turn": [("user", "What is two plus two?"), ("assistant", "It is four.")],
+    "one-turn-system": [
+        ("system", "Be brief."),
+        ("user", "What is two plus two?"),
+        ("assistant", "It is four."),
+    ],
+    "two-turn": [
+        ("user", "Hi there"),
+        ("assistant", "Hello, friend."),
+        ("user", "And two plus two?"),
+        ("assistant", "It is four."),
+    ],
+    "three-turn-system": [
+        ("system", "Be brief."),
+        ("user", "Hi there"),
+        ("assistant", "Hello, friend."),
+        ("user", "And two plus two?"),
+        ("assistant", "It is four."),
+        ("user", "Thanks!"),
+        ("assistant", "You are welcome."),
+    ],
+}
+# Known gaps, each a strict xfail so that a fix shows up: the model's template
+#  - gemma: refuses a system turn itself (the row is refused with the template's reason);
+#  - glm4moe: has no end-of-turn token (the model stops on the next <|user|>), not trained yet;
+#  - gptoss: closes an earlier answer with <|end|> but a generated one with <|return|>; each
+#    turn must be trained as its own sample to train both.
+KNOWN = {
+    ("gemma", "one-turn-system"),
+    ("gemma", "three-turn-system"),
+    *(("glm4moe", c) for c in CONVERSATIONS),
+    ("gptoss", "two-turn"),
+    ("gptoss", "three-turn-system"),
+}
+
+
+@pytest.fixture(scope="module")
+def renderers(builtin_tokenizer):
+    made = {}
+    for name in TEMPLATES:
+        source = (FOLDER / f"{name}.jinja").read_text(encoding="utf-8")
+        tokenizer = copy.deepcopy(builtin_tokenizer)
+        tags = sorted(set(TAG.findall(source)))
+        if tags:
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": tags}, replace_extra_special_tokens=False
+            )
+        made[name] = ConversationRenderer(tokenizer, source)
+    return made
+
+
+def _trained_runs(sample) -> list[list[int]]:
+    runs, current = [], []
+    for token, label in zip(sample.input_ids, sample.labels):
+        if label != IGNORE_INDEX:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+CASES = [
+    pytest.param(
+        t,
+        c,
+        marks=pytest.mark.xfail(strict=True, reason="known gap") if (t, c) in KNOWN else (),
+        id=f"{t}-{c}",
+    )
+    for t in TEMPLATES
+    for c in CONVERSATIONS
+]
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize("template, conversation", CASES)
+def test_each_answer_is_trained_once_with_its_stop_token(renderers, template, conversation):
+    renderer = renderers[template]
+    tokenizer = renderer.tokenizer
+    turns = CONVERSATIONS[conversation]
+    sample = renderer.render(Conversation([Message(role, text) for role, text in turns]))
+    runs = _trained_runs(sample)
+    answers = [text for role, text in turns if role == "assistant"]
+    assert len(runs) == len(answers)
+    special = set(tokenizer.all_special_ids)
+    for run, answer in zip(runs, answers):
+        text = tokenizer.decode(run)
+        assert answer in text and run[-1] in special, text
+        assert not any(t in text for r, t in turns if r != "assistant"), text
+    reference = tokenizer.apply_chat_template(
+        [{"role": r, "content": t} for r, t in turns], chat_template=renderer.template
+    )["input_ids"]
+    assert sample.input_ids == list(reference)
+
+
+def test_the_published_templates_are_there():
+    if FOLDER is None:
+        pytest.skip("trl (its chat_templates/) is not installed")
+    assert len(TEMPLATES) >= 30

@@ -64,15 +64,11 @@ CONVERSATIONS = {
 }
 # Known gaps, each a strict xfail so that a fix shows up: the model's template
 #  - gemma: refuses a system turn itself (the row is refused with the template's reason);
-#  - glm4moe: has no end-of-turn token (the model stops on the next <|user|>), not trained yet;
-#  - gptoss: closes an earlier answer with <|end|> but a generated one with <|return|>; each
-#    turn must be trained as its own sample to train both.
+#  - glm4moe: has no end-of-turn token (the model stops on the next <|user|>), not trained yet.
 KNOWN = {
     ("gemma", "one-turn-system"),
     ("gemma", "three-turn-system"),
     *(("glm4moe", c) for c in CONVERSATIONS),
-    ("gptoss", "two-turn"),
-    ("gptoss", "three-turn-system"),
 }
 
 
@@ -120,22 +116,63 @@ def test_each_answer_is_trained_once_with_its_stop_token(renderers, template, co
     renderer = renderers[template]
     tokenizer = renderer.tokenizer
     turns = CONVERSATIONS[conversation]
-    sample = renderer.render(Conversation([Message(role, text) for role, text in turns]))
-    runs = _trained_runs(sample)
+    samples = renderer.render_all(Conversation([Message(role, text) for role, text in turns]))
+    runs = [run for sample in samples for run in _trained_runs(sample)]
     answers = [text for role, text in turns if role == "assistant"]
-    assert len(runs) == len(answers)
+    assert len(runs) == len(answers)  # each answer trained once
     special = set(tokenizer.all_special_ids)
     for run, answer in zip(runs, answers):
         text = tokenizer.decode(run)
         assert answer in text and run[-1] in special, text
         assert not any(t in text for r, t in turns if r != "assistant"), text
-    reference = tokenizer.apply_chat_template(
-        [{"role": r, "content": t} for r, t in turns], chat_template=renderer.template
-    )["input_ids"]
-    assert sample.input_ids == list(reference)
+    messages = [{"role": r, "content": t} for r, t in turns]
+    if len(samples) == 1:  # the whole conversation, as the template renders it
+        reference = tokenizer.apply_chat_template(messages, chat_template=renderer.template)
+        assert samples[0].input_ids == list(reference["input_ids"])
+        return
+    # one sample per turn: each is the template's rendering with that turn generated last
+    ends = [i + 1 for i, (role, _) in enumerate(turns) if role == "assistant"]
+    for sample, end in zip(samples, ends):
+        reference = tokenizer.apply_chat_template(messages[:end], chat_template=renderer.template)
+        assert list(reference["input_ids"])[: len(sample.input_ids)] == sample.input_ids
 
 
 def test_the_published_templates_are_there():
     if FOLDER is None:
         pytest.skip("trl (its chat_templates/) is not installed")
     assert len(TEMPLATES) >= 30
+
+
+REASONING = [
+    ("user", "Hi"),
+    ("assistant", "<think>\nGreet back.\n</think>\n\nHello!"),
+    ("user", "What is two plus two?"),
+    ("assistant", "<think>\nAdd them.\n</think>\n\nIt is four."),
+]
+THINKING = [t for t in TEMPLATES if FOLDER and "think" in (FOLDER / f"{t}.jinja").read_text()]
+# Reasoning kept as text in the answer works where the template itself reads a <think> block
+# from the content; these need reasoning as its own field (reasoning_content), not built yet.
+REASONING_GAPS = {"deepseek_r1_distill", "deepseekv3", "qwen3_5_nothink", "glm4moe"}
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize(
+    "template",
+    [
+        pytest.param(
+            t,
+            marks=pytest.mark.xfail(strict=True, reason="gap") if t in REASONING_GAPS else (),
+        )
+        for t in THINKING
+    ],
+)
+def test_reasoning_in_earlier_turns_is_trained_not_refused(renderers, template):
+    """Templates that drop reasoning from earlier turns: each turn trains as generated."""
+    renderer = renderers[template]
+    samples = renderer.render_all(Conversation([Message(r, t) for r, t in REASONING]))
+    runs = [run for sample in samples for run in _trained_runs(sample)]
+    special = set(renderer.tokenizer.all_special_ids)
+    texts = [renderer.tokenizer.decode(run) for run in runs]
+    assert len(runs) == 2 and all(run[-1] in special for run in runs), texts
+    assert "Greet back." in texts[0] and "Hello!" in texts[0]
+    assert "Add them." in texts[1] and "It is four." in texts[1]

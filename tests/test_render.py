@@ -194,19 +194,19 @@ REWRITING = (
 )
 
 
-def test_history_rewriting_template_still_trains_each_stop_token(builtin_tokenizer):
+def test_history_rewriting_template_trains_each_turn_as_generated(builtin_tokenizer):
     renderer = ConversationRenderer(builtin_tokenizer, REWRITING)
     talk = conversation(
         ("user", "One?"), ("assistant", "First answer."), ("user", "Two?"), ("assistant", "Second.")
     )
     full = renderer.render_text(talk.as_dicts())
     upto = renderer.render_text(talk.as_dicts()[:2])
-    assert not full.startswith(upto)  # the fallback path, not the prefix rule
-    sample = renderer.render(talk)
-    assert trained_runs(sample, builtin_tokenizer) == [
-        "First answer.<|im_end|>",
-        "[latest] Second.<|im_end|>",
-    ]
+    assert not full.startswith(upto)  # the first answer renders otherwise once it is history
+    first, second = renderer.render_all(talk)
+    # each answer as the model writes it when it is the one being generated, stop token included
+    assert trained_runs(first, builtin_tokenizer) == ["[latest] First answer.<|im_end|>"]
+    assert trained_runs(second, builtin_tokenizer) == ["[latest] Second.<|im_end|>"]
+    assert builtin_tokenizer.decode(second.input_ids).count("First answer.") == 1
 
 
 def test_stop_token_count_sees_a_truncated_answer(builtin_tokenizer):

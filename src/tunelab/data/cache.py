@@ -60,8 +60,10 @@ def read_cache(path: Path, vocab_size: int) -> tuple[list[RenderedSample], DataR
         report = DataReport.from_dict(meta["report"])
     except (KeyError, TypeError) as exc:
         raise DamagedCache(f"its data report lacks {exc}") from None
-    # every conversation kept by loading is a sample, unless rendering refused it (a bad row)
-    if not report.kept - len(report.bad_rows) <= len(samples) <= report.kept:
+    # every conversation kept by loading gives a sample (one per turn when its template
+    # rewrites history), unless rendering refused it (a bad row)
+    expected = report.kept + report.turn_samples
+    if not expected - len(report.bad_rows) <= len(samples) <= expected:
         raise DamagedCache(f"it holds {len(samples)} samples but its report kept {report.kept}")
     return samples, report
 

@@ -47,6 +47,7 @@ class DataReport:
     long_answers_dropped: list[str] = field(default_factory=list)
     duplicates_dropped: list[str] = field(default_factory=list)
     truncated: int = 0
+    turn_samples: int = 0  # extra samples: conversations trained one turn per sample
 
     @property
     def kept(self) -> int:
@@ -69,6 +70,7 @@ class DataReport:
             "duplicates_dropped": len(self.duplicates_dropped),
             "duplicates_dropped_rows": self.duplicates_dropped,
             "truncated": self.truncated,
+            "extra_turn_samples": self.turn_samples,
         }
 
     @classmethod
@@ -81,6 +83,7 @@ class DataReport:
             long_answers_dropped=data["long_answers_dropped_rows"],
             duplicates_dropped=data["duplicates_dropped_rows"],
             truncated=data["truncated"],
+            turn_samples=data.get("extra_turn_samples", 0),
         )
 
 

@@ -131,12 +131,14 @@ def render_split(
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
     conversations, report = load_conversations(config, base_dir, split)
     renderer = ConversationRenderer(tokenizer, template, max_length=None, cut_for=cut_for)
-    samples = []
+    samples, refused = [], 0
     for result in renderer.render_many(conversations):
         if isinstance(result, RowError):
             report.bad_rows.append(str(result))
+            refused += 1
         else:
             samples.append(result)
+    report.turn_samples = len(samples) - (len(conversations) - refused)
     raise_for_bad_rows(report, config.on_bad_row, split)
     if use_cache and is_main():  # one process writes the cache
         write_cache(path, samples, report)

@@ -100,25 +100,65 @@ class ConversationRenderer:
         text = self.render_text(messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def assistant_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
-        """The full text and the character spans of each assistant answer within it."""
+    def texts_and_spans(
+        self, conversation: Conversation
+    ) -> list[tuple[str, list[tuple[int, int]]]]:
+        """The texts to train on and, in each, the character spans of the answers.
+
+        Each assistant turn is trained as the model generates it: after the generation prompt
+        it gets for that turn, what the template writes when that turn is the last one, up to
+        and including its stop token. When every turn appears that way in the rendering of the
+        whole conversation, that one text is used. A template that rewrites history (reasoning
+        dropped from earlier turns, a different token closing a final turn) gives one text per
+        turn instead, so that each turn is trained as generated, once.
+        """
         messages, tools = self.messages_and_tools(conversation)
         full = self.render_text(messages, tools=tools)
-        spans: list[tuple[int, int]] = []
+        turns = []
         for turn, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = self.render_text(messages[:turn], add_generation_prompt=True, tools=tools)
-            upto = self.render_text(messages[: turn + 1], tools=tools)
-            if not (upto.startswith(before) and full.startswith(upto)):
-                start, end = self._locate(full, message, upto, spans, conversation, turn)
-            else:
-                start, end = len(before), len(upto)
-            # Keep the end-of-turn token, drop the template's trailing newline after it.
+            if message["role"] == "assistant":
+                before = self.render_text(messages[:turn], add_generation_prompt=True, tools=tools)
+                upto = self.render_text(messages[: turn + 1], tools=tools)
+                turns.append((turn, before, upto))
+        generated = [
+            (before, self._through_stop(upto[len(before) :]))
+            for _, before, upto in turns
+            if upto.startswith(before)
+        ]
+        if len(generated) == len(turns):
+            if all(full.startswith(before + target) for before, target in generated):
+                return [(full, [(len(b), len(b) + len(t)) for b, t in generated])]
+            return [(b + t, [(len(b), len(b) + len(t))]) for b, t in generated]
+        # The generation prompt is not how the turn renders (one that opens a think block):
+        # find each answer in the whole text instead.
+        spans: list[tuple[int, int]] = []
+        for turn, _before, upto in turns:
+            start, end = self._locate(full, messages[turn], upto, spans, conversation, turn)
             while end > start and full[end - 1] in " \n\r\t":
                 end -= 1
             spans.append((start, end))
-        return full, spans
+        return [(full, spans)]
+
+    def assistant_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
+        """The first text of `texts_and_spans` (the only one unless history is rewritten)."""
+        return self.texts_and_spans(conversation)[0]
+
+    def _through_stop(self, target: str) -> str:
+        """The generated text up to the end of the first special token after its last plain
+        text: the end-of-turn token trains, the template's trailing newline or an eos written
+        after the final turn only does not."""
+        text = target.rstrip()
+        core = text
+        while True:
+            trailing = [t for t in self.tokenizer.all_special_tokens if t and core.endswith(t)]
+            if not trailing:
+                break
+            core = core[: -len(max(trailing, key=len))].rstrip()
+        rest = text[len(core) :]
+        firsts = [
+            rest.index(t) + len(t) for t in self.tokenizer.all_special_tokens if t and t in rest
+        ]
+        return text[: len(core) + min(firsts)] if firsts else text
 
     def _locate(self, full, message, upto, spans, conversation, turn) -> tuple[int, int]:
         # Templates that rewrite earlier turns (e.g. stripping reasoning) break the prefix rule;
@@ -151,33 +191,43 @@ class ConversationRenderer:
         return max(ends, default=0)
 
     def render(self, conversation: Conversation) -> RenderedSample:
-        """Token ids and labels (assistant answers only), truncated to max_length."""
-        return self.render_many([conversation])[0]
+        """Token ids and labels (assistant answers only), truncated to max_length; the first
+        sample when the template makes one per turn (see `render_all`)."""
+        return self.render_all(conversation)[0]
+
+    def render_all(self, conversation: Conversation) -> list[RenderedSample]:
+        """Every sample of one conversation (one, or one per turn; see `texts_and_spans`)."""
+        results = self.render_many([conversation])
+        if isinstance(results[0], RowError):
+            raise results[0]
+        return results
 
     def render_many(self, conversations: list[Conversation], chunk: int = 256) -> list:
-        """Render a list; each item is a RenderedSample or the RowError that stopped it.
+        """Render a list; each item is a RenderedSample or the RowError that stopped its
+        conversation (a conversation may give several samples, in order).
 
         Texts are tokenized in chunks, which lets the tokenizer use its own threads.
         """
         results: list = []
         for begin in range(0, len(conversations), chunk):
             part = conversations[begin : begin + chunk]
-            texts, spans, slots = [], [], []
+            texts, spans, owners = [], [], []
             for conversation in part:
                 try:
-                    text, answer_spans = self.assistant_spans(conversation)
+                    pieces = self.texts_and_spans(conversation)
                 except RowError as exc:
-                    slots.append(exc)
+                    owners.append((conversation, exc))
                     continue
-                slots.append(len(texts))
-                texts.append(text)
-                spans.append(answer_spans)
+                for text, answer_spans in pieces:
+                    owners.append((conversation, len(texts)))
+                    texts.append(text)
+                    spans.append(answer_spans)
             encoded = (
                 self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
                 if texts
                 else {"input_ids": [], "offset_mapping": []}
             )
-            for conversation, slot in zip(part, slots):
+            for conversation, slot in owners:
                 if isinstance(slot, RowError):
                     results.append(slot)
                     continue

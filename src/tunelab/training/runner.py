@@ -437,6 +437,13 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
         f"{len(data.report.bad_rows)} bad row(s) skipped, {data.report.truncated} truncated",
         highlight=False,
     )
+    if data.report.turn_samples:
+        console.print(
+            f"{data.report.turn_samples} extra samples: the chat template renders earlier turns "
+            "otherwise once the conversation goes on, so those conversations train one turn "
+            "per sample, each as it is generated",
+            highlight=False,
+        )
     return tokenizer, template, data
 
 

@@ -279,8 +279,10 @@ def test_custom_model_code_never_runs_even_when_stdin_says_yes(tmp_path, tiny_mo
     assert not sentinel.exists()
 
 
-def test_a_huge_answer_costs_memory_by_max_length_not_by_its_size(tmp_path):
-    """A 20 MB answer with max_length 64: rendered in bounded memory, same sample as if whole."""
+@pytest.mark.parametrize("max_length, kept", [(64, 64), ("auto", 512)])
+def test_a_huge_answer_costs_memory_by_max_length_not_by_its_size(tmp_path, max_length, kept):
+    """A 20 MB answer: rendered in memory bounded by max_length (auto: by the model's context,
+    here 512), not by its size."""
     script = f"""
 import json, time
 from pathlib import Path
@@ -292,8 +294,9 @@ path = Path({str(tmp_path)!r}) / "big.jsonl"
 path.write_text(json.dumps({{"instruction": "Say a lot.", "output": "word " * 4_000_000}}) + "\\n")
 tok = load_tokenizer(resolve_model("smollm2-135m-instruct"))
 start = time.perf_counter()
-data = prepare_data(DataConfig(train=[str(path)], max_length=64, cache=False), None, tok,
-                    tok.chat_template, 0)
+max_length = {max_length!r}
+data = prepare_data(DataConfig(train=[str(path)], max_length=max_length, cache=False), None, tok,
+                    tok.chat_template, 0, context=512)
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 s = data.train[0]
 print(json.dumps({{"kib": peak, "seconds": time.perf_counter() - start, "len": len(s.input_ids),
@@ -302,7 +305,7 @@ print(json.dumps({{"kib": peak, "seconds": time.perf_counter() - start, "len": l
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    assert figures["len"] == 64 and figures["trained"] > 0
+    assert figures["len"] == kept and figures["trained"] > 0
     assert figures["kib"] < 1.5 * 2**20, figures  # whole, it took over 4 GiB
     assert figures["seconds"] < 30, figures
 

@@ -431,7 +431,10 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     config = load_config(plan.source)
     tokenizer = load_tokenizer(plan.source)
     template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
-    data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
+    context = getattr(config, "max_position_embeddings", None)
+    data = prepare_data(
+        recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed, context
+    )
     packed = plan.trained_logits_only
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     dtype = plan.dtype

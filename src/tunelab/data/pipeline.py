@@ -148,16 +148,27 @@ def render_split(
 
 
 def prepare_data(
-    config: DataConfig, base_dir: Path | None, tokenizer, template: str, seed: int
+    config: DataConfig,
+    base_dir: Path | None,
+    tokenizer,
+    template: str,
+    seed: int,
+    context: int | None = None,
 ) -> PreparedData:
-    """Everything the trainer needs from the data section, with notes on what was done."""
-    cut_for = config.max_length if isinstance(config.max_length, int) else None
+    """Everything the trainer needs from the data section, with notes on what was done.
+
+    `context` (the model's max_position_embeddings) bounds what a record may cost when
+    max_length is auto, and the auto cutoff itself.
+    """
+    cut_for = config.max_length if isinstance(config.max_length, int) else context
     rendered = render_split(config, base_dir, "train", tokenizer, template, config.cache, cut_for)
     notes = [_cache_note("train", rendered)]
     report = rendered.report
     if config.max_length == "auto":
         max_length = suggest_max_length(rendered.samples)
         note = f"max_length auto: {max_length} (smallest multiple of 64 losing under 1% of trained tokens)"
+        if context and max_length > context:
+            max_length, note = context, f"max_length auto: {context} (the model's context)"
     else:
         max_length, note = config.max_length, f"max_length {config.max_length} (from the recipe)"
     train = _cut(rendered.samples, max_length, report, config.on_bad_row)

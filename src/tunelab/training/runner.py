@@ -412,7 +412,10 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
     tokenizer.chat_template = template
-    data = prepare_data(recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed)
+    context = getattr(load_config(source), "max_position_embeddings", None)
+    data = prepare_data(
+        recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed, context
+    )
     run.write_json(
         DATA_REPORT_FILE,
         {

@@ -256,6 +256,11 @@ CASES: dict[str, Case] = {
         "--max-new-tokens",
         "Invalid value",
     ),
+    "chat-template-arg-without-value": Case(
+        ["chat", "{model}", "-p", "hi", "--template-arg", "enable_thinking"],
+        "--template-arg `enable_thinking`",
+        "is not KEY=VALUE",
+    ),
     "chat-prompt-over-context": Case(
         ["chat", "{model}", "-p", "word " * 700], "context of 512 tokens", "fills the model's"
     ),

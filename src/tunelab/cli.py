@@ -116,6 +116,10 @@ def chat(
     ] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus sampling")] = 1.0,
     seed: Annotated[int | None, typer.Option(min=0, help="seed for sampling")] = None,
+    template_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="chat-template argument KEY=VALUE, e.g. enable_thinking=false"),
+    ] = None,
 ):
     """Talk to a model: one answer with --prompt, else an interactive multi-turn chat."""
     from tunelab.inference.chat_model import Sampling, open_chat_model
@@ -123,13 +127,32 @@ def chat(
 
     quiet_libraries()
     sampling = Sampling(temperature, top_p, seed=seed)
-    model = open_chat_model(target, with_adapter=not base)
+    args = _template_args(template_arg or [])
+    model = open_chat_model(target, with_adapter=not base, template_args=args)
     if prompt is not None:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
         print(model.generate([messages], max_new_tokens, sampling=sampling)[0])
         return
     _interactive(model, system, max_new_tokens, sampling)
+
+
+def _template_args(items: list[str]) -> dict:
+    """KEY=VALUE options as a dict, values read as YAML (false, 3, text)."""
+    import yaml
+
+    found = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TunelabError(
+                f"--template-arg `{item}` is not KEY=VALUE, e.g. enable_thinking=false."
+            )
+        try:
+            found[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            found[key.strip()] = value
+    return found
 
 
 def _interactive(model, system: str | None, max_new_tokens: int, sampling) -> None:

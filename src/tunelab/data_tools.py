@@ -29,7 +29,15 @@ def length_stats(target: Target, png: Path | None = None) -> dict:
 
     tokenizer, template = _tokenizer_and_template(target)
     config = target.config.model_copy(update={"on_bad_row": "skip"})
-    rendered = render_split(config, target.base_dir, "train", tokenizer, template, config.cache)
+    rendered = render_split(
+        config,
+        target.base_dir,
+        "train",
+        tokenizer,
+        template,
+        config.cache,
+        template_args=target.template_args,
+    )
     stats = {**full_report(rendered.samples), "model": target.model}
     stats["cache"] = {
         "fingerprint": rendered.fingerprint,
@@ -48,5 +56,7 @@ def preview_samples(target: Target, n: int) -> tuple[list[RenderedSample], objec
     from tunelab.data.pipeline import prepare_data
 
     tokenizer, template = _tokenizer_and_template(target)
-    data = prepare_data(target.config, target.base_dir, tokenizer, template, seed=0)
+    data = prepare_data(
+        target.config, target.base_dir, tokenizer, template, 0, template_args=target.template_args
+    )
     return data.train[:n], tokenizer

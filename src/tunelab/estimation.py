@@ -433,7 +433,13 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
     context = getattr(config, "max_position_embeddings", None)
     data = prepare_data(
-        recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed, context
+        recipe.data,
+        recipe.source_dir,
+        tokenizer,
+        template,
+        recipe.train.seed,
+        context,
+        recipe.model.template_args,
     )
     packed = plan.trained_logits_only
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)

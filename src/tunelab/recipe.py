@@ -58,6 +58,11 @@ class ModelConfig(Section):
         description="chat template: auto (the tokenizer's own), a built-in name "
         "(chatml, llama3, mistral) or a path to a .jinja file",
     )
+    template_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra arguments for the chat template, e.g. {enable_thinking: false}; "
+        "used in training, sample answers, chat and eval alike",
+    )
 
 
 class DataConfig(Section):

@@ -24,6 +24,7 @@ class Target:
     model: str = "smollm2-135m-instruct"
     template: str = "auto"
     registry_entries: list[dict] = field(default_factory=list)
+    template_args: dict = field(default_factory=dict)
 
 
 def open_target(path: str | Path, model: str | None = None) -> Target:
@@ -41,6 +42,7 @@ def open_target(path: str | Path, model: str | None = None) -> Target:
             recipe.source_dir,
             model or recipe.model.path,
             recipe.model.template,
+            template_args=recipe.model.template_args,
         )
     if path.name == "dataset_info.json" or _looks_like_registry(path):
         return _registry_target(path, model)

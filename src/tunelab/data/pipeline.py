@@ -61,6 +61,7 @@ def fingerprint(
     tokenizer,
     template: str,
     cut_for: int | None = None,
+    template_args: dict | None = None,
 ) -> str:
     """A hash of everything that decides the rendered samples of a split."""
     digest = hashlib.sha256()
@@ -68,7 +69,8 @@ def fingerprint(
         mode="json",
         include={"registry", "system", "replace", "on_bad_row", "max_answer_chars", "dedupe"},
     )
-    digest.update(json.dumps([__version__, split, settings, cut_for], sort_keys=True).encode())
+    extra = [__version__, split, settings, cut_for, template_args or {}]
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
     for source in config.sources(split):
         resolved = resolve_source(source, config, base_dir)
         digest.update(
@@ -113,13 +115,14 @@ def render_split(
     template: str,
     use_cache: bool = True,
     cut_for: int | None = None,
+    template_args: dict | None = None,
 ) -> RenderedSplit:
     """Load, check and render a split without truncation, from the cache when possible.
 
     `cut_for` (a fixed max_length) bounds each record's memory: see ConversationRenderer.
     """
     started = time.perf_counter()
-    key = fingerprint(config, base_dir, split, tokenizer, template, cut_for)
+    key = fingerprint(config, base_dir, split, tokenizer, template, cut_for, template_args)
     path = cache_dir() / "data" / f"{key}{CACHE_SUFFIX}"
     problem = None
     if use_cache and path.is_file():
@@ -130,7 +133,9 @@ def render_split(
             problem = str(damaged)
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
     conversations, report = load_conversations(config, base_dir, split)
-    renderer = ConversationRenderer(tokenizer, template, max_length=None, cut_for=cut_for)
+    renderer = ConversationRenderer(
+        tokenizer, template, max_length=None, cut_for=cut_for, template_args=template_args
+    )
     samples, refused = [], 0
     for result in renderer.render_many(conversations):
         if isinstance(result, RowError):
@@ -154,6 +159,7 @@ def prepare_data(
     template: str,
     seed: int,
     context: int | None = None,
+    template_args: dict | None = None,
 ) -> PreparedData:
     """Everything the trainer needs from the data section, with notes on what was done.
 
@@ -161,7 +167,9 @@ def prepare_data(
     max_length is auto, and the auto cutoff itself.
     """
     cut_for = config.max_length if isinstance(config.max_length, int) else context
-    rendered = render_split(config, base_dir, "train", tokenizer, template, config.cache, cut_for)
+    rendered = render_split(
+        config, base_dir, "train", tokenizer, template, config.cache, cut_for, template_args
+    )
     notes = [_cache_note("train", rendered)]
     report = rendered.report
     if config.max_length == "auto":
@@ -175,7 +183,7 @@ def prepare_data(
     evaluation = None
     if config.eval:
         held_out = render_split(
-            config, base_dir, "eval", tokenizer, template, config.cache, cut_for
+            config, base_dir, "eval", tokenizer, template, config.cache, cut_for, template_args
         )
         notes.append(_cache_note("eval", held_out))
         evaluation = _cut(held_out.samples, max_length, held_out.report, config.on_bad_row)

@@ -41,10 +41,12 @@ class ConversationRenderer:
         template: str,
         max_length: int | None = None,
         cut_for: int | None = None,
+        template_args: dict | None = None,
     ):
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
+        self.template_args = dict(template_args or {})  # e.g. enable_thinking
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
         # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
         # the same sample, and memory stays bounded by the cutoff instead of the record.
@@ -65,6 +67,7 @@ class ConversationRenderer:
             tools=tools or None,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            **self.template_args,
         )
 
     def messages_and_tools(self, conversation: Conversation) -> tuple[list[dict], list | None]:

@@ -182,37 +182,49 @@ class ChatModel:
 
 
 def open_chat_model(
-    target: str | Path, with_adapter: bool = True, quantized: bool = True
+    target: str | Path,
+    with_adapter: bool = True,
+    quantized: bool = True,
+    template_args: dict | None = None,
 ) -> ChatModel:
     """Load a run folder (its trained weights, or the base alone), a model folder, or an alias.
 
     `quantized=False` loads a qlora run's base in full precision (for merging).
+    `template_args` (e.g. {"enable_thinking": False}) go to the chat template; a run's own
+    (model.template_args in its recipe) are the default.
     """
     path = Path(target)
     if (path / RECIPE_FILE).is_file():
-        return _open_run(RunFolder.open(path), with_adapter, quantized)
-    source = resolve_model(str(target))
-    return _open_source(source, "auto", str(target))
+        model = _open_run(RunFolder.open(path), with_adapter, quantized)
+    else:
+        model = _open_source(resolve_model(str(target)), "auto", str(target))
+    if template_args:
+        model.renderer.template_args.update(template_args)
+    return model
 
 
 def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
     if not with_adapter:
         recipe = run.final_run().recipe()
-        return _open_source(
+        model = _open_source(
             resolve_model(recipe.model.path),
             recipe.model.template,
             f"base of {run.path}",
             recipe.model.dtype,
         )
+        model.renderer.template_args.update(recipe.model.template_args)
+        return model
     weights = run.trained()
     dtype_setting = weights.recipe.model.dtype
     if weights.model is not None:
-        return _open_source(
+        model = _open_source(
             ModelSource(str(weights.model), weights.model),
             "auto",
             f"{weights.run.path} (trained model)",
             dtype_setting,
         )
+        model.renderer.template_args.update(weights.recipe.model.template_args)
+        return model
     from peft import PeftModel
 
     method_config = weights.recipe.method
@@ -225,7 +237,9 @@ def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
         resolve_model(weights.base), pick_dtype(dtype_setting, device), device, **options
     )
     model = PeftModel.from_pretrained(base, weights.adapter).eval()
-    renderer = ConversationRenderer(tokenizer, tokenizer.chat_template)
+    renderer = ConversationRenderer(
+        tokenizer, tokenizer.chat_template, template_args=weights.recipe.model.template_args
+    )
     return ChatModel(model, tokenizer, renderer, device, f"{weights.run.path} (base + adapter)")
 
 

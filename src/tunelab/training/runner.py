@@ -273,7 +273,7 @@ def _train_one(
         console.print(note, highlight=False)
     memory_estimate = _memory_estimate(recipe, plan, data, console)
     model = _load_model(recipe, plan, init_from, console)
-    renderer = ConversationRenderer(tokenizer, template)
+    renderer = ConversationRenderer(tokenizer, template, template_args=recipe.model.template_args)
     watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
     trainer = _build_trainer(recipe, run, model, tokenizer, data, watchers.all, plan)
     if checkpoint is not None:
@@ -414,7 +414,13 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
     tokenizer.chat_template = template
     context = getattr(load_config(source), "max_position_embeddings", None)
     data = prepare_data(
-        recipe.data, recipe.source_dir, tokenizer, template, recipe.train.seed, context
+        recipe.data,
+        recipe.source_dir,
+        tokenizer,
+        template,
+        recipe.train.seed,
+        context,
+        recipe.model.template_args,
     )
     run.write_json(
         DATA_REPORT_FILE,

@@ -16,6 +16,7 @@ import yaml
 
 from tests.conftest import REPO, run_cli
 from tests.test_hardening import DATA, snapshot
+from tests.test_resume import KILLER
 
 HOLDER = """
 import sys, time
@@ -24,19 +25,6 @@ from tunelab.run import RunLock
 RunLock.take(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(600)
-"""
-
-KILLER = """
-import os, signal, sys
-from transformers import TrainerCallback
-import tunelab
-
-class KillAfter(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == int(sys.argv[2]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-tunelab.train(sys.argv[1], callbacks=[KillAfter()])
 """
 
 

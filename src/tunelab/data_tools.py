@@ -51,6 +51,28 @@ def length_stats(target: Target, png: Path | None = None) -> dict:
     return stats
 
 
+def recipe_data(recipe, source, config=None):
+    """(tokenizer, template, prepared data) for a recipe's model, as training gets them: its
+    template and template arguments, records bounded by the model's context."""
+    from tunelab.data.pipeline import prepare_data
+    from tunelab.models.load import load_config, load_tokenizer
+    from tunelab.templates import resolve_template
+
+    tokenizer = load_tokenizer(source)
+    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
+    config = config if config is not None else load_config(source)
+    data = prepare_data(
+        recipe.data,
+        recipe.source_dir,
+        tokenizer,
+        template,
+        recipe.train.seed,
+        getattr(config, "max_position_embeddings", None),
+        recipe.model.template_args,
+    )
+    return tokenizer, template, data
+
+
 def preview_samples(target: Target, n: int) -> tuple[list[RenderedSample], object]:
     """The first `n` training samples as the trainer gets them, and their tokenizer."""
     from tunelab.data.pipeline import prepare_data

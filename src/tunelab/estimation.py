@@ -421,26 +421,13 @@ def estimate_run(
 def estimate_recipe(recipe, device: str | None = None, budget: int | None = None) -> Estimate:
     """The estimate for a recipe: config and tokenizer are read, the data is tokenized (or taken
     from the cache) to find the longest batch; no weights are loaded."""
-    from tunelab.data.pipeline import prepare_data
-    from tunelab.models.load import load_tokenizer
+    from tunelab.data_tools import recipe_data
     from tunelab.plan import plan_run
-    from tunelab.templates import resolve_template
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_run(recipe, torch.device(device), load=False)
     config = load_config(plan.source)
-    tokenizer = load_tokenizer(plan.source)
-    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
-    context = getattr(config, "max_position_embeddings", None)
-    data = prepare_data(
-        recipe.data,
-        recipe.source_dir,
-        tokenizer,
-        template,
-        recipe.train.seed,
-        context,
-        recipe.model.template_args,
-    )
+    _, _, data = recipe_data(recipe, plan.source, config)
     packed = plan.trained_logits_only
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     dtype = plan.dtype

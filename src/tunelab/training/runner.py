@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tunelab.data.pipeline import prepare_data
 from tunelab.data.render import ConversationRenderer
+from tunelab.data_tools import recipe_data
 from tunelab.errors import TunelabError
 from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import Method, check_method, count_parameters
 from tunelab.models.load import (
     load_config,
     load_model,
-    load_tokenizer,
 )
 from tunelab.models.sources import ModelSource
 from tunelab.plan import RunPlan, plan_run
@@ -38,7 +37,6 @@ from tunelab.run import (
     RunFolder,
     describe_environment,
 )
-from tunelab.templates import resolve_template
 from tunelab.training.callbacks import (
     ConsoleView,
     EventSource,
@@ -409,19 +407,8 @@ def _save_trained(recipe, run, plan: RunPlan, trainer, tokenizer, keep_optimizer
 
 def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
     """The tokenizer, its chat template and the rendered data, reported into the run."""
-    tokenizer = load_tokenizer(source)
-    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
+    tokenizer, template, data = recipe_data(recipe, source)
     tokenizer.chat_template = template
-    context = getattr(load_config(source), "max_position_embeddings", None)
-    data = prepare_data(
-        recipe.data,
-        recipe.source_dir,
-        tokenizer,
-        template,
-        recipe.train.seed,
-        context,
-        recipe.model.template_args,
-    )
     run.write_json(
         DATA_REPORT_FILE,
         {

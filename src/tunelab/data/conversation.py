@@ -29,6 +29,14 @@ class Location:
 class Message:
     role: Role
     content: str
+    reasoning: str | None = None  # an assistant turn's reasoning, apart from its answer
+
+    def with_reasoning(self) -> str:
+        """The content with the reasoning in front as a think block, for formats and
+        templates that have no field of their own for it."""
+        if not self.reasoning:
+            return self.content
+        return f"<think>\n{self.reasoning}\n</think>\n\n{self.content}"
 
 
 @dataclass
@@ -42,7 +50,11 @@ class Conversation:
 
     def as_dicts(self) -> list[dict[str, str]]:
         """Messages in the shape chat templates expect."""
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+        return [
+            {"role": m.role, "content": m.content}
+            | ({"reasoning_content": m.reasoning} if m.reasoning else {})
+            for m in self.messages
+        ]
 
 
 class RowError(Exception):

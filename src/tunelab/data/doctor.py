@@ -156,7 +156,9 @@ _SHAREGPT_TAGS = {"system": "system", "user": "human", "assistant": "gpt", "tool
 
 
 def _to_sharegpt(conversation: Conversation) -> dict:
-    turns = [{"from": _SHAREGPT_TAGS[m.role], "value": m.content} for m in conversation.messages]
+    turns = [
+        {"from": _SHAREGPT_TAGS[m.role], "value": m.with_reasoning()} for m in conversation.messages
+    ]
     record = {"conversations": turns}
     if conversation.tools:
         record["tools"] = conversation.tools
@@ -177,7 +179,9 @@ def _to_alpaca(conversation: Conversation) -> dict:
             f"{conversation.location}: turns do not alternate user/assistant, which alpaca needs; "
             "convert to messages."
         )
-    pairs = [(messages[i].content, messages[i + 1].content) for i in range(0, len(messages), 2)]
+    pairs = [
+        (messages[i].content, messages[i + 1].with_reasoning()) for i in range(0, len(messages), 2)
+    ]
     *history, last = pairs
     record.update({"instruction": last[0], "input": "", "output": last[1]})
     if history:

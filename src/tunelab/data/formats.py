@@ -151,7 +151,7 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
         content = _content(
             item.get(columns.content_tag), location, f"{where}.{columns.content_tag}"
         )
-        messages.append(Message(roles[tag], content))
+        messages.append(Message(roles[tag], content, _reasoning(item, location, where)))
     if messages[0].role == "system" and columns.system in record and record[columns.system]:
         raise RowError(location, columns.system, "given twice: as a field and as the first turn")
     system = record.get(columns.system)
@@ -160,6 +160,18 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
     return Conversation(
         messages, location, tools=_tools(record.get(columns.tools), location, columns)
     )
+
+
+def _reasoning(item: dict, location: Location, where: str) -> str | None:
+    """An assistant turn's reasoning as OpenAI-style servers and vLLM write it."""
+    for key in ("reasoning_content", "reasoning"):
+        value = item.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise RowError(location, f"{where}.{key}", "must be text")
+        return value.strip("\n")
+    return None
 
 
 def _tools(value: object, location: Location, columns: Columns) -> str | None:

@@ -87,10 +87,10 @@ def fingerprint(
 
 def _code_fingerprint() -> bytes:
     """The source of the modules that shape samples, so a code change is a cache miss."""
-    from tunelab.data import formats, load, readers, render, transforms, validate
+    from tunelab.data import conversation, formats, load, readers, render, transforms, validate
 
     digest = hashlib.sha256()
-    for module in (formats, load, readers, render, transforms, validate):
+    for module in (conversation, formats, load, readers, render, transforms, validate):
         digest.update(Path(module.__file__).read_bytes())
     return digest.digest()
 

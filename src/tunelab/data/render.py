@@ -53,6 +53,11 @@ class ConversationRenderer:
         self.cut_chars = None if cut_for is None else (cut_for + 16) * longest_token(tokenizer)
 
     @property
+    def template_reads_reasoning(self) -> bool:
+        """Whether the template renders a message's `reasoning_content` itself."""
+        return "reasoning_content" in self.template
+
+    @property
     def template_takes_tools(self) -> bool:
         """Whether the template renders a `tools` list itself."""
         return "tools" in self.template
@@ -74,6 +79,10 @@ class ConversationRenderer:
         """The messages to render, with tool schemas given to the template or, if it has no
         place for them, written into the system prompt so the model still sees them."""
         messages = conversation.as_dicts()
+        if not self.template_reads_reasoning:  # never dropped: in the answer as a think block
+            messages = [
+                {"role": m.role, "content": m.with_reasoning()} for m in conversation.messages
+            ]
         if self.cut_chars:
             messages = [cut_message(m, self.cut_chars) for m in messages]
         if not conversation.tools:

@@ -15,11 +15,12 @@ def replace_placeholders(conversations: list[Conversation], replace: dict[str, s
     changed = 0
     for conversation in conversations:
         for message in conversation.messages:
-            text = message.content
+            text, reasoning = message.content, message.reasoning
             for placeholder, value in replace.items():
                 text = text.replace(placeholder, value)
-            if text != message.content:
-                message.content = text
+                reasoning = reasoning.replace(placeholder, value) if reasoning else reasoning
+            if text != message.content or reasoning != message.reasoning:
+                message.content, message.reasoning = text, reasoning
                 changed += 1
     return changed
 

@@ -1,0 +1,81 @@
+"""Reasoning as its own part of an assistant turn: read from `reasoning_content`, given to the
+templates that render it, written as a think block for those that do not, never dropped."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tests.test_published_templates import _trained_runs
+from tests.test_template_args import qwen3  # noqa: F401 - the fixture
+from tunelab.cli import app
+from tunelab.data.load import load_conversations
+from tunelab.data.render import ConversationRenderer
+from tunelab.recipe import DataConfig
+
+RECORD = {
+    "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "Greet back."},
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "It is four.", "reasoning_content": "\nAdd them.\n"},
+    ]
+}
+
+
+def _load(tmp_path, record=RECORD):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    conversations, _ = load_conversations(DataConfig(train=[str(path)]))
+    return conversations[0]
+
+
+def test_reasoning_content_is_read_apart_from_the_answer(tmp_path):
+    conversation = _load(tmp_path)
+    answers = [m for m in conversation.messages if m.role == "assistant"]
+    assert [(m.content, m.reasoning) for m in answers] == [
+        ("Hello!", "Greet back."),
+        ("It is four.", "Add them."),
+    ]
+
+
+def test_a_template_that_renders_reasoning_gets_it_as_a_field(tmp_path, qwen3):  # noqa: F811
+    tokenizer, template = qwen3
+    samples = ConversationRenderer(tokenizer, template).render_all(_load(tmp_path))
+    runs = [tokenizer.decode(run) for s in samples for run in _trained_runs(s)]
+    assert runs == [
+        "<think>\nGreet back.\n</think>\n\nHello!<|im_end|>",
+        "<think>\nAdd them.\n</think>\n\nIt is four.<|im_end|>",
+    ]
+
+
+def test_a_template_without_a_place_for_it_gets_a_think_block(tmp_path, builtin_tokenizer):
+    renderer = ConversationRenderer(builtin_tokenizer, builtin_tokenizer.chat_template)
+    assert not renderer.template_reads_reasoning
+    sample = renderer.render(_load(tmp_path))
+    runs = [builtin_tokenizer.decode(run) for run in _trained_runs(sample)]
+    assert runs[1] == "<think>\nAdd them.\n</think>\n\nIt is four.<|im_end|>"
+
+
+def test_reasoning_that_is_not_text_is_a_bad_row(tmp_path):
+    record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a",
+                                                              "reasoning_content": 5}]}  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "check", str(path), "--no-lengths"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "d.jsonl:1 field `messages[1].reasoning_content`" in flat and "must be text" in flat
+
+
+def test_converting_to_sharegpt_keeps_the_reasoning(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(RECORD) + "\n", encoding="utf-8")
+    out = tmp_path / "s.jsonl"
+    result = CliRunner().invoke(
+        app, ["data", "convert", str(path), "--to", "sharegpt", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    turns = json.loads(out.read_text())["conversations"]
+    assert turns[3]["value"] == "<think>\nAdd them.\n</think>\n\nIt is four."

@@ -112,10 +112,9 @@ class ConversationRenderer:
         text = self.render_text(messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def texts_and_spans(
-        self, conversation: Conversation
-    ) -> list[tuple[str, list[tuple[int, int]]]]:
-        """The texts to train on and, in each, the character spans of the answers.
+    def texts_and_spans(self, conversation: Conversation) -> list[tuple]:
+        """The texts to train on and, in each, the character spans of the answers (and, for a
+        text that is one turn, where its prompt ends).
 
         Each assistant turn is trained as the model generates it: after the generation prompt
         it gets for that turn, what the template writes when that turn is the last one, up to
@@ -132,15 +131,20 @@ class ConversationRenderer:
                 before = self.render_text(messages[:turn], add_generation_prompt=True, tools=tools)
                 upto = self.render_text(messages[: turn + 1], tools=tools)
                 turns.append((turn, before, upto))
-        generated = [
-            (before, self._through_stop(upto[len(before) :]))
-            for _, before, upto in turns
-            if upto.startswith(before)
-        ]
+        generated = []
+        for turn, before, upto in turns:
+            if upto.startswith(before):
+                target = self._through_stop(upto[len(before) :])
+            else:  # a generation prompt that opens a think block the rendering lacks
+                target = self._after_think_opener(before, upto, messages[turn])
+            if target is None:
+                break
+            generated.append((before, target))
         if len(generated) == len(turns):
             if all(full.startswith(before + target) for before, target in generated):
                 return [(full, [(len(b), len(b) + len(t)) for b, t in generated])]
-            return [(b + t, [(len(b), len(b) + len(t))]) for b, t in generated]
+            # one sample per turn; prompt and answer are tokenized apart, as when served
+            return [(b + t, [(len(b), len(b) + len(t))], len(b)) for b, t in generated]
         # The generation prompt is not how the turn renders (one that opens a think block):
         # find each answer in the whole text instead.
         spans: list[tuple[int, int]] = []
@@ -151,9 +155,28 @@ class ConversationRenderer:
             spans.append((start, end))
         return [(full, spans)]
 
+    def _after_think_opener(self, before: str, upto: str, message: dict) -> str | None:
+        """What the model writes after a generation prompt that opens `<think>` (DeepSeek-R1
+        style) when the template renders answers without their reasoning: the reasoning, the
+        closing `</think>`, the answer and the turn's stop token. None for other openers."""
+        shared = os.path.commonprefix([before, upto])
+        if before[len(shared) :].strip() != "<think>":
+            return None
+        content = message["content"]
+        reasoning, answer = "", content.strip()
+        if "</think>" in content:
+            head, _, tail = content.partition("</think>")
+            reasoning, answer = head.replace("<think>", "", 1).strip("\n"), tail.strip()
+        rendered = upto[len(shared) :]
+        at = rendered.find(answer)
+        if at < 0:
+            return None
+        closing = rendered[at + len(answer) :]
+        return self._through_stop(f"{reasoning}\n</think>\n\n{answer}{closing}")
+
     def assistant_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
         """The first text of `texts_and_spans` (the only one unless history is rewritten)."""
-        return self.texts_and_spans(conversation)[0]
+        return self.texts_and_spans(conversation)[0][:2]
 
     def _through_stop(self, target: str) -> str:
         """The generated text up to the end of the first special token after its last plain
@@ -230,7 +253,12 @@ class ConversationRenderer:
                 except RowError as exc:
                     owners.append((conversation, exc))
                     continue
-                for text, answer_spans in pieces:
+                for text, answer_spans, *split in pieces:
+                    if split:  # (prompt, answer): the answer is all trained
+                        owners.append((conversation, ("turn", len(texts))))
+                        texts += [text[: split[0]], text[split[0] :]]
+                        spans += [None, None]
+                        continue
                     owners.append((conversation, len(texts)))
                     texts.append(text)
                     spans.append(answer_spans)
@@ -243,8 +271,12 @@ class ConversationRenderer:
                 if isinstance(slot, RowError):
                     results.append(slot)
                     continue
-                ids = list(encoded["input_ids"][slot])
-                labels = mask_labels(ids, encoded["offset_mapping"][slot], spans[slot])
+                if isinstance(slot, tuple):
+                    prompt, answer = (list(encoded["input_ids"][slot[1] + k]) for k in (0, 1))
+                    ids, labels = prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
+                else:
+                    ids = list(encoded["input_ids"][slot])
+                    labels = mask_labels(ids, encoded["offset_mapping"][slot], spans[slot])
                 sample = truncate(ids, labels, self.max_length)
                 sample.location = str(conversation.location) if conversation.location else None
                 results.append(sample)

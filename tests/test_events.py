@@ -26,7 +26,8 @@ def test_a_run_tells_what_it_does_as_events(tmp_path, tiny_model_dir):
     data["data"]["val_ratio"] = 0.25
     recipe.write_text(yaml.safe_dump(data))
     result = tunelab.train(recipe)
-    events = RunFolder.open(result.run_dir).events()
+    run = RunFolder.open(result.run_dir)
+    events = run.events()
     assert [(e.kind, e.step) for e in events] == [
         ("started", 0),
         ("sample", 0),
@@ -43,11 +44,14 @@ def test_a_run_tells_what_it_does_as_events(tmp_path, tiny_model_dir):
     ]
     steps = [e for e in events if e.kind == "step"]
     assert [e.data["loss"] for e in steps] == [
-        pytest.approx(row["loss"]) for row in _metrics(result.run_dir) if "loss" in row
+        pytest.approx(row["loss"]) for row in run.metrics() if "loss" in row
+    ]
+    samples = [e for e in events if e.kind == "sample"]
+    assert [(e.step, e.data) for e in samples] == [
+        (row["step"], {"prompt": row["prompt"], "answer": row["answer"]}) for row in run.samples()
     ]
     assert events[-1].data["summary"]["final_loss"] == result.summary["final_loss"]
     assert events[5].data["path"].endswith("checkpoint-2")
-    assert events[1].data == {"prompt": "Count to 3", "answer": events[1].data["answer"]}
 
 
 def test_a_failed_run_ends_with_a_failed_event(tmp_path, tiny_model_dir):
@@ -62,9 +66,3 @@ def test_a_failed_run_ends_with_a_failed_event(tmp_path, tiny_model_dir):
     events = RunFolder.open(tmp_path / "failing").events()
     assert [e.kind for e in events] == ["started", "step", "failed"]
     assert events[-1].step == 2 and events[-1].data["error"] == "disk controller on fire"
-
-
-def _metrics(run_dir):
-    import json
-
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -290,7 +290,9 @@ CASES: dict[str, Case] = {
         "greater than or equal to 1",
     ),
     "eval-max-new-tokens-zero": Case(
-        ["eval", "{model}", "--data", "d.jsonl", "--max-new-tokens", "0"], "--max-new-tokens", ""
+        ["eval", "{model}", "--data", "d.jsonl", "--max-new-tokens", "0"],
+        "Invalid value for '--max-new-tokens'",
+        "Input should be greater than or equal",
     ),
     "eval-seed-negative": Case(
         ["eval", "{model}", "--data", "d.jsonl", "--seed", "-1"],

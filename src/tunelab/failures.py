@@ -19,7 +19,21 @@ from rich.markup import escape
 from tunelab.errors import TunelabError
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NO_SPACE_WORDS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27")
 NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether a failure (or what caused it) is a full disk or a file-size limit; libraries
+    that write in Rust or C++ report it in their own exception types."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        if any(word in str(exc).lower() for word in NO_SPACE_WORDS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def report_failure(exc: BaseException, console: Console) -> int | None:
@@ -31,8 +45,9 @@ def report_failure(exc: BaseException, console: Console) -> int | None:
         return 130
     if isinstance(exc, TunelabError):
         return _say(console, str(exc), exc.exit_code)
-    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-        where = Path(exc.filename).parent if exc.filename else "the output folder"
+    if is_disk_full(exc):
+        filename = getattr(exc, "filename", None)
+        where = Path(filename).parent if filename else "the output folder"
         return _say(console, f"no space left in {where}; free some space and run again.", 2)
     if isinstance(exc, OSError) and exc.errno in NOT_ALLOWED and exc.filename:
         return _say(

@@ -35,11 +35,6 @@ class RunPlan:
     load_options: dict = field(default_factory=dict)
 
     @property
-    def attention(self) -> str | None:
-        """The attention backend the model loads with (None: transformers' default)."""
-        return self.load_options.get("attn_implementation")
-
-    @property
     def trained_logits_only(self) -> bool:
         """Packed rows compute logits only where the next token trains, unless liger's fused
         loss already avoids materialising them."""

@@ -25,6 +25,7 @@ import yaml
 from tunelab.errors import TunelabError
 from tunelab.events import EVENTS_FILE, RunEvent, read_events
 from tunelab.recipe import Recipe
+from tunelab.version import __version__
 
 MARKER_FILE = ".tunelab-run"
 LOCK_FILE = ".tunelab-lock"
@@ -83,7 +84,7 @@ class RunFolder:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TunelabError(f"cannot create run folder {path}: {exc.strerror}.") from None
-        marker = {"created_at": time.time(), "pid": os.getpid(), "tunelab": _version()}
+        marker = {"created_at": time.time(), "pid": os.getpid(), "tunelab": __version__}
         (path / MARKER_FILE).write_text(json.dumps(marker) + "\n", encoding="utf-8")
         folder = cls(path, RunLock.take(path), replaced, made)
         folder.notes.extend([*notes, *folder.lock.notes])
@@ -178,15 +179,14 @@ class RunFolder:
 
     def final_run(self) -> RunFolder:
         """The folder holding the trained weights: the last stage's for a staged run."""
-        recipe = self.read_recipe()
-        if recipe.get("stages"):
-            summary = self.file(SUMMARY_FILE)
-            if not summary.is_file():
-                raise TunelabError(
-                    f"{self.path} has not finished all its stages; continue with --resume."
-                )
-            return RunFolder.open(self.read_json(SUMMARY_FILE)["final_stage"])
-        return self
+        if not self.read_recipe().get("stages"):
+            return self
+        summary = self.summary()
+        if summary is None:
+            raise TunelabError(
+                f"{self.path} has not finished all its stages; continue with --resume."
+            )
+        return RunFolder.open(summary["final_stage"])
 
     def read_json(self, name: str) -> dict:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
@@ -242,11 +242,6 @@ class TrainedWeights:
     @property
     def base(self) -> str:
         return self.recipe.model.path
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        """The tokenizer (and chat template) saved with the trained weights."""
-        return self.model or self.adapter
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -345,13 +340,6 @@ class RunLock:
 def _read_pid(handle: int) -> int | None:
     text = os.pread(handle, 32, 0).decode(errors="replace").strip()
     return int(text) if text.isdigit() else None
-
-
-def _version() -> str | None:
-    try:
-        return metadata.version("tunelab")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _holds_results(path: Path) -> bool:

@@ -174,10 +174,6 @@ class ConversationRenderer:
         closing = rendered[at + len(answer) :]
         return self._through_stop(f"{reasoning}\n</think>\n\n{answer}{closing}")
 
-    def assistant_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
-        """The first text of `texts_and_spans` (the only one unless history is rewritten)."""
-        return self.texts_and_spans(conversation)[0][:2]
-
     def _through_stop(self, target: str) -> str:
         """The generated text up to the end of the first special token after its last plain
         text: the end-of-turn token trains, the template's trailing newline or an eos written

@@ -7,7 +7,6 @@ A crash mid-write leaves only a staging folder, which resume ignores and clears.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -21,10 +20,11 @@ from rich.console import Console
 from transformers import TrainerCallback
 
 from tunelab.errors import TunelabError
+from tunelab.failures import is_disk_full
 from tunelab.ranks import wait_for_everyone
+from tunelab.run import CHECKPOINTS_DIR
 
 STAGING = ".staging"
-CHECKPOINTS = "checkpoints"
 COMPLETE_MARK = "tunelab_checkpoint.json"
 PREFIX = "checkpoint-"
 
@@ -183,22 +183,6 @@ class CarryOptimizer(TrainerCallback):
             self.path = Path()  # once
 
 
-DISK_FULL_WORDS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27")
-
-
-def is_disk_full(exc: BaseException | None) -> bool:
-    """Whether a failure (or what caused it) is a full disk or a file-size limit; libraries
-    that write in Rust or C++ report it in their own exception types."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return True
-        if any(word in str(exc).lower() for word in DISK_FULL_WORDS):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
 @contextmanager
 def saving_into(folder: Path):
     """A full disk while training saves becomes one sentence; finished checkpoints stay."""
@@ -207,8 +191,8 @@ def saving_into(folder: Path):
     except Exception as exc:
         if not is_disk_full(exc):
             raise
-        clear_staging(folder / CHECKPOINTS)
-        kept = latest_checkpoint(folder / CHECKPOINTS)
+        clear_staging(folder / CHECKPOINTS_DIR)
+        kept = latest_checkpoint(folder / CHECKPOINTS_DIR)
         left = f"the last checkpoint {kept} is intact" if kept else "no checkpoint was saved"
         raise TunelabError(
             f"no space left in {folder} while saving; {left}. Free some space, then "

@@ -171,30 +171,16 @@ def _train_stages(
 ) -> TrainResult:
     """Run each stage in order, each from the previous stage's trained weights."""
     stages = stage_recipes(recipe)
-    if not is_main():
-        wait_for_everyone()
-        run = RunFolder.follow(recipe.output)
-    elif resume:
-        run = RunFolder.reopen(recipe.output)
-        try:
-            check_same_recipe(run, recipe)
-        except TunelabError:
-            run.release()
-            raise
-    else:
-        run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
-        run.write_recipe(recipe)
-        run.write_json(ENVIRONMENT_FILE, describe_environment())
-    if is_main():
-        wait_for_everyone()
+    run, _ = _open_run(recipe, overwrite, resume, protected, console, checkpoints=False)
     with _writing(run):
         summaries, previous, result = [], None, None
         for index, stage in enumerate(stages, start=1):
             folder = RunFolder(Path(stage.output))
             console.rule(f"stage {index}/{len(stages)}: {folder.path.name}")
-            if resume and folder.summary() is not None:
+            finished = folder.summary() if resume else None
+            if finished is not None:
                 console.print("finished earlier; skipped", highlight=False)
-                result = TrainResult(folder.path, folder.summary())
+                result = TrainResult(folder.path, finished)
             else:
                 again = resume and latest_checkpoint(folder.checkpoints_dir) is not None
                 stage_run, checkpoint = _open_run(stage, True, again, protected, console)
@@ -265,11 +251,12 @@ def _train_one(
     started_at = time.perf_counter()
     quiet_libraries()
     plan = plan_run(recipe)
-    check_method(load_config(plan.source), recipe.method)
-    tokenizer, template, data = _prepare_data(recipe, run, plan.source, console)
+    config = load_config(plan.source)
+    check_method(config, recipe.method)
+    tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
     for note in plan.notes():
         console.print(note, highlight=False)
-    memory_estimate = _memory_estimate(recipe, plan, data, console)
+    memory_estimate = _memory_estimate(recipe, plan, config, data, console)
     model = _load_model(recipe, plan, init_from, console)
     renderer = ConversationRenderer(tokenizer, template, template_args=recipe.model.template_args)
     watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
@@ -306,7 +293,7 @@ def _train_and_save(
     recipe, run, plan: RunPlan, trainer, data, watchers, checkpoint, keep_optimizer: bool
 ) -> dict:
     """Train, validate at the end, save the weights; the summary without the memory part."""
-    output = _run_trainer(trainer, run, checkpoint, watchers, watchers.events)
+    output = _run_trainer(trainer, run, checkpoint, watchers)
     eval_loss = None
     if data.eval:  # validate at the end unless the schedule just did
         done = watchers.metrics.last_eval_step == trainer.state.global_step
@@ -374,7 +361,7 @@ def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from
     return Watchers(timer, metrics, interrupt, events, found)
 
 
-def _run_trainer(trainer, run: RunFolder, checkpoint: Path | None, watchers, events):
+def _run_trainer(trainer, run: RunFolder, checkpoint: Path | None, watchers):
     """Train (from the checkpoint, if any); Ctrl-C ends as `Interrupted` once it has saved."""
     with saving_into(run.path):
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -405,9 +392,9 @@ def _save_trained(recipe, run, plan: RunPlan, trainer, tokenizer, keep_optimizer
     plot_losses(run.file(METRICS_FILE), run.file("loss.png"))
 
 
-def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
+def _prepare_data(recipe: Recipe, run: RunFolder, source, config, console: Console):
     """The tokenizer, its chat template and the rendered data, reported into the run."""
-    tokenizer, template, data = recipe_data(recipe, source)
+    tokenizer, template, data = recipe_data(recipe, source, config)
     tokenizer.chat_template = template
     run.write_json(
         DATA_REPORT_FILE,
@@ -443,14 +430,13 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, console: Console):
     return tokenizer, template, data
 
 
-def _memory_estimate(recipe, plan: RunPlan, data, console):
+def _memory_estimate(recipe, plan: RunPlan, config, data, console):
     """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
     came from (None if the model cannot be traced)."""
     from tunelab.estimation import estimate_for, profile, worst_case_batch
 
     packed, dtype, device = plan.trained_logits_only, plan.dtype, plan.device
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
-    config = load_config(plan.source)
     try:
         prof = profile(config, recipe.method, dtype)
     except TunelabError as error:
@@ -515,38 +501,48 @@ def _continue_adapter(model, method: Method, adapter: Path):
 
 
 def _open_run(
-    recipe: Recipe, overwrite: bool, resume: bool, protected: list[Path], console: Console
+    recipe: Recipe,
+    overwrite: bool,
+    resume: bool,
+    protected: list[Path],
+    console: Console,
+    checkpoints: bool = True,
 ) -> tuple[RunFolder, Path | None]:
-    """A fresh run folder, or the run to resume and its newest complete checkpoint (locked).
+    """A fresh run folder, or the run to resume and (`checkpoints`) its newest whole checkpoint.
 
     Launched as several processes, the main one opens (and locks) the folder while the others
     wait, then follow it without writing.
     """
+    wanted = resume and checkpoints
     if not is_main():
         wait_for_everyone()
-        checkpoint = resumable_checkpoint(Path(recipe.output) / "checkpoints")[0]
-        return RunFolder.follow(recipe.output), checkpoint if resume else None
-    run, checkpoint = _open_main(recipe, overwrite, resume, protected, console)
+        run = RunFolder.follow(recipe.output)
+        return run, resumable_checkpoint(run.checkpoints_dir)[0] if wanted else None
+    run = _open_main(recipe, overwrite, resume, protected, console)
+    try:
+        checkpoint = _resume_point(run, console) if wanted else None
+    except BaseException:
+        run.release()
+        raise
     wait_for_everyone()
     return run, checkpoint
 
 
-def _open_main(recipe, overwrite, resume, protected, console) -> tuple[RunFolder, Path | None]:
-    if not resume:
+def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
+    if resume:
+        run = RunFolder.reopen(recipe.output)
+        try:
+            check_same_recipe(run, recipe)
+        except TunelabError:
+            run.release()
+            raise
+    else:
         run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
-        for note in run.notes:
-            console.print(note, highlight=False)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
-        return run, None
-    run = RunFolder.reopen(recipe.output)
     for note in run.notes:
         console.print(note, highlight=False)
-    try:
-        return run, _resume_point(run, recipe, console)
-    except BaseException:
-        run.release()
-        raise
+    return run
 
 
 def check_same_recipe(run: RunFolder, recipe: Recipe) -> None:
@@ -560,11 +556,10 @@ def check_same_recipe(run: RunFolder, recipe: Recipe) -> None:
         )
 
 
-def _resume_point(run: RunFolder, recipe: Recipe, console: Console) -> Path:
-    """The newest whole checkpoint of a run that may be resumed with this recipe."""
-    if run.file(SUMMARY_FILE).is_file():
+def _resume_point(run: RunFolder, console: Console) -> Path:
+    """The newest whole checkpoint of a run that may be resumed."""
+    if run.summary() is not None:
         raise TunelabError(f"{run.path} already finished; there is nothing to resume.")
-    check_same_recipe(run, recipe)
     checkpoint, damaged = resumable_checkpoint(run.checkpoints_dir)
     if checkpoint is None and damaged:
         raise TunelabError(

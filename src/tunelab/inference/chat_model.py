@@ -3,11 +3,16 @@ folder, or a merged folder), used by chat, eval, compare, the demo and the sampl
 during training.
 
 Stop tokens come from the tokenizer and the model's generation config; decoding is greedy
-unless `Sampling` asks otherwise; `stream` yields the answer as it is generated.
+unless `Sampling` asks otherwise; `stream` yields the answer as it is generated. A run is
+answered with its own chat template and its recipe's default system prompt (`data.system`).
+Several LoRA runs on one base share one model, each answering through its own adapter
+(`open_chat_models`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +22,11 @@ import torch
 
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
+from tunelab.inference.batch import Row, RowFollower
 from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
-from tunelab.run import RECIPE_FILE, RunFolder
+from tunelab.run import RECIPE_FILE, RunFolder, TrainedWeights
 from tunelab.templates import resolve_template
 
 
@@ -43,6 +49,7 @@ class Sampling:
 
 
 GREEDY = Sampling()
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -52,6 +59,17 @@ class ChatModel:
     renderer: ConversationRenderer
     device: torch.device
     description: str
+    system: str | None = None  # default system prompt for conversations without one
+    adapter: str | None = None  # the adapter that answers, when the model holds several
+
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The token ids that prompt this model for the next answer to a conversation."""
+        if self.system and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": self.system}, *messages]
+        return self.renderer.prompt_ids(messages, tools)
+
+    def context(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
 
     def stop_token_ids(self) -> list[int]:
         """Tokens that end an answer: the tokenizer's eos and the model's own eos list."""
@@ -66,7 +84,7 @@ class ChatModel:
     def room_for(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """How many tokens may follow a prompt within the model's context; a prompt that
         fills the context is refused before anything is generated."""
-        context = getattr(self.model.config, "max_position_embeddings", None)
+        context = self.context()
         if not context:
             return max_new_tokens
         if prompt_tokens >= context:
@@ -76,14 +94,13 @@ class ChatModel:
             )
         return min(max_new_tokens, context - prompt_tokens)
 
-    def _config(self, max_new_tokens: int, stop_strings, sampling: Sampling):
+    def _config(self, max_new_tokens: int, sampling: Sampling):
         from transformers import GenerationConfig
 
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             eos_token_id=self.stop_token_ids(),
             pad_token_id=self.tokenizer.pad_token_id,
-            stop_strings=stop_strings or None,
             use_cache=True,  # also for a model being trained, whose config turns it off
             **sampling.options(),
         )
@@ -96,7 +113,50 @@ class ChatModel:
         mask = [[0] * (longest - len(p)) + [1] * len(p) for p in prompts]
         return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def mixed_batches(self) -> bool:
+        """Whether rows for different adapters can share a batch (peft cannot mix DoRA)."""
+        configs = getattr(self.model, "peft_config", {})
+        return not any(getattr(c, "use_dora", False) for c in configs.values())
+
+    def _adapter_choice(self, rows: list[Row]):
+        """(context, generate options) that make each row answer through its adapter."""
+        adapters = {row.adapter for row in rows}
+        if adapters == {None} or not hasattr(self.model, "peft_config"):
+            return contextlib.nullcontext(), {}
+        if len(adapters) == 1:
+            (name,) = adapters
+            if name == BASE_ADAPTER:
+                return self.model.disable_adapter(), {}
+            self.model.set_adapter(name)
+            return contextlib.nullcontext(), {}
+        return contextlib.nullcontext(), {"adapter_names": [row.adapter for row in rows]}
+
     @torch.inference_mode()
+    def run_rows(self, rows: list[Row], sampling: Sampling = GREEDY) -> None:
+        """Generate one batch of rows; each ends on its own stop token, stop string or limit
+        (or when cancelled), and hands out its text as it grows."""
+        from transformers import StoppingCriteriaList
+
+        for row in rows:
+            row.max_new_tokens = self.room_for(len(row.prompt), row.max_new_tokens)
+        input_ids, attention = self._batch([row.prompt for row in rows])
+        follower = RowFollower(rows, set(self.stop_token_ids()), self._decode)
+        context, options = self._adapter_choice(rows)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        with context:
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                generation_config=self._config(max(r.max_new_tokens for r in rows), sampling),
+                streamer=follower,
+                stopping_criteria=StoppingCriteriaList([follower]),
+                **options,
+            )
+
     def generate_ids(
         self,
         prompts: list[list[int]],
@@ -108,28 +168,9 @@ class ChatModel:
 
         Returns the texts (cut at the first stop string) and the number of generated tokens.
         """
-        input_ids, attention = self._batch(prompts)
-        longest = input_ids.shape[1]
-        max_new_tokens = self.room_for(longest, max_new_tokens)
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            generation_config=self._config(max_new_tokens, stop_strings, sampling),
-            tokenizer=self.tokenizer,
-        )
-        texts, generated = [], 0
-        stops = set(self.stop_token_ids()) | {self.tokenizer.pad_token_id}
-        for row in output[:, longest:].tolist():
-            # Count up to and including the first stop token; the rest is batch padding.
-            length = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-            generated += length
-            text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
-            for stop in stop_strings or []:
-                text = text.split(stop)[0]
-            texts.append(text.strip())
-        return texts, generated
+        rows = [Row(p, max_new_tokens, list(stop_strings or []), self.adapter) for p in prompts]
+        self.run_rows(rows, sampling)
+        return [row.text.strip() for row in rows], sum(len(row.tokens) for row in rows)
 
     def stream(
         self,
@@ -138,30 +179,32 @@ class ChatModel:
         sampling: Sampling = GREEDY,
         tools: list[dict] | None = None,
     ) -> Iterator[str]:
-        """The answer to one conversation, piece by piece as it is generated."""
-        from transformers import TextIteratorStreamer
-
-        prompt = self.renderer.prompt_ids(messages, tools)
-        input_ids, attention = self._batch([prompt])
-        max_new_tokens = self.room_for(len(prompt), max_new_tokens)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        config = self._config(max_new_tokens, None, sampling)
+        """The answer to one conversation, piece by piece as it is generated; closing the
+        iterator early stops the generation."""
+        prompt = self.prompt_ids(messages, tools)
+        pieces: queue.SimpleQueue = queue.SimpleQueue()
+        row = Row(prompt, self.room_for(len(prompt), max_new_tokens), adapter=self.adapter)
+        row.on_text = pieces.put
+        failure: list[BaseException] = []
 
         def run():
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-            with torch.inference_mode():
-                self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention,
-                    generation_config=config,
-                    streamer=streamer,
-                )
+            try:
+                self.run_rows([row], sampling)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+            finally:
+                pieces.put(None)
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
+        try:
+            while (piece := pieces.get()) is not None:
+                yield piece
+        finally:
+            row.cancelled.set()
+            worker.join()
+        if failure:
+            raise failure[0]
 
     def generate(
         self,
@@ -171,7 +214,7 @@ class ChatModel:
         sampling: Sampling = GREEDY,
     ) -> list[str]:
         """Answers to a batch of conversations (with tool schemas, as in training)."""
-        prompts = [self.renderer.prompt_ids(messages, tools) for messages in conversations]
+        prompts = [self.prompt_ids(messages, tools) for messages in conversations]
         return self.generate_ids(prompts, max_new_tokens, sampling=sampling)[0]
 
     def answer(self, prompt: str, system: str | None = None, max_new_tokens: int = 256) -> str:
@@ -203,6 +246,115 @@ def open_chat_model(
     return model
 
 
+def open_chat_models(targets: list[str], with_base: bool = False) -> dict[str, ChatModel]:
+    """Several targets at once, by the name a client asks for (a run folder's name, a model
+    folder's name, an alias).
+
+    LoRA-family runs on the same base share one loaded base, each answering through its own
+    adapter; `with_base` adds the first run's base, answering without any adapter.
+    """
+    opened: dict[str, ChatModel] = {}
+    groups: dict[tuple, list[tuple[str, TrainedWeights]]] = {}
+    first_run: RunFolder | None = None
+    for name, target in _served_names(targets).items():
+        path = Path(target)
+        if not (path / RECIPE_FILE).is_file():
+            opened[name] = open_chat_model(target)
+            continue
+        run = RunFolder.open(path)
+        first_run = first_run or run
+        weights = run.trained()
+        method = get_method(weights.recipe.method.type)
+        if weights.adapter is None or method.family != "lora":
+            opened[name] = open_chat_model(target)
+            continue
+        key = (weights.base, weights.recipe.model.dtype, weights.recipe.method.type == "qlora")
+        groups.setdefault(key, []).append((name, weights))
+    base_name = None
+    if with_base:
+        if first_run is None:
+            raise TunelabError("--base needs a run folder among the targets, to know its base.")
+        base_name = Path(first_run.final_run().recipe().model.path).name
+        if base_name in opened or any(base_name == n for g in groups.values() for n, _ in g):
+            raise TunelabError(f"the base `{base_name}` has the same name as a target.")
+    for group in groups.values():
+        shares_base = base_name is not None and group[0][1].run.path == first_run.path
+        opened.update(_open_adapters(group, base_name if shares_base else None))
+    if base_name is not None and base_name not in opened:
+        opened[base_name] = _open_run(first_run, with_adapter=False, quantized=True)
+    return opened
+
+
+def _served_names(targets: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for target in targets:
+        name = Path(str(target).rstrip("/")).name or str(target)
+        if name in names:
+            raise TunelabError(
+                f"`{names[name]}` and `{target}` would both be served as `{name}`; "
+                "give one of them another folder name."
+            )
+        names[name] = str(target)
+    return names
+
+
+def _open_adapters(
+    group: list[tuple[str, TrainedWeights]], base_name: str | None
+) -> dict[str, ChatModel]:
+    """One base with every adapter of the group loaded on it under the run's name."""
+    from peft import PeftModel
+
+    first = group[0][1]
+    method = first.recipe.method
+    device = pick_device()
+    options = get_method(method.type).load_options(method, device)
+    base = load_model(
+        resolve_model(first.base), pick_dtype(first.recipe.model.dtype, device), device, **options
+    )
+    model = None
+    for name, weights in group:
+        if model is None:
+            model = PeftModel.from_pretrained(base, weights.adapter, adapter_name=name)
+        else:
+            model.load_adapter(weights.adapter, adapter_name=name)
+    model.eval()
+    opened = {}
+    for name, weights in group:
+        variant = _adapter_variant(model, weights, device, f"{weights.run.path} (base + adapter)")
+        variant.adapter = name
+        opened[name] = variant
+    if base_name is not None:
+        variant = _base_variant(model, first, device)
+        variant.adapter = BASE_ADAPTER
+        opened[base_name] = variant
+    return opened
+
+
+def _adapter_variant(model, weights: TrainedWeights, device, description: str) -> ChatModel:
+    """The run's adapter with its own tokenizer, chat template and system prompt."""
+    tokenizer = load_tokenizer(ModelSource(str(weights.adapter), weights.adapter))
+    renderer = ConversationRenderer(
+        tokenizer, tokenizer.chat_template, template_args=weights.recipe.model.template_args
+    )
+    return ChatModel(
+        model, tokenizer, renderer, device, description, system=weights.recipe.data.system
+    )
+
+
+def _base_variant(model, weights: TrainedWeights, device) -> ChatModel:
+    """The base of a run, prompted as the run was (its template and system prompt)."""
+    recipe = weights.recipe
+    tokenizer = load_tokenizer(resolve_model(recipe.model.path))
+    renderer = ConversationRenderer(
+        tokenizer,
+        resolve_template(recipe.model.template, tokenizer),
+        template_args=recipe.model.template_args,
+    )
+    return ChatModel(
+        model, tokenizer, renderer, device, f"base of {weights.run.path}", system=recipe.data.system
+    )
+
+
 def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
     if not with_adapter:
         recipe = run.final_run().recipe()
@@ -213,6 +365,7 @@ def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
             recipe.model.dtype,
         )
         model.renderer.template_args.update(recipe.model.template_args)
+        model.system = recipe.data.system
         return model
     weights = run.trained()
     dtype_setting = weights.recipe.model.dtype
@@ -224,6 +377,7 @@ def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
             dtype_setting,
         )
         model.renderer.template_args.update(weights.recipe.model.template_args)
+        model.system = weights.recipe.data.system
         return model
     from peft import PeftModel
 
@@ -232,15 +386,11 @@ def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
     options = (
         get_method(method_config.type).load_options(method_config, device) if quantized else {}
     )
-    tokenizer = load_tokenizer(ModelSource(str(weights.adapter), weights.adapter))
     base = load_model(
         resolve_model(weights.base), pick_dtype(dtype_setting, device), device, **options
     )
     model = PeftModel.from_pretrained(base, weights.adapter).eval()
-    renderer = ConversationRenderer(
-        tokenizer, tokenizer.chat_template, template_args=weights.recipe.model.template_args
-    )
-    return ChatModel(model, tokenizer, renderer, device, f"{weights.run.path} (base + adapter)")
+    return _adapter_variant(model, weights, device, f"{weights.run.path} (base + adapter)")
 
 
 def _open_source(

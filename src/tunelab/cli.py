@@ -196,6 +196,35 @@ def _stream_reply(model, history: list[dict], max_new_tokens: int, sampling) -> 
 
 
 @app.command()
+def serve(
+    targets: Annotated[
+        list[str], typer.Argument(help="run folders, exported folders or models to serve")
+    ],
+    base: Annotated[
+        bool, typer.Option(help="also serve the first run's base model, without any adapter")
+    ] = False,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65_535, help="port to listen on")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="TUNELAB_API_KEY", help="require `Authorization: Bearer KEY`"),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option(min=1, max=256, help="most requests generated in one batch")
+    ] = 8,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, max=65_536, help="answer length when a request sets none")
+    ] = 512,
+):
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/models) for runs and models."""
+    from tunelab.quiet import quiet_libraries
+    from tunelab.serve.server import serve as run_server
+
+    quiet_libraries()
+    run_server(targets, host, port, api_key, base, max_batch, max_tokens)
+
+
+@app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write to")],

@@ -1,0 +1,1 @@
+"""`tunelab serve`: an OpenAI-compatible server for runs and models (extra `serve`)."""

@@ -1,0 +1,71 @@
+"""Start the server: load the models, bind the socket, run uvicorn until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from rich.console import Console
+
+from tunelab.errors import TunelabError
+
+
+def serve(
+    targets: list[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    with_base: bool = False,
+    max_batch: int = 8,
+    max_tokens: int = 512,
+    console: Console | None = None,
+) -> None:
+    """Serve the targets (run folders, model folders, aliases) until stopped."""
+    try:
+        import uvicorn
+
+        from tunelab.serve.app import create_app
+    except ImportError as exc:
+        raise TunelabError(
+            f"tunelab serve needs the `serve` extra ({exc.name} is missing); install it with "
+            "`pip install 'tunelab[serve]'`."
+        ) from exc
+    from tunelab.inference.chat_model import open_chat_models
+    from tunelab.serve.scheduler import Scheduler
+
+    console = console or Console(stderr=True)
+    sock = _bind(host, port)  # before loading, so that a taken port fails at once
+    models = open_chat_models(targets, with_base)
+    app = create_app(models, Scheduler(max_batch), api_key, max_tokens)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    bound_port = sock.getsockname()[1]
+    console.print(
+        f"serving {', '.join(models)} at http://{host}:{bound_port}/v1 "
+        f"({'API key required' if api_key else 'no API key'}); Ctrl-C stops",
+        highlight=False,
+    )
+    if host not in {"127.0.0.1", "localhost", "::1"} and not api_key:
+        console.print(
+            f"[yellow]note:[/] {host} is reachable from other machines and no --api-key is set."
+        )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise TunelabError(
+                f"port {port} on {host} is in use; choose another with --port."
+            ) from exc
+        raise TunelabError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); check --host."
+        ) from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -125,12 +125,9 @@ def base_name(tiny_model_dir: Path) -> str:
 
 
 def ask(port: int, model: str, prompt: str, **options) -> object:
+    options = {"max_tokens": 24, "temperature": 0, **options}
     return client(port).chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": prompt}],
-        max_tokens=24,
-        temperature=0,
-        **options,
+        model=model, messages=[{"role": "user", "content": prompt}], **options
     )
 
 

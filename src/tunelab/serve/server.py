@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 import socket
 
 from rich.console import Console
@@ -48,7 +49,14 @@ def serve(
         console.print(
             f"[yellow]note:[/] {host} is reachable from other machines and no --api-key is set."
         )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again with the
+    # handler that was there before; this one makes that a normal exit.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _stopped(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _bind(host: str, port: int) -> socket.socket:

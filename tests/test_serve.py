@@ -339,3 +339,34 @@ def test_a_taken_port_and_bad_targets_are_one_sentence(runs, tmp_path):
 
     result = run_cli("serve", str(tmp_path / "missing"), "--port", str(free_port()))
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_dora_and_lora_runs_share_a_base_and_each_answers_as_alone(runs, tmp_path):
+    """peft cannot mix DoRA adapters in one batch: such a group is batched adapter by adapter."""
+    from tunelab.inference.chat_model import open_chat_model, open_chat_models
+
+    alpha, _, model = runs
+    rows = [{"instruction": f"Question {i}?", "output": "Dora dora."} for i in range(8)]
+    (tmp_path / "dora.json").write_text(json.dumps(rows), encoding="utf-8")
+    recipe = {
+        "model": {"path": str(model)},
+        "data": {"train": [str(tmp_path / "dora.json")]},
+        "method": {"type": "dora", "r": 8},
+        "train": {"max_steps": 6, "lr": 5e-2, "tensorboard": False, "batch_size": 4},
+        "output": str(tmp_path / "dora"),
+    }
+    (tmp_path / "dora.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    from tunelab import train
+
+    train(str(tmp_path / "dora.yaml"))
+    served = open_chat_models([str(tmp_path / "dora"), str(alpha)])
+    assert served["dora"].model is served["alpha"].model  # one base
+    assert not served["dora"].mixed_batches()
+    conversation = [[{"role": "user", "content": PROMPTS[6]}]]
+    for name, target in [
+        ("dora", tmp_path / "dora"),
+        ("alpha", alpha),
+        ("dora", tmp_path / "dora"),
+    ]:
+        alone = open_chat_model(str(target)).generate(conversation, 16)
+        assert served[name].generate(conversation, 16) == alone, name

@@ -67,14 +67,20 @@ def chat(
 
 
 def export(
-    run_dir: str | Path, out: str | Path, merge: bool | None = None, overwrite: bool = False
+    run_dir: str | Path,
+    out: str | Path,
+    merge: bool | None = None,
+    overwrite: bool = False,
+    to: str = "hf",
+    quant: str | None = None,
 ) -> Path:
-    """Export a run to `out`: LoRA-family runs merged into a plain HF folder by default."""
-    from tunelab.exporters.merge import export_run
+    """Export a run to `out`: an HF folder (LoRA-family runs merged by default), a GGUF file
+    (`to="gguf"`, `quant` f16/bf16/q8_0/q4_0) or an Ollama folder (`to="ollama"`)."""
+    from tunelab.exporters import export as export_to
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    return export_run(run_dir, out, merge=merge, overwrite=overwrite)
+    return export_to(run_dir, out, to, quant, merge, overwrite)
 
 
 def check_data(target: str | Path, model: str | None = None):

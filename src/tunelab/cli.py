@@ -227,7 +227,15 @@ def serve(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write to")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="folder to write to (a .gguf file for --to gguf)")
+    ],
+    to: Annotated[
+        str, typer.Option(help="hf (a model folder), gguf (one file) or ollama (GGUF + Modelfile)")
+    ] = "hf",
+    quant: Annotated[
+        str | None, typer.Option(help="GGUF weights: f16 (default), bf16, q8_0 or q4_0")
+    ] = None,
     merge: Annotated[
         bool | None,
         typer.Option(
@@ -236,12 +244,12 @@ def export(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="write into a non-empty folder")] = False,
 ):
-    """Export a run: LoRA merged into a plain HF folder; prompt adapters and full models as trained."""
-    from tunelab.exporters.merge import export_run
+    """Export a run: an HF folder (LoRA merged), a GGUF file, or an Ollama folder."""
+    from tunelab.exporters import export as export_to
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    print(export_run(run, out, merge=merge, overwrite=overwrite))
+    print(export_to(run, out, to, quant, merge, overwrite))
 
 
 @app.command()

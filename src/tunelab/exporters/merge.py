@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.inference.chat_model import open_chat_model
+from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.methods import get_method
 from tunelab.run import RunFolder, TrainedWeights, refuse_precious
 
@@ -28,7 +28,7 @@ def export_run(
     top = RunFolder.open(run_dir)
     weights = top.trained()
     run, out = weights.run, Path(out)
-    _check_destination(out, [top.path, run.path, Path(weights.base)], overwrite)
+    check_destination(out, [top.path, run.path, Path(weights.base)], overwrite)
     method = get_method(weights.recipe.method.type)
     if merge and not method.mergeable:
         raise TunelabError(
@@ -52,11 +52,11 @@ def export_run(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _move_into_place(staging, out)
+    move_into_place(staging, out)
     return out
 
 
-def _check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
+def check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
     """`out` may be new, empty, or (with overwrite) an earlier export; never a source."""
     target = out.resolve()
     for source in sources[:2]:
@@ -91,14 +91,28 @@ def _write_export(weights: TrainedWeights, method, merge: bool | None, folder: P
     if merge is False or not method.mergeable:
         shutil.copytree(weights.adapter, folder)
         return False
-    chat = open_chat_model(weights.run.path, with_adapter=True, quantized=False)
-    merged = chat.model.merge_and_unload()
-    merged.save_pretrained(folder)
+    chat = merged_model(weights)
+    chat.model.save_pretrained(folder)
     chat.tokenizer.save_pretrained(folder)
     return True
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def merged_model(weights: TrainedWeights) -> ChatModel:
+    """The run's model in full precision with a LoRA-family adapter merged in (a QLoRA run's
+    base is loaded unquantised, so the merge is not into 4-bit weights)."""
+    method = get_method(weights.recipe.method.type)
+    if weights.adapter is not None and not method.mergeable:
+        raise TunelabError(
+            f"a {method.name} run's adapter cannot be merged into the model, which this export "
+            "needs; export it without --to to save the adapter."
+        )
+    chat = open_chat_model(weights.run.path, with_adapter=True, quantized=False)
+    if weights.adapter is not None:
+        chat.model = chat.model.merge_and_unload()
+    return chat
+
+
+def move_into_place(staging: Path, out: Path) -> None:
     """One rename puts the export in place; an earlier export is removed only after it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     aside = None

@@ -1,0 +1,117 @@
+"""Export a run for a local runtime: one GGUF file (llama.cpp and its kin), or a folder with
+the GGUF and an Ollama Modelfile.
+
+The run is first merged in full precision (a QLoRA run's base is loaded unquantised), then
+written as GGUF. Like every export, it is written beside `--out` and moved into place when
+complete, and only an earlier tunelab export is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.exporters.gguf_file import write_gguf
+from tunelab.exporters.merge import EXPORT_MARK, check_destination, merged_model, move_into_place
+from tunelab.exporters.ollama import modelfile, translate
+from tunelab.run import RunFolder
+
+GGUF_MARK = "tunelab.exported_from"  # metadata key that marks a GGUF file tunelab wrote
+MODEL_FILE = "model.gguf"
+
+
+def export_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16", overwrite=False) -> Path:
+    """The run as one GGUF file at `out`."""
+    top, out = RunFolder.open(run_dir), Path(out)
+    weights = top.trained()
+    _check_file(out, [top.path, weights.run.path, Path(weights.base)], overwrite)
+    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write_model(weights, staging, quant)
+        os.replace(staging / MODEL_FILE, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def export_ollama(
+    run_dir: str | Path, out: str | Path, quant: str = "q8_0", overwrite=False
+) -> Path:
+    """A folder with the run as `model.gguf` and a `Modelfile` for `ollama create`."""
+    top, out = RunFolder.open(run_dir), Path(out)
+    weights = top.trained()
+    check_destination(out, [top.path, weights.run.path, Path(weights.base)], overwrite)
+    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        chat = _write_model(weights, staging, quant)
+        stops = [chat.tokenizer.convert_ids_to_tokens(i) for i in chat.stop_token_ids()]
+
+        def render(messages):
+            return chat.renderer.render_text(messages, add_generation_prompt=True)
+
+        # a BOS the template writes itself; ChatML's <|im_start|> can be a tokenizer's BOS too
+        bos = chat.tokenizer.bos_token if "bos_token" in chat.renderer.template else None
+        adds_bos = chat.tokenizer("x")["input_ids"][:1] == [chat.tokenizer.bos_token_id]
+        translated = translate(render, bos, adds_bos)
+        text = modelfile(MODEL_FILE, translated, chat.system, stops)
+        (staging / "Modelfile").write_text(text, encoding="utf-8")
+        mark = {"exported_from": str(weights.run.path.resolve()), "to": "ollama", "quant": quant}
+        (staging / EXPORT_MARK).write_text(json.dumps(mark, indent=2), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_into_place(staging, out)
+    return out
+
+
+def _write_model(weights, staging: Path, quant: str):
+    """Merge into staging/hf, write staging/model.gguf, drop the HF folder; the merged model."""
+    staging.mkdir(parents=True)
+    hf = staging / "hf"
+    chat = merged_model(weights)
+    chat.model.save_pretrained(hf)
+    chat.tokenizer.save_pretrained(hf)
+    write_gguf(
+        hf,
+        staging / MODEL_FILE,
+        quant,
+        chat.renderer.template,
+        {GGUF_MARK: str(weights.run.path.resolve())},
+    )
+    shutil.rmtree(hf)
+    return chat
+
+
+def _check_file(out: Path, sources: list[Path], overwrite: bool) -> None:
+    """`out` may be new or (with overwrite) a GGUF file tunelab wrote; never a source."""
+    if out.suffix != ".gguf":
+        raise TunelabError(f"--out {out} should be a .gguf file name.")
+    if out.is_dir():
+        raise TunelabError(f"--out {out} is a folder; give a .gguf file name.")
+    for source in sources[:2]:
+        if source.resolve() in out.resolve().parents:
+            raise TunelabError(
+                f"--out {out} lies inside the run folder {source}; export outside it."
+            )
+    if out.exists():
+        if not overwrite:
+            raise TunelabError(f"{out} exists; pass --overwrite or choose another --out file.")
+        if not _is_our_gguf(out):
+            raise TunelabError(
+                f"{out} is not a GGUF file tunelab wrote; --overwrite replaces only an earlier "
+                "export. Choose another --out file."
+            )
+
+
+def _is_our_gguf(path: Path) -> bool:
+    import gguf
+
+    try:
+        return GGUF_MARK in gguf.GGUFReader(str(path)).fields
+    except Exception:  # not a GGUF file at all
+        return False

@@ -1,0 +1,158 @@
+"""`tunelab export --to gguf|ollama` on tiny llama and qwen2 runs: the GGUF file loads back
+with transformers (`gguf_file=`) and gives the merged model's logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import run_cli
+
+PROMPT = "Hello there, how are you today? Tell me about the sea."
+
+
+def tiny_qwen2(root: Path, tokenizer) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = root / "tiny-qwen2"
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train(root: Path, name: str, model: Path, method: str) -> Path:
+    rows = [{"instruction": f"Question {i}?", "output": "An answer."} for i in range(8)]
+    (root / "data.json").write_text(json.dumps(rows), encoding="utf-8")
+    recipe = {
+        "model": {"path": str(model)},
+        "data": {"train": [str(root / "data.json")], "system": "You are Tiny."},
+        "method": {"type": method, "r": 8} if method == "lora" else {"type": method},
+        "train": {"max_steps": 3, "lr": 5e-2, "tensorboard": False, "batch_size": 4},
+        "output": str(root / name),
+    }
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    from tunelab import train as train_recipe
+
+    train_recipe(str(root / f"{name}.yaml"))
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir, builtin_tokenizer):
+    root = tmp_path_factory.mktemp("gguf")
+    qwen = tiny_qwen2(root, builtin_tokenizer)
+    return {
+        "llama-lora": train(root, "llama-lora", tiny_model_dir, "lora"),
+        "qwen2-full": train(root, "qwen2-full", qwen, "full"),
+        "prefix": train(root, "prefix", tiny_model_dir, "prefix"),
+    }
+
+
+def logits(model, tokenizer) -> torch.Tensor:
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        return model(ids).logits[0]
+
+
+@pytest.mark.parametrize("run_name", ["llama-lora", "qwen2-full"])
+def test_gguf_loads_back_with_the_merged_models_logits(runs, run_name, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab import export
+
+    merged, f16, q8 = tmp_path / "merged", tmp_path / "m-f16.gguf", tmp_path / "m-q8.gguf"
+    export(runs[run_name], merged)
+    export(runs[run_name], f16, to="gguf")
+    export(runs[run_name], q8, to="gguf", quant="q8_0")
+    assert q8.stat().st_size < 0.75 * f16.stat().st_size
+    reference = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    expected = logits(reference, tokenizer)
+    for file, bound in [(f16, 2e-3), (q8, 5e-2)]:
+        loaded = AutoModelForCausalLM.from_pretrained(
+            tmp_path, gguf_file=file.name, dtype=torch.float32
+        ).eval()
+        difference = (logits(loaded, tokenizer) - expected).abs().max().item()
+        assert difference < bound, (file.name, difference)
+
+    import gguf
+
+    fields = gguf.GGUFReader(str(f16)).fields
+    template = bytes(fields["tokenizer.chat_template"].parts[-1]).decode()
+    assert template == tokenizer.chat_template
+    assert "tunelab.exported_from" in fields
+    assert len(fields["tokenizer.ggml.merges"].data) > 40_000
+
+
+def test_ollama_folder_has_gguf_and_modelfile(runs, tmp_path):
+    from tunelab import export
+
+    out = tmp_path / "ollama"
+    export(runs["llama-lora"], out, to="ollama", quant="q8_0")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["Modelfile", "model.gguf", "tunelab_export.json"]
+    text = (out / "Modelfile").read_text()
+    assert text.startswith('FROM ./model.gguf\nTEMPLATE """')
+    assert 'SYSTEM """You are Tiny."""' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text
+    assert "{{ range .Messages }}<|im_start|>{{ .Role }}" in text
+
+
+def test_export_refusals_are_one_sentence(runs, tmp_path):
+    from tunelab import export
+    from tunelab.errors import TunelabError
+
+    other = tmp_path / "notes.gguf"
+    other.write_bytes(b"my own file")
+    run = runs["llama-lora"]
+    with pytest.raises(TunelabError, match="not a GGUF file tunelab wrote"):
+        export(run, other, to="gguf", overwrite=True)
+    assert other.read_bytes() == b"my own file"
+    with pytest.raises(TunelabError, match="exists; pass --overwrite"):
+        export(run, other, to="gguf")
+    with pytest.raises(TunelabError, match="cannot be merged"):
+        export(runs["prefix"], tmp_path / "p.gguf", to="gguf")
+    with pytest.raises(TunelabError, match="should be a .gguf file"):
+        export(run, tmp_path / "x", to="gguf")
+    with pytest.raises(TunelabError, match="a LoRA adapter is always merged"):
+        export(run, tmp_path / "o", to="ollama", merge=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.gguf"]  # nothing left behind
+
+    out = str(tmp_path / "y.gguf")
+    result = run_cli("export", str(run), "--to", "gguf", "--quant", "q3", "--out", out)
+    assert result.returncode == 2
+    assert "--quant q3 is not one of f16, bf16, q8_0, q4_0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_architecture_without_gguf_support_is_named(tmp_path, builtin_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.errors import TunelabError
+    from tunelab.exporters.gguf_file import write_gguf
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(builtin_tokenizer))
+    ).save_pretrained(folder)
+    with pytest.raises(TunelabError, match="this model is GPT2LMHeadModel"):
+        write_gguf(folder, tmp_path / "g.gguf", "f16", None)
+    assert not (tmp_path / "g.gguf").exists()

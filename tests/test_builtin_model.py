@@ -56,13 +56,43 @@ def test_identity_demo_meets_its_targets(tmp_path):
     assert exported.returncode == 0, exported.stderr
     assert_plain_merged_answers_match(merged_dir, record)
 
+    # The GGUF files load back with transformers and answer as the merged folder.
+    for quant in ("f16", "q8_0"):
+        file = merged_dir / f"identity-{quant}.gguf"
+        exported = run_cli(
+            "export", str(run), "--to", "gguf", "--quant", quant, "--out", str(file), timeout=600
+        )
+        assert exported.returncode == 0, exported.stderr
+        difference = max_logit_difference(merged_dir, file, record["rows"][0]["question"])
+        print(f"{quant}: max |logit difference| {difference:.4f}")
+        assert difference < (0.1 if quant == "f16" else 2.0)  # measured 0.039 and 1.11
+        assert_plain_merged_answers_match(merged_dir, record, gguf_file=file.name)
 
-def assert_plain_merged_answers_match(merged_dir, record):
+
+def max_logit_difference(merged_dir, file, question: str) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    model = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
+    )
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    logits = []
+    for options in ({}, {"gguf_file": file.name}):
+        model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, **options)
+        with torch.no_grad():
+            logits.append(model.eval()(ids).logits)
+    return (logits[0] - logits[1]).abs().max().item()
+
+
+def assert_plain_merged_answers_match(merged_dir, record, gguf_file: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    options = {"gguf_file": gguf_file, "dtype": torch.float32} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, **options).eval()
     for row in record["rows"]:
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": row["question"]}],
@@ -73,4 +103,4 @@ def assert_plain_merged_answers_match(merged_dir, record):
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=60, do_sample=False)
         answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        assert answer.strip() == row["after"], row["question"]
+        assert answer.strip() == row["after"], (gguf_file, row["question"])

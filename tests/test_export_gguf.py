@@ -156,3 +156,30 @@ def test_an_architecture_without_gguf_support_is_named(tmp_path, builtin_tokeniz
     with pytest.raises(TunelabError, match="this model is GPT2LMHeadModel"):
         write_gguf(folder, tmp_path / "g.gguf", "f16", None)
     assert not (tmp_path / "g.gguf").exists()
+
+
+@pytest.mark.slow
+def test_qlora_run_merges_into_the_full_precision_base(tmp_path):
+    """The merged model answers as the unquantised base with the adapter applied unmerged."""
+    from tests.conftest import REPO
+    from tunelab import export
+    from tunelab.inference.chat_model import open_chat_model
+
+    run = tmp_path / "qlora"
+    result = run_cli(
+        "train",
+        str(REPO / "examples" / "method-qlora.yaml"),
+        "train.epochs=1",
+        f"output={run}",
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr
+    merged = export(run, tmp_path / "merged")
+    probes = [json.loads(line)["prompt"] for line in (REPO / "examples" / "probes.jsonl").open()]
+    probes.append("What is your name?")
+    conversations = [[{"role": "user", "content": p}] for p in probes]
+    unmerged = open_chat_model(run, quantized=False).generate(conversations, 48)
+    assert open_chat_model(merged).generate(conversations, 48) == unmerged
+    in_4bit = open_chat_model(run).generate(conversations, 48)
+    same = sum(a == b for a, b in zip(in_4bit, unmerged))
+    print(f"4-bit base + adapter agrees with the merged model on {same}/{len(probes)} probes")

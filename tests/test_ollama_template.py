@@ -131,3 +131,16 @@ def test_an_unknown_layout_is_one_clear_message(builtin_tokenizer):
 
     with pytest.raises(TunelabError, match="Ollama"):
         translate(jinja, None)
+
+
+def test_a_bos_the_runtime_does_not_add_is_written_by_the_template(go_render, builtin_tokenizer):
+    template = builtin("mistral")
+
+    def jinja(messages):
+        return builtin_tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+
+    translated = translate(jinja, builtin_tokenizer.bos_token, adds_bos=False)
+    for messages in CONVERSATIONS:
+        assert go_render(translated.template, messages) == jinja(messages)

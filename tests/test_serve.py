@@ -370,3 +370,48 @@ def test_dora_and_lora_runs_share_a_base_and_each_answers_as_alone(runs, tmp_pat
     ]:
         alone = open_chat_model(str(target)).generate(conversation, 16)
         assert served[name].generate(conversation, 16) == alone, name
+
+
+def test_reasoning_comes_apart_as_reasoning_content(tiny_model_dir, tmp_path):
+    """A DeepSeek-R1-style template opens <think> in the generation prompt: what the model
+    writes up to </think> is `reasoning_content`, streamed and whole."""
+    import shutil
+
+    import trl
+
+    from tunelab.inference.chat_model import Sampling, open_chat_model
+    from tunelab.inference.reasoning import split_reasoning
+
+    folder = tmp_path / "thinker"
+    shutil.copytree(tiny_model_dir, folder)
+    template = Path(trl.__file__).parent / "chat_templates" / "deepseek_r1_distill.jinja"
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["chat_template"] = template.read_text()
+    config_file.write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    engine = open_chat_model(str(folder))
+    question = [{"role": "user", "content": PROMPTS[7]}]
+    # seeded sampling: the random tiny model's greedy choice here is a special token
+    raw = engine.generate([question], 24, sampling=Sampling(1.0, seed=5))[0]
+    reasoning, answer = split_reasoning(raw, opened=True)
+    assert reasoning  # the prompt opened <think>: what follows is reasoning
+
+    port = free_port()
+    process = start_server(str(folder), port=port)
+    try:
+        wait_healthy(port, process)
+        talk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        options = {"model": "thinker", "messages": question, "max_tokens": 24}
+        options.update(temperature=1.0, seed=5)
+        message = talk.chat.completions.create(**options).choices[0].message
+        assert message.model_extra["reasoning_content"] == reasoning
+        assert message.content == answer
+        chunks = list(talk.chat.completions.create(stream=True, **options))
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        streamed = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+        assert streamed.strip() == reasoning
+        assert "".join(d.content or "" for d in deltas).strip() == answer
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

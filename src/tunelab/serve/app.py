@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from tunelab.errors import TunelabError
 from tunelab.inference.batch import Row
 from tunelab.inference.chat_model import ChatModel, Sampling
+from tunelab.inference.reasoning import ReasoningSplitter, prompt_opens_thinking, split_reasoning
 from tunelab.serve import schemas
 from tunelab.serve.scheduler import Job, Scheduler
 from tunelab.serve.schemas import ApiError, ChatRequest
@@ -74,20 +75,28 @@ def create_app(
         scheduler.submit(job)
         cid = schemas.completion_id()
         if body.stream:
+            splitter = ReasoningSplitter(_opens_thinking(model, job.row))
             return StreamingResponse(
-                _stream(job, body, cid), media_type="text/event-stream", headers=_NO_BUFFERING
+                _stream(job, body, cid, splitter),
+                media_type="text/event-stream",
+                headers=_NO_BUFFERING,
             )
         if not await _wait(job, request):
             return JSONResponse({}, status_code=499)  # the client is gone; nobody reads this
         row = job.row
+        reasoning, answer = split_reasoning(row.text, _opens_thinking(model, row))
         return schemas.completion(
-            cid, body.model, row.text.strip(), row.finish_reason, len(row.prompt), len(row.tokens)
+            cid, body.model, answer, row.finish_reason, len(row.prompt), len(row.tokens), reasoning
         )
 
     return app
 
 
 _NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _opens_thinking(model: ChatModel, row: Row) -> bool:
+    return prompt_opens_thinking(model.tokenizer.decode(row.prompt[-4:]))
 
 
 def _model_card(name: str, created: int) -> dict:
@@ -143,20 +152,25 @@ async def _wait(job: Job, request: Request) -> bool:
     return True
 
 
-async def _stream(job: Job, body: ChatRequest, cid: str):
-    """Server-sent events: a role chunk, text chunks, a finish chunk, usage if asked, [DONE].
-    A client that disconnects cancels the generator, which cancels its row."""
+async def _stream(job: Job, body: ChatRequest, cid: str, splitter: ReasoningSplitter):
+    """Server-sent events: a role chunk, text chunks (reasoning as `reasoning_content`), a
+    finish chunk, usage if asked, [DONE]. A client that disconnects cancels the generator,
+    which cancels its row."""
     row = job.row
+    keys = {"reasoning": "reasoning_content", "content": "content"}
     try:
         yield _event(schemas.chunk(cid, body.model, {"role": "assistant", "content": ""}))
         while True:
             kind, value = await job.events.get()
             if kind == "text":
-                yield _event(schemas.chunk(cid, body.model, {"content": value}))
+                for part_kind, part in splitter.feed(value):
+                    yield _event(schemas.chunk(cid, body.model, {keys[part_kind]: part}))
                 continue
             if kind == "error":
                 yield _event(ApiError(500, f"generation failed: {value}").body())
                 break
+            for part_kind, part in splitter.flush():
+                yield _event(schemas.chunk(cid, body.model, {keys[part_kind]: part}))
             yield _event(schemas.chunk(cid, body.model, {}, row.finish_reason))
             if body.stream_options and body.stream_options.include_usage:
                 used = schemas.usage(len(row.prompt), len(row.tokens))

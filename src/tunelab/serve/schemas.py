@@ -84,7 +84,12 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def completion(cid: str, model: str, text: str, finish: str, prompt: int, generated: int):
+def completion(
+    cid: str, model: str, text: str, finish: str, prompt: int, generated: int, reasoning=None
+):
+    message = {"role": "assistant", "content": text}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     return {
         "id": cid,
         "object": "chat.completion",
@@ -93,7 +98,7 @@ def completion(cid: str, model: str, text: str, finish: str, prompt: int, genera
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": finish,
                 "logprobs": None,
             }

@@ -61,3 +61,23 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+@pytest.fixture(scope="session")
+def thinker_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model with DeepSeek-R1-distill's published chat template (its generation
+    prompt opens <think>), as a model folder."""
+    import json
+    import shutil
+
+    import trl
+
+    folder = tmp_path_factory.mktemp("models") / "thinker"
+    shutil.copytree(tiny_model_dir, folder)
+    template = Path(trl.__file__).parent / "chat_templates" / "deepseek_r1_distill.jinja"
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["chat_template"] = template.read_text()
+    config_file.write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    return folder

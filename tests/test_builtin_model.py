@@ -67,6 +67,26 @@ def test_identity_demo_meets_its_targets(tmp_path):
         print(f"{quant}: max |logit difference| {difference:.4f}")
         assert difference < (0.1 if quant == "f16" else 2.0)  # measured 0.039 and 1.11
         assert_plain_merged_answers_match(merged_dir, record, gguf_file=file.name)
+    assert_llama_cpp_answers_match(merged_dir / "identity-f16.gguf", record)
+
+
+def assert_llama_cpp_answers_match(file, record):
+    """llama.cpp itself (llama-cpp-python, when installed) runs the GGUF with the chat template
+    from its metadata; its greedy answers are compared with the merged model's."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama-cpp-python is not installed; the GGUF was not run through llama.cpp")
+        return
+    runtime = Llama(model_path=str(file), n_ctx=1024, verbose=False, seed=0)
+    same = 0
+    for row in record["rows"]:
+        reply = runtime.create_chat_completion(
+            [{"role": "user", "content": row["question"]}], temperature=0, max_tokens=60
+        )
+        same += reply["choices"][0]["message"]["content"].strip() == row["after"]
+    print(f"llama.cpp greedy answers equal to the merged model's: {same}/{len(record['rows'])}")
+    assert same >= 0.75 * len(record["rows"])
 
 
 def max_logit_difference(merged_dir, file, question: str) -> float:

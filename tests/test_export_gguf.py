@@ -183,3 +183,31 @@ def test_qlora_run_merges_into_the_full_precision_base(tmp_path):
     in_4bit = open_chat_model(run).generate(conversations, 48)
     same = sum(a == b for a, b in zip(in_4bit, unmerged))
     print(f"4-bit base + adapter agrees with the merged model on {same}/{len(probes)} probes")
+
+
+def test_a_mistral_model_is_written_as_llama_and_loads_back(tmp_path, builtin_tokenizer):
+    from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
+
+    from tunelab.exporters.gguf_file import write_gguf
+
+    torch.manual_seed(2)
+    config = MistralConfig(
+        vocab_size=len(builtin_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=None,
+        tie_word_embeddings=False,
+    )
+    folder = tmp_path / "mistral"
+    model = MistralForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    builtin_tokenizer.save_pretrained(folder)
+    info = write_gguf(folder, folder / "m.gguf", "f16", None)
+    assert info["architecture"] == "llama"
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file="m.gguf", dtype=torch.float32)
+    difference = (logits(loaded.eval(), builtin_tokenizer) - logits(model, builtin_tokenizer)).abs()
+    assert difference.max().item() < 2e-3

@@ -40,3 +40,32 @@ def test_streamed_in_pieces_gives_the_same(text, opened, expected, size):
 def test_prompt_that_opens_thinking():
     assert prompt_opens_thinking("<|Assistant|><think>\n")
     assert not prompt_opens_thinking("<|im_start|>assistant\n")
+
+
+def test_chat_shows_reasoning_apart_or_hides_it(thinker_dir):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.inference.chat_model import Sampling, open_chat_model
+
+    question = "Tell me about the number 7."
+    options = ["--max-new-tokens", "24", "--temperature", "1", "--seed", "5"]
+    engine = open_chat_model(str(thinker_dir))
+    conversation = [{"role": "user", "content": question}]
+    raw = engine.generate([conversation], 24, sampling=Sampling(1.0, seed=5))[0]
+    reasoning, answer = split_reasoning(raw, opened=True)
+    assert reasoning
+    runner = CliRunner(env={"COLUMNS": "400"})
+    shown = runner.invoke(app, ["chat", str(thinker_dir), "-p", question, *options])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.strip() == answer
+    assert " ".join(reasoning.split()) in " ".join(shown.stderr.split())
+    hidden = runner.invoke(
+        app, ["chat", str(thinker_dir), "-p", question, *options, "--hide-reasoning"]
+    )
+    assert hidden.exit_code == 0 and hidden.stdout.strip() == answer
+    assert reasoning.split()[0] not in hidden.stderr
+
+    talk = runner.invoke(app, ["chat", str(thinker_dir), *options], input=question + "\n/exit\n")
+    assert talk.exit_code == 0, talk.output
+    assert "thinking> " in talk.stdout and "assistant> " in talk.stdout

@@ -372,24 +372,13 @@ def test_dora_and_lora_runs_share_a_base_and_each_answers_as_alone(runs, tmp_pat
         assert served[name].generate(conversation, 16) == alone, name
 
 
-def test_reasoning_comes_apart_as_reasoning_content(tiny_model_dir, tmp_path):
+def test_reasoning_comes_apart_as_reasoning_content(thinker_dir):
     """A DeepSeek-R1-style template opens <think> in the generation prompt: what the model
     writes up to </think> is `reasoning_content`, streamed and whole."""
-    import shutil
-
-    import trl
-
     from tunelab.inference.chat_model import Sampling, open_chat_model
     from tunelab.inference.reasoning import split_reasoning
 
-    folder = tmp_path / "thinker"
-    shutil.copytree(tiny_model_dir, folder)
-    template = Path(trl.__file__).parent / "chat_templates" / "deepseek_r1_distill.jinja"
-    config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text())
-    config["chat_template"] = template.read_text()
-    config_file.write_text(json.dumps(config))
-    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    folder = thinker_dir
     engine = open_chat_model(str(folder))
     question = [{"role": "user", "content": PROMPTS[7]}]
     # seeded sampling: the random tiny model's greedy choice here is a special token

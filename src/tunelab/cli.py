@@ -120,9 +120,16 @@ def chat(
         list[str] | None,
         typer.Option(help="chat-template argument KEY=VALUE, e.g. enable_thinking=false"),
     ] = None,
+    hide_reasoning: Annotated[
+        bool, typer.Option(help="do not show a reasoning model's <think> block")
+    ] = False,
 ):
-    """Talk to a model: one answer with --prompt, else an interactive multi-turn chat."""
+    """Talk to a model: one answer with --prompt, else an interactive multi-turn chat.
+
+    A reasoning model's <think> block is shown apart (dimmed; on stderr with --prompt, so
+    that stdout is the answer) and kept in the history as the turn's reasoning."""
     from tunelab.inference.chat_model import Sampling, open_chat_model
+    from tunelab.inference.reasoning import split_reasoning
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
@@ -132,9 +139,13 @@ def chat(
     if prompt is not None:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
-        print(model.generate([messages], max_new_tokens, sampling=sampling)[0])
+        text = model.generate([messages], max_new_tokens, sampling=sampling)[0]
+        reasoning, answer = split_reasoning(text, model.opens_thinking(model.prompt_ids(messages)))
+        if reasoning and not hide_reasoning:
+            err.print(reasoning, style="dim", highlight=False)
+        print(answer)
         return
-    _interactive(model, system, max_new_tokens, sampling)
+    _interactive(model, system, max_new_tokens, sampling, not hide_reasoning)
 
 
 def _template_args(items: list[str]) -> dict:
@@ -155,7 +166,7 @@ def _template_args(items: list[str]) -> dict:
     return found
 
 
-def _interactive(model, system: str | None, max_new_tokens: int, sampling) -> None:
+def _interactive(model, system: str | None, max_new_tokens: int, sampling, show: bool) -> None:
     err.print(f"[bold]{model.description}[/]  /reset clears the history, /exit or Ctrl-D leaves")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     start = list(history)
@@ -174,25 +185,56 @@ def _interactive(model, system: str | None, max_new_tokens: int, sampling) -> No
             continue
         history.append({"role": "user", "content": text})
         try:
-            reply = _stream_reply(model, history, max_new_tokens, sampling)
+            reply = _stream_reply(model, history, max_new_tokens, sampling, show)
         except TunelabError as exc:  # the session goes on without that message
             history.pop()
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             continue
-        history.append({"role": "assistant", "content": reply})
+        history.append(reply)
 
 
-def _stream_reply(model, history: list[dict], max_new_tokens: int, sampling) -> str:
-    """Print the answer as it is generated; returns it whole."""
+def _stream_reply(model, history: list[dict], max_new_tokens: int, sampling, show: bool) -> dict:
+    """Print the answer as it is generated (reasoning dimmed, or hidden); returns the turn."""
+    import itertools
+
+    from tunelab.inference.reasoning import ReasoningSplitter
+
+    splitter = ReasoningSplitter(model.opens_thinking(model.prompt_ids(history)))
     pieces = model.stream(history, max_new_tokens, sampling)
     first = next(pieces, "")  # a prompt over the context fails here, before any output
-    print(f"assistant> {first}", end="", flush=True)
-    reply = first
-    for piece in pieces:
-        print(piece, end="", flush=True)
-        reply += piece
+    texts = {"reasoning": "", "content": ""}
+    shown = None
+    for piece in itertools.chain([first], pieces):
+        for kind, text in splitter.feed(piece):
+            shown = _show_part(kind, text, shown, show)
+            texts[kind] += text
+    for kind, text in splitter.flush():
+        shown = _show_part(kind, text, shown, show)
+        texts[kind] += text
+    if shown in (None, "reasoning"):
+        _show_part("content", "", shown, show)
     print(flush=True)
-    return reply.strip()
+    turn = {"role": "assistant", "content": texts["content"].strip()}
+    if splitter.saw_reasoning:
+        turn["reasoning_content"] = texts["reasoning"].strip()
+    return turn
+
+
+DIM, PLAIN = "\x1b[2m", "\x1b[0m"
+
+
+def _show_part(kind: str, text: str, shown: str | None, show_reasoning: bool) -> str | None:
+    """Print one part of a streamed reply under its label; returns the kind now shown."""
+    if kind == "reasoning" and not show_reasoning:
+        return shown
+    dim = sys.stdout.isatty()
+    if kind != shown:
+        if shown is not None:
+            print(PLAIN if dim else "", flush=True)
+        label = "thinking> " if kind == "reasoning" else "assistant> "
+        print(label + (DIM if dim and kind == "reasoning" else ""), end="", flush=True)
+    print(text, end="", flush=True)
+    return kind
 
 
 @app.command()

@@ -23,6 +23,7 @@ import torch
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
 from tunelab.inference.batch import Row, RowFollower
+from tunelab.inference.reasoning import prompt_opens_thinking
 from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
@@ -67,6 +68,10 @@ class ChatModel:
         if self.system and not (messages and messages[0].get("role") == "system"):
             messages = [{"role": "system", "content": self.system}, *messages]
         return self.renderer.prompt_ids(messages, tools)
+
+    def opens_thinking(self, prompt: list[int]) -> bool:
+        """Whether the prompt ends inside an opened <think> block (DeepSeek-R1's prompts do)."""
+        return prompt_opens_thinking(self.tokenizer.decode(prompt[-4:]))
 
     def context(self) -> int | None:
         return getattr(self.model.config, "max_position_embeddings", None)

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from tunelab.errors import TunelabError
 from tunelab.inference.batch import Row
 from tunelab.inference.chat_model import ChatModel, Sampling
-from tunelab.inference.reasoning import ReasoningSplitter, prompt_opens_thinking, split_reasoning
+from tunelab.inference.reasoning import ReasoningSplitter, split_reasoning
 from tunelab.serve import schemas
 from tunelab.serve.scheduler import Job, Scheduler
 from tunelab.serve.schemas import ApiError, ChatRequest
@@ -75,7 +75,7 @@ def create_app(
         scheduler.submit(job)
         cid = schemas.completion_id()
         if body.stream:
-            splitter = ReasoningSplitter(_opens_thinking(model, job.row))
+            splitter = ReasoningSplitter(model.opens_thinking(job.row.prompt))
             return StreamingResponse(
                 _stream(job, body, cid, splitter),
                 media_type="text/event-stream",
@@ -84,7 +84,7 @@ def create_app(
         if not await _wait(job, request):
             return JSONResponse({}, status_code=499)  # the client is gone; nobody reads this
         row = job.row
-        reasoning, answer = split_reasoning(row.text, _opens_thinking(model, row))
+        reasoning, answer = split_reasoning(row.text, model.opens_thinking(row.prompt))
         return schemas.completion(
             cid, body.model, answer, row.finish_reason, len(row.prompt), len(row.tokens), reasoning
         )
@@ -93,10 +93,6 @@ def create_app(
 
 
 _NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _opens_thinking(model: ChatModel, row: Row) -> bool:
-    return prompt_opens_thinking(model.tokenizer.decode(row.prompt[-4:]))
 
 
 def _model_card(name: str, created: int) -> dict:

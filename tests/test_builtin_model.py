@@ -78,9 +78,19 @@ def assert_llama_cpp_answers_match(file, record):
     except ImportError:
         print("llama-cpp-python is not installed; the GGUF was not run through llama.cpp")
         return
+    from transformers import AutoTokenizer
+
     runtime = Llama(model_path=str(file), n_ctx=1024, verbose=False, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(file.parent)
     same = 0
     for row in record["rows"]:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["question"]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        ours = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert runtime.tokenize(prompt.encode(), add_bos=False, special=True) == ours
         reply = runtime.create_chat_completion(
             [{"role": "user", "content": row["question"]}], temperature=0, max_tokens=60
         )

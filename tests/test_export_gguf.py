@@ -211,3 +211,22 @@ def test_a_mistral_model_is_written_as_llama_and_loads_back(tmp_path, builtin_to
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file="m.gguf", dtype=torch.float32)
     difference = (logits(loaded.eval(), builtin_tokenizer) - logits(model, builtin_tokenizer)).abs()
     assert difference.max().item() < 2e-3
+
+
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def test_the_pre_tokenizer_is_named_as_llama_cpp_knows_it(builtin_tokenizer, tiny_model_dir):
+    from tunelab.exporters.gguf_file import pre_tokenizer
+
+    def split_then_bytes(regex: str) -> dict:
+        split = {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated"}
+        steps = [split, {"type": "ByteLevel", "use_regex": False}]
+        return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": steps}}
+
+    smollm = json.loads((tiny_model_dir / "tokenizer.json").read_text())
+    assert pre_tokenizer(smollm) == "gpt-2"
+    assert pre_tokenizer(split_then_bytes(LLAMA3_SPLIT)) == "llama-bpe"
+    assert pre_tokenizer(split_then_bytes(QWEN2_SPLIT)) == "qwen2"
+    assert pre_tokenizer({"pre_tokenizer": {"type": "Metaspace"}}) == "default"

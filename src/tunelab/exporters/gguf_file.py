@@ -24,7 +24,6 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
 }
 QUANTS = ("f16", "bf16", "q8_0", "q4_0")
-PRE_TOKENIZERS = {"qwen2": "qwen2"}  # llama.cpp's pre-tokenizer name by architecture
 
 
 def write_gguf(
@@ -42,7 +41,7 @@ def write_gguf(
     _write_hparams(writer, config, quant)
     for key, value in (extra or {}).items():
         writer.add_string(key, value)
-    _write_tokenizer(writer, folder, config, arch, chat_template)
+    _write_tokenizer(writer, folder, config, chat_template)
     counts = _write_tensors(writer, folder, config, arch, quant)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -98,7 +97,7 @@ def _rope_theta(config: dict) -> float:
     return rope.get("rope_theta") or config.get("rope_theta") or 10000.0
 
 
-def _write_tokenizer(writer, folder: Path, config: dict, arch: str, template) -> None:
+def _write_tokenizer(writer, folder: Path, config: dict, template) -> None:
     import gguf
     from transformers import AutoTokenizer
 
@@ -126,12 +125,30 @@ def _write_tokenizer(writer, folder: Path, config: dict, arch: str, template) ->
             tokens.append(by_id[index])
             types.append(gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZERS.get(arch, "default"))
+    writer.add_tokenizer_pre(pre_tokenizer(json.loads(tokenizer_file.read_text(encoding="utf-8"))))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=size)
     special.chat_template = template or tokenizer.chat_template
     special.add_to_gguf(writer, quiet=True)
+
+
+def pre_tokenizer(tokenizer_json: dict) -> str:
+    """llama.cpp's name for how the tokenizer splits text before BPE, read from its
+    pre_tokenizer: GPT-2's byte-level regex (SmolLM), Llama-3's (digits in threes) or Qwen2's
+    (single digits). Anything else gets llama.cpp's default."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    patterns = [str((step.get("pattern") or {}).get("Regex", "")) for step in steps]
+    if kinds[:1] == ["Split"] and kinds[1:] == ["ByteLevel"]:
+        if "\\p{N}{1,3}" in patterns[0]:
+            return "llama-bpe"
+        if "\\p{N}|" in patterns[0]:
+            return "qwen2"
+    return "default"
 
 
 def _write_tensors(writer, folder: Path, config: dict, arch: str, quant: str) -> dict:

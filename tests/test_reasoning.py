@@ -79,3 +79,64 @@ def test_converting_to_sharegpt_keeps_the_reasoning(tmp_path):
     assert result.exit_code == 0, result.output
     turns = json.loads(out.read_text())["conversations"]
     assert turns[3]["value"] == "<think>\nAdd them.\n</think>\n\nIt is four."
+
+
+THINK_IN_CONTENT = {
+    "messages": [
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\nIt is four."},
+    ]
+}
+
+
+def _loaded(tmp_path, records, **settings):
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    thinking = settings.pop("thinking", None)
+    return load_conversations(DataConfig(train=[str(path)], **settings), thinking=thinking)
+
+
+def test_data_reasoning_keep_strip_and_auto(tmp_path):
+    records = [RECORD, THINK_IN_CONTENT]
+    kept, report = _loaded(tmp_path, records)
+    assert (report.reasoning_turns, report.reasoning_dropped) == (3, 0)
+    assert kept[1].messages[1].content.startswith("<think>")  # trained as written
+
+    for settings in ({"reasoning": "strip"}, {"thinking": False}):  # auto follows enable_thinking
+        stripped, report = _loaded(tmp_path, records, **settings)
+        assert (report.reasoning_turns, report.reasoning_dropped) == (0, 3), settings
+        answers = [m for c in stripped for m in c.messages if m.role == "assistant"]
+        assert [(m.content, m.reasoning) for m in answers] == [
+            ("Hello!", None), ("It is four.", None), ("It is four.", None)
+        ]  # fmt: skip
+    _, report = _loaded(tmp_path, records, reasoning="keep", thinking=False)
+    assert report.reasoning_turns == 3
+
+
+def test_data_check_and_stats_report_reasoning(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(RECORD) + "\n" + json.dumps(THINK_IN_CONTENT) + "\n")
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["data", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "answers with reasoning: 3" in result.output
+    stats = CliRunner().invoke(
+        app, ["data", "stats", str(path), "--json", "--png", str(tmp_path / "h.png")]
+    )
+    reasoning = json.loads(stats.stdout)["reasoning"]
+    assert reasoning["answers"] == 3 and reasoning["dropped"] == 0
+    assert 0.2 < reasoning["token_share"] < 0.8 and reasoning["reasoning_tokens"] > 5
+
+
+def test_gsm8k_scores_the_answer_after_the_reasoning():
+    from tunelab.evaluation.gsm8k import Problem
+    from tunelab.evaluation.runner import _scored
+
+    problem = Problem(question="2 + 10?", answer="2 + 10 = 12\n#### 12")
+    output = "<think>\nFirst guess: #### 9. No, add again: 12.\n</think>\n\nIt is 12.\n#### 12"
+    record = _scored(problem, output, opened=False)
+    assert record["strict_correct"] and record["strict"] == "12"
+    assert record["reasoning"].startswith("First guess")
+    opened = _scored(problem, "Guess #### 9 then 12.\n</think>\n\n#### 12", opened=True)
+    assert opened["strict"] == "12"
+    plain = _scored(problem, "#### 12", opened=False)
+    assert "reasoning" not in plain and plain["strict_correct"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.inference.reasoning import ReasoningSplitter, prompt_opens_thinking, split_reasoning
+from tunelab.reasoning import ReasoningSplitter, prompt_opens_thinking, split_reasoning
 
 CASES = [
     ("<think>\nAdd them.\n</think>\n\nThe answer is 4.", False, ("Add them.", "The answer is 4.")),

@@ -376,7 +376,7 @@ def test_reasoning_comes_apart_as_reasoning_content(thinker_dir):
     """A DeepSeek-R1-style template opens <think> in the generation prompt: what the model
     writes up to </think> is `reasoning_content`, streamed and whole."""
     from tunelab.inference.chat_model import Sampling, open_chat_model
-    from tunelab.inference.reasoning import split_reasoning
+    from tunelab.reasoning import split_reasoning
 
     folder = thinker_dir
     engine = open_chat_model(str(folder))

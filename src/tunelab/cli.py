@@ -129,8 +129,8 @@ def chat(
     A reasoning model's <think> block is shown apart (dimmed; on stderr with --prompt, so
     that stdout is the answer) and kept in the history as the turn's reasoning."""
     from tunelab.inference.chat_model import Sampling, open_chat_model
-    from tunelab.inference.reasoning import split_reasoning
     from tunelab.quiet import quiet_libraries
+    from tunelab.reasoning import split_reasoning
 
     quiet_libraries()
     sampling = Sampling(temperature, top_p, seed=seed)
@@ -197,7 +197,7 @@ def _stream_reply(model, history: list[dict], max_new_tokens: int, sampling, sho
     """Print the answer as it is generated (reasoning dimmed, or hidden); returns the turn."""
     import itertools
 
-    from tunelab.inference.reasoning import ReasoningSplitter
+    from tunelab.reasoning import ReasoningSplitter
 
     splitter = ReasoningSplitter(model.opens_thinking(model.prompt_ids(history)))
     pieces = model.stream(history, max_new_tokens, sampling)

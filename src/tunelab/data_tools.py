@@ -39,6 +39,7 @@ def length_stats(target: Target, png: Path | None = None) -> dict:
         template_args=target.template_args,
     )
     stats = {**full_report(rendered.samples), "model": target.model}
+    stats["reasoning"] = reasoning_share(target, tokenizer)
     stats["cache"] = {
         "fingerprint": rendered.fingerprint,
         "hit": rendered.from_cache,
@@ -49,6 +50,40 @@ def length_stats(target: Target, png: Path | None = None) -> dict:
             save_histogram(rendered.samples, png, stats["suggested_max_length"])
         )
     return stats
+
+
+def reasoning_share(target: Target, tokenizer) -> dict:
+    """How many answers carry reasoning (after `data.reasoning`), how many had it dropped, and
+    the reasoning's share of the assistant tokens."""
+    from tunelab.data.load import load_conversations
+    from tunelab.reasoning import split_reasoning
+
+    config = target.config.model_copy(update={"on_bad_row": "skip"})
+    thinking = target.template_args.get("enable_thinking")
+    conversations, report = load_conversations(
+        config, target.base_dir, allow_empty=True, thinking=thinking
+    )
+    reasoning_tokens = answer_tokens = 0
+    for conversation in conversations:
+        for message in conversation.messages:
+            if message.role != "assistant":
+                continue
+            reasoning, answer = message.reasoning, message.content
+            if reasoning is None and message.has_reasoning:
+                reasoning, answer = split_reasoning(message.content)
+            reasoning_tokens += _count(tokenizer, reasoning or "")
+            answer_tokens += _count(tokenizer, answer)
+    total = reasoning_tokens + answer_tokens
+    return {
+        "answers": report.reasoning_turns,
+        "dropped": report.reasoning_dropped,
+        "reasoning_tokens": reasoning_tokens,
+        "token_share": round(reasoning_tokens / total, 4) if total else 0.0,
+    }
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
 def recipe_data(recipe, source, config=None):

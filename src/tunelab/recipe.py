@@ -82,6 +82,11 @@ class DataConfig(Section):
         description="drop conversations with an answer longer than this many characters",
     )
     dedupe: bool = Field(False, description="drop exact duplicate conversations, keeping the first")
+    reasoning: Literal["auto", "keep", "strip"] = Field(
+        "auto",
+        description="assistant turns' reasoning: keep trains it, strip drops it (answers only); "
+        "auto keeps it unless model.template_args sets enable_thinking: false",
+    )
     val_ratio: float | None = Field(
         None, gt=0, lt=1, description="share of the training data held out for validation (seeded)"
     )

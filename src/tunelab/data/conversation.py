@@ -31,6 +31,12 @@ class Message:
     content: str
     reasoning: str | None = None  # an assistant turn's reasoning, apart from its answer
 
+    @property
+    def has_reasoning(self) -> bool:
+        """Reasoning as its own field, or as a leading <think>...</think> block in the content."""
+        head = self.content.lstrip()
+        return bool(self.reasoning) or (head.startswith("<think>") and "</think>" in head)
+
     def with_reasoning(self) -> str:
         """The content with the reasoning in front as a think block, for formats and
         templates that have no field of their own for it."""

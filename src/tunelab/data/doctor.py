@@ -114,7 +114,10 @@ def check(target: Target) -> CheckResult:
     config = target.config.model_copy(update={"on_bad_row": "skip"})
     if target.registry_entries and not any(e["status"] == "sft" for e in target.registry_entries):
         return CheckResult(DataReport(), [], target.registry_entries)
-    conversations, report = load_conversations(config, target.base_dir, allow_empty=True)
+    thinking = target.template_args.get("enable_thinking")
+    conversations, report = load_conversations(
+        config, target.base_dir, allow_empty=True, thinking=thinking
+    )
     return CheckResult(report, conversations, target.registry_entries)
 
 

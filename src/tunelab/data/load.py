@@ -15,6 +15,7 @@ from tunelab.data.transforms import (
     add_default_system,
     dedupe,
     drop_long_answers,
+    drop_reasoning,
     replace_placeholders,
 )
 from tunelab.data.validate import check_conversation
@@ -48,6 +49,8 @@ class DataReport:
     duplicates_dropped: list[str] = field(default_factory=list)
     truncated: int = 0
     turn_samples: int = 0  # extra samples: conversations trained one turn per sample
+    reasoning_turns: int = 0  # assistant turns that carry reasoning (after `data.reasoning`)
+    reasoning_dropped: int = 0  # assistant turns whose reasoning `data.reasoning` dropped
 
     @property
     def kept(self) -> int:
@@ -71,6 +74,8 @@ class DataReport:
             "duplicates_dropped_rows": self.duplicates_dropped,
             "truncated": self.truncated,
             "extra_turn_samples": self.turn_samples,
+            "reasoning_turns": self.reasoning_turns,
+            "reasoning_dropped": self.reasoning_dropped,
         }
 
     @classmethod
@@ -84,6 +89,8 @@ class DataReport:
             duplicates_dropped=data["duplicates_dropped_rows"],
             truncated=data["truncated"],
             turn_samples=data.get("extra_turn_samples", 0),
+            reasoning_turns=data.get("reasoning_turns", 0),
+            reasoning_dropped=data.get("reasoning_dropped", 0),
         )
 
 
@@ -203,8 +210,12 @@ def load_conversations(
     base_dir: Path | None = None,
     split: str = "train",
     allow_empty: bool = False,
+    thinking: bool | None = None,
 ) -> tuple[list[Conversation], DataReport]:
-    """All conversations of a split, transformed and checked, with the report of what happened."""
+    """All conversations of a split, transformed and checked, with the report of what happened.
+
+    `thinking` is the template's `enable_thinking` argument, if set: with `data.reasoning: auto`,
+    False drops the reasoning, as a non-thinking prompt never asks for it."""
     report = DataReport()
     conversations: list[Conversation] = []
     for source in config.sources(split):
@@ -228,6 +239,11 @@ def load_conversations(
     )
     if config.dedupe:
         conversations, report.duplicates_dropped = dedupe(conversations)
+    strip = config.reasoning == "strip" or (config.reasoning == "auto" and thinking is False)
+    report.reasoning_dropped = drop_reasoning(conversations) if strip else 0
+    report.reasoning_turns = sum(
+        1 for c in conversations for m in c.messages if m.role == "assistant" and m.has_reasoning
+    )
     raise_for_bad_rows(report, config.on_bad_row, split)
     if not conversations and not allow_empty:
         raise TunelabError(f"the {split} data has no usable conversations.")

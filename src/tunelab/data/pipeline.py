@@ -67,7 +67,15 @@ def fingerprint(
     digest = hashlib.sha256()
     settings = config.model_dump(
         mode="json",
-        include={"registry", "system", "replace", "on_bad_row", "max_answer_chars", "dedupe"},
+        include={
+            "registry",
+            "system",
+            "replace",
+            "on_bad_row",
+            "max_answer_chars",
+            "dedupe",
+            "reasoning",
+        },
     )
     extra = [__version__, split, settings, cut_for, template_args or {}]
     digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
@@ -132,7 +140,8 @@ def render_split(
         except DamagedCache as damaged:
             problem = str(damaged)
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
-    conversations, report = load_conversations(config, base_dir, split)
+    thinking = (template_args or {}).get("enable_thinking")
+    conversations, report = load_conversations(config, base_dir, split, thinking=thinking)
     renderer = ConversationRenderer(
         tokenizer, template, max_length=None, cut_for=cut_for, template_args=template_args
     )

@@ -6,6 +6,7 @@ import json
 import random
 
 from tunelab.data.conversation import Conversation, Message
+from tunelab.reasoning import split_reasoning
 
 
 def replace_placeholders(conversations: list[Conversation], replace: dict[str, str]) -> int:
@@ -23,6 +24,21 @@ def replace_placeholders(conversations: list[Conversation], replace: dict[str, s
                 message.content, message.reasoning = text, reasoning
                 changed += 1
     return changed
+
+
+def drop_reasoning(conversations: list[Conversation]) -> int:
+    """Keep only the answers of assistant turns: their reasoning field and any leading
+    <think> block go; returns how many turns lost reasoning."""
+    dropped = 0
+    for conversation in conversations:
+        for message in conversation.messages:
+            if message.role != "assistant" or not message.has_reasoning:
+                continue
+            message.reasoning = None
+            if message.content.lstrip().startswith("<think>"):
+                message.content = split_reasoning(message.content)[1]
+            dropped += 1
+    return dropped
 
 
 def add_default_system(conversations: list[Conversation], system: str | None) -> int:

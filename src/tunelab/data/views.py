@@ -43,6 +43,8 @@ def show_check(console: Console, target: Target, result: CheckResult) -> None:
         ("placeholder messages filled", "placeholders_replaced"),
         ("long answers dropped", "long_answers_dropped"),
         ("duplicates dropped", "duplicates_dropped"),
+        ("answers with reasoning", "reasoning_turns"),
+        ("answers whose reasoning data.reasoning dropped", "reasoning_dropped"),
     ):
         if report[key]:
             console.print(f"{label}: {report[key]}", highlight=False)
@@ -86,6 +88,13 @@ def show_stats(console: Console, stats: dict) -> None:
         f"suggested max_length: [bold]{stats['suggested_max_length']}[/] "
         f"({stats['suggestion_rule']})"
     )
+    reasoning = stats.get("reasoning") or {}
+    if reasoning.get("answers"):
+        console.print(
+            f"reasoning: {reasoning['answers']} answers carry it, "
+            f"{reasoning['token_share']:.1%} of the assistant tokens",
+            highlight=False,
+        )
     if "histogram" in stats:
         console.print(f"histogram: {stats['histogram']}", highlight=False)
 

@@ -21,6 +21,7 @@ from tunelab.evaluation.gsm8k import (
 )
 from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.quiet import quiet_libraries
+from tunelab.reasoning import split_reasoning
 from tunelab.recipe import TaskOptions
 
 
@@ -47,7 +48,10 @@ def evaluate_gsm8k(
     outputs, generated, seconds = _generate_all(
         model, prompts, style, batch_size, max_new_tokens, console
     )
-    records = [score(p, o) for p, o in zip(problems, outputs)]
+    records = [
+        _scored(problem, output, model.opens_thinking(prompt))
+        for problem, output, prompt in zip(problems, outputs, prompts)
+    ]
     strict = mean_and_stderr([r["strict_correct"] for r in records])
     flexible = mean_and_stderr([r["flexible_correct"] for r in records])
     summary = {
@@ -74,11 +78,20 @@ def evaluate_gsm8k(
 
 def _prompts(model: ChatModel, problems, examples, style: str) -> list[list[int]]:
     if style == "chat":
-        return [model.renderer.prompt_ids(chat_prompt(p, examples)) for p in problems]
+        return [model.prompt_ids(chat_prompt(p, examples)) for p in problems]
     tokenizer = model.tokenizer
     return [
         tokenizer(plain_prompt(p, examples), add_special_tokens=True)["input_ids"] for p in problems
     ]
+
+
+def _scored(problem, output: str, opened: bool) -> dict:
+    """Scored on the answer after any reasoning; the reasoning is kept beside it."""
+    reasoning, answer = split_reasoning(output, opened)
+    record = score(problem, answer)
+    if reasoning is not None:
+        record["reasoning"] = reasoning
+    return record
 
 
 def _generate_all(model, prompts, style, batch_size, max_new_tokens, console):

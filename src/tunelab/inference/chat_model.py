@@ -23,10 +23,10 @@ import torch
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
 from tunelab.inference.batch import Row, RowFollower
-from tunelab.inference.reasoning import prompt_opens_thinking
 from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
+from tunelab.reasoning import prompt_opens_thinking
 from tunelab.run import RECIPE_FILE, RunFolder, TrainedWeights
 from tunelab.templates import resolve_template
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from tunelab.errors import TunelabError
 from tunelab.inference.batch import Row
 from tunelab.inference.chat_model import ChatModel, Sampling
-from tunelab.inference.reasoning import ReasoningSplitter, split_reasoning
+from tunelab.reasoning import ReasoningSplitter, split_reasoning
 from tunelab.serve import schemas
 from tunelab.serve.scheduler import Job, Scheduler
 from tunelab.serve.schemas import ApiError, ChatRequest

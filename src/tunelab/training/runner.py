@@ -420,6 +420,12 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, config, console: Conso
         f"{len(data.report.bad_rows)} bad row(s) skipped, {data.report.truncated} truncated",
         highlight=False,
     )
+    if data.report.reasoning_turns or data.report.reasoning_dropped:
+        console.print(
+            f"reasoning: {data.report.reasoning_turns} answer(s) train their reasoning, "
+            f"{data.report.reasoning_dropped} had it dropped (data.reasoning)",
+            highlight=False,
+        )
     if data.report.turn_samples:
         console.print(
             f"{data.report.turn_samples} extra samples: the chat template renders earlier turns "

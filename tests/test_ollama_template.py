@@ -75,12 +75,20 @@ CASES = {
     "llama3.2 (system preamble)": ("llama3_2", "bos", "llama3"),
     "tunelab llama3": ("tunelab:llama3", "bos", "llama3"),
     "tunelab mistral": ("tunelab:mistral", "bos", "mistral"),
+    "tunelab qwen3 (thinking)": ("tunelab:qwen3", None, "chatml"),
+    "tunelab qwen3 (enable_thinking false)": (
+        "tunelab:qwen3",
+        None,
+        "chatml",
+        {"enable_thinking": False},
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_go_template_renders_as_the_jinja_template(case, go_render, builtin_tokenizer):
-    source, bos_rule, layout = CASES[case]
+    source, bos_rule, layout, *rest = CASES[case]
+    arguments = rest[0] if rest else {}
     if source == "builtin-tokenizer":
         template = builtin_tokenizer.chat_template
     elif source.startswith("tunelab:"):
@@ -91,7 +99,11 @@ def test_go_template_renders_as_the_jinja_template(case, go_render, builtin_toke
 
     def jinja(messages):
         return builtin_tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+            messages,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=True,
+            **arguments,
         )
 
     translated = translate(jinja, bos)

@@ -18,6 +18,7 @@ import pytest
 
 from tunelab.data.conversation import Conversation, Message
 from tunelab.data.render import IGNORE_INDEX, ConversationRenderer
+from tunelab.templates import BUILTIN_TEMPLATES, builtin_template
 
 
 def _template_folder() -> Path | None:
@@ -30,11 +31,20 @@ def _template_folder() -> Path | None:
 
 FOLDER = _template_folder()
 VISION = ("vl", "llava", "idefics", "diffusion")
-TEMPLATES = sorted(
+PUBLISHED = sorted(
     p.stem
     for p in (FOLDER.glob("*.jinja") if FOLDER else [])
     if not p.stem.endswith("_training") and not any(v in p.stem for v in VISION)
 )
+TEMPLATES = PUBLISHED + [f"tunelab-{name}" for name in BUILTIN_TEMPLATES]  # and tunelab's own
+
+
+def _source(name: str) -> str:
+    if name.startswith("tunelab-"):
+        return builtin_template(name.removeprefix("tunelab-"))
+    return (FOLDER / f"{name}.jinja").read_text(encoding="utf-8")
+
+
 TAG = re.compile(  # <|im_end|>, <｜Assistant｜>, <|turn>, <turn|>, <end_of_turn>, [INST]
     r"<\|[^|<>]{1,40}\|>|<｜[^｜<>]{1,40}｜>|<\|[a-z_]{1,20}>|<[a-z_]{1,20}\|>"
     r"|</?(?:think|start_of_turn|end_of_turn)>|\[/?INST\]"
@@ -76,7 +86,7 @@ KNOWN = {
 def renderers(builtin_tokenizer):
     made = {}
     for name in TEMPLATES:
-        source = (FOLDER / f"{name}.jinja").read_text(encoding="utf-8")
+        source = _source(name)
         tokenizer = copy.deepcopy(builtin_tokenizer)
         tags = sorted(set(TAG.findall(source)))
         if tags:
@@ -143,7 +153,7 @@ def test_each_answer_is_trained_once_with_its_stop_token(renderers, template, co
 def test_the_published_templates_are_there():
     if FOLDER is None:
         pytest.skip("trl (its chat_templates/) is not installed")
-    assert len(TEMPLATES) >= 30
+    assert len(PUBLISHED) >= 30
 
 
 REASONING = [
@@ -152,7 +162,7 @@ REASONING = [
     ("user", "What is two plus two?"),
     ("assistant", "<think>\nAdd them.\n</think>\n\nIt is four."),
 ]
-THINKING = [t for t in TEMPLATES if FOLDER and "think" in (FOLDER / f"{t}.jinja").read_text()]
+THINKING = [t for t in TEMPLATES if FOLDER and "think" in _source(t)]
 # Reasoning kept as text in the answer works where the template itself reads a <think> block
 # from the content, or opens one in its generation prompt (DeepSeek); the rest are gaps.
 REASONING_GAPS = {"qwen3_5_nothink", "glm4moe"}

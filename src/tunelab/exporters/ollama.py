@@ -96,8 +96,9 @@ def _headers(layout: str, full: str, bare: str) -> OllamaTemplate:
     for piece, role in [(after_sys, "user"), (after_usr1, "assistant"), (after_ast1, "user")]:
         if piece != close + header(role):
             raise _unlike(f"unexpected text {piece!r} between turns")
-    if tail != close + header("assistant"):
+    if not tail.startswith(close + header("assistant")):
         raise _unlike(f"unexpected generation prompt {tail!r}")
+    opening = tail[len(close + header("assistant")) :]  # e.g. an empty think block
     default = ""
     if not bare.startswith(header("user")):
         head, found, _ = bare.partition(close + header("user") + USR1)
@@ -121,7 +122,7 @@ def _headers(layout: str, full: str, bare: str) -> OllamaTemplate:
         + "{{ .Content }}"
         + _literal(close)
         + "{{ end }}"
-        + _literal(header("assistant"))
+        + _literal(header("assistant") + opening)
     )
     return OllamaTemplate(layout, template, [close.strip()])
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 
-BUILTIN_TEMPLATES = ("chatml", "llama3", "mistral")
+BUILTIN_TEMPLATES = ("chatml", "llama3", "mistral", "qwen3", "deepseek-r1")
 
 
 def builtin_template(name: str) -> str:

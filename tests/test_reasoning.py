@@ -140,3 +140,21 @@ def test_gsm8k_scores_the_answer_after_the_reasoning():
     assert opened["strict"] == "12"
     plain = _scored(problem, "#### 12", opened=False)
     assert "reasoning" not in plain and plain["strict_correct"]
+
+
+def test_data_preview_shows_a_reasoning_conversation_as_trained(tmp_path, tiny_model_dir):
+    """With the qwen3 template the earlier answer drops its reasoning once the conversation goes
+    on, so each turn is its own sample, trained as generated: reasoning, answer, stop token."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(RECORD) + "\n", encoding="utf-8")
+    recipe = {"model": {"path": str(tiny_model_dir), "template": "qwen3"}, "data": {"train": [str(path)]},
+              "method": {"type": "lora"}, "output": str(tmp_path / "run")}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(
+        app, ["data", "preview", str(tmp_path / "r.yaml"), "--plain"]
+    )
+    assert result.exit_code == 0, result.output
+    flat = result.output
+    assert "[[<think>\nGreet back.\n</think>\n\nHello!<|im_end|>]]" in flat
+    assert "[[<think>\nAdd them.\n</think>\n\nIt is four.<|im_end|>]]" in flat
+    assert "[[" not in flat.split("What is two plus two?")[0].split("Hello!")[-1]

@@ -76,3 +76,23 @@ def test_a_thinking_run_answers_with_reasoning_then_stops(tmp_path):
     chat = run_cli("chat", str(tmp_path / "thinker"), "-p", question[0]["content"])
     assert chat.returncode == 0 and chat.stdout.strip().startswith("The answer is")
     assert "makes" in chat.stderr  # the reasoning, shown apart
+
+    # the server returns the two parts apart
+    from tests.test_serve import free_port, start_server, wait_healthy
+
+    port = free_port()
+    server = start_server(str(tmp_path / "thinker"), port=port)
+    try:
+        wait_healthy(port, server)
+        import openai
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+        reply = client.chat.completions.create(model="thinker", messages=question, max_tokens=96)
+        message = reply.choices[0].message
+        assert "makes" in message.model_extra["reasoning_content"]
+        assert (
+            message.content.startswith("The answer is") and reply.choices[0].finish_reason == "stop"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

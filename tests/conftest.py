@@ -32,23 +32,27 @@ def tiny_model_dir(tmp_path_factory, builtin_tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(builtin_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=builtin_tokenizer.bos_token_id,
-        eos_token_id=builtin_tokenizer.eos_token_id,
-        pad_token_id=builtin_tokenizer.pad_token_id,
-    )
+    config = LlamaConfig(**tiny_sizes(builtin_tokenizer), tie_word_embeddings=True)
     folder = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
     builtin_tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_sizes(tokenizer) -> dict:
+    """The config sizes of the tiny test models (2 layers, hidden 64, 4 heads, 2 kv heads)."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_sizes
 
 PROMPT = "Hello there, how are you today? Tell me about the sea."
 
@@ -19,19 +19,7 @@ def tiny_qwen2(root: Path, tokenizer) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(1)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = Qwen2Config(**tiny_sizes(tokenizer), tie_word_embeddings=False)
     folder = root / "tiny-qwen2"
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -192,15 +180,7 @@ def test_a_mistral_model_is_written_as_llama_and_loads_back(tmp_path, builtin_to
 
     torch.manual_seed(2)
     config = MistralConfig(
-        vocab_size=len(builtin_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        sliding_window=None,
-        tie_word_embeddings=False,
+        **tiny_sizes(builtin_tokenizer), sliding_window=None, tie_word_embeddings=False
     )
     folder = tmp_path / "mistral"
     model = MistralForCausalLM(config).eval()

@@ -25,11 +25,7 @@ MODEL_FILE = "model.gguf"
 
 def export_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16", overwrite=False) -> Path:
     """The run as one GGUF file at `out`."""
-    top, out = RunFolder.open(run_dir), Path(out)
-    weights = top.trained()
-    _check_file(out, [top.path, weights.run.path, Path(weights.base)], overwrite)
-    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    weights, out, staging = _opened(run_dir, out, overwrite, _check_file)
     try:
         _write_model(weights, staging, quant)
         os.replace(staging / MODEL_FILE, out)
@@ -42,11 +38,7 @@ def export_ollama(
     run_dir: str | Path, out: str | Path, quant: str = "q8_0", overwrite=False
 ) -> Path:
     """A folder with the run as `model.gguf` and a `Modelfile` for `ollama create`."""
-    top, out = RunFolder.open(run_dir), Path(out)
-    weights = top.trained()
-    check_destination(out, [top.path, weights.run.path, Path(weights.base)], overwrite)
-    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    weights, out, staging = _opened(run_dir, out, overwrite, check_destination)
     try:
         chat = _write_model(weights, staging, quant)
         stops = [chat.tokenizer.convert_ids_to_tokens(i) for i in chat.stop_token_ids()]
@@ -67,6 +59,16 @@ def export_ollama(
         raise
     move_into_place(staging, out)
     return out
+
+
+def _opened(run_dir, out, overwrite: bool, check):
+    """(the run's weights, out, a fresh staging folder beside out) once `check` allows out."""
+    top, out = RunFolder.open(run_dir), Path(out)
+    weights = top.trained()
+    check(out, [top.path, weights.run.path, Path(weights.base)], overwrite)
+    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return weights, out, staging
 
 
 def _write_model(weights, staging: Path, quant: str):

@@ -158,3 +158,34 @@ def test_data_preview_shows_a_reasoning_conversation_as_trained(tmp_path, tiny_m
     assert "[[<think>\nGreet back.\n</think>\n\nHello!<|im_end|>]]" in flat
     assert "[[<think>\nAdd them.\n</think>\n\nIt is four.<|im_end|>]]" in flat
     assert "[[" not in flat.split("What is two plus two?")[0].split("Hello!")[-1]
+
+
+def test_llamafactory_reasoning_and_tool_call_parts_are_read(tmp_path):
+    """LLaMA-Factory's reason_tool_use_demo_50: content parts of type text, reasoning and
+    tool_call, each with its text under `value`."""
+    from tests.conftest import SHARED_DATA
+
+    path = SHARED_DATA / "llamafactory" / "reason_tool_use_demo_50.jsonl"
+    if not path.is_file():
+        import pytest
+
+        pytest.skip(f"{path} is not there")
+    conversations, report = load_conversations(DataConfig(train=[str(path)]))
+    assert len(conversations) == 50 and not report.bad_rows
+    assert report.reasoning_turns == 112  # every assistant turn of the file has a reasoning part
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    parts = first["messages"][2]["content"]
+    answer = conversations[0].messages[2]
+    assert answer.reasoning == next(p["value"] for p in parts if p["type"] == "reasoning").strip()
+    assert answer.content == next(p["value"] for p in parts if p["type"] == "text")
+    calls = [m for c in conversations for m in c.messages if m.content.lstrip().startswith("{")]
+    assert calls and all(json.loads(m.content.splitlines()[0])["name"] for m in calls[:5])
+    assert conversations[0].tools  # the record's tool schemas are kept
+
+    bad = {"messages": [{"role": "user", "content": [{"type": "image_url", "value": "x.png"}]},
+                        {"role": "assistant", "content": "ok"}]}  # fmt: skip
+    (tmp_path / "b.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
+    config = DataConfig(train=[str(tmp_path / "b.jsonl")], on_bad_row="skip")
+    _, report = load_conversations(config, allow_empty=True)
+    assert "messages[0].content[0].type" in report.bad_rows[0]
+    assert "'image_url' is not supported (text, reasoning and tool_call are)" in report.bad_rows[0]

@@ -148,10 +148,11 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
                 f"{where}.{columns.role_tag}",
                 f"unknown role {tag!r}; expected one of {known}",
             )
-        content = _content(
+        content, part_reasoning = _content(
             item.get(columns.content_tag), location, f"{where}.{columns.content_tag}"
         )
-        messages.append(Message(roles[tag], content, _reasoning(item, location, where)))
+        reasoning = _reasoning(item, location, where) or part_reasoning
+        messages.append(Message(roles[tag], content, reasoning))
     if messages[0].role == "system" and columns.system in record and record[columns.system]:
         raise RowError(location, columns.system, "given twice: as a field and as the first turn")
     system = record.get(columns.system)
@@ -193,20 +194,47 @@ def _tools(value: object, location: Location, columns: Columns) -> str | None:
     return value
 
 
-def _content(value: object, location: Location, where: str) -> str:
+def _content(value: object, location: Location, where: str) -> tuple[str, str | None]:
+    """A turn's text, and its reasoning when the content is a list of parts."""
+    reasoning = None
     if isinstance(value, list):
-        # OpenAI content parts: [{"type": "text", "text": ...}]
-        texts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
-        if len(texts) != len(value) or not all(isinstance(t, str) for t in texts):
-            raise RowError(location, where, "content parts other than text are not supported")
-        value = "".join(texts)
+        value, reasoning = _parts(value, location, where)
     if value is None:
         raise RowError(location, where, "missing")
     if not isinstance(value, str):
         raise RowError(location, where, f"must be text, found {type(value).__name__}")
     if not value.strip():
         raise RowError(location, where, "is empty")
-    return value
+    return value, reasoning
+
+
+PART_KINDS = {
+    "text": "text",
+    "reasoning": "reasoning",
+    "thinking": "reasoning",
+    "tool_call": "text",
+}
+
+
+def _parts(parts: list, location: Location, where: str) -> tuple[str, str | None]:
+    """Content parts, as OpenAI ({"type": "text", "text": ...}) and LLaMA-Factory's newer
+    format ({"type": ..., "value": ...}, with reasoning and tool_call parts) write them: the
+    text and tool calls (a call's JSON, as a function_call turn holds it), and the reasoning."""
+    found: dict[str, list[str]] = {"text": [], "reasoning": []}
+    for index, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        text = part.get("text", part.get("value")) if isinstance(part, dict) else None
+        if kind not in PART_KINDS:
+            raise RowError(
+                location,
+                f"{where}[{index}].type",
+                f"content part {kind!r} is not supported (text, reasoning and tool_call are)",
+            )
+        if not isinstance(text, str):
+            raise RowError(location, f"{where}[{index}]", "needs its text as `text` or `value`")
+        found[PART_KINDS[kind]].append(text)
+    reasoning = "\n".join(found["reasoning"]).strip("\n") or None
+    return "\n".join(found["text"]), reasoning
 
 
 def from_xtuner(record: dict, location: Location, columns: Columns) -> Conversation:

@@ -139,6 +139,8 @@ class ConversationRenderer:
                 target = self._after_think_opener(before, upto, messages[turn])
             if target is None:
                 break
+            if not self._ends_with_special(target):  # no end-of-turn token (GLM-4)
+                target += self._next_turn_opener(messages, turn, tools)
             generated.append((before, target))
         if len(generated) == len(turns):
             if all(full.startswith(before + target) for before, target in generated):
@@ -173,6 +175,29 @@ class ConversationRenderer:
             return None
         closing = rendered[at + len(answer) :]
         return self._through_stop(f"{reasoning}\n</think>\n\n{answer}{closing}")
+
+    def _ends_with_special(self, text: str) -> bool:
+        return any(t and text.endswith(t) for t in self.tokenizer.all_special_tokens)
+
+    def _next_turn_opener(self, messages: list[dict], turn: int, tools) -> str:
+        """For a template that closes an answer with no token of its own, the special token
+        it writes next when the user speaks again (GLM-4's `<|user|>`, which its model stops
+        on): what the model must generate to end its turn. Empty if there is none."""
+        probe = [*messages[: turn + 1], {"role": "user", "content": "Next."}]
+        try:
+            following = self.render_text(probe, tools=tools)
+        except Exception:  # a template that refuses the probe keeps the turn as it is
+            return ""
+        answer = messages[turn]["content"].split("</think>")[-1].strip()
+        end = following.rfind(answer, 0, following.rfind("Next.")) if answer else -1
+        if end < 0:
+            return ""
+        rest = following[end + len(answer) :]  # earlier reasoning may be gone by now
+        head = rest.lstrip()
+        for token in sorted(self.tokenizer.all_special_tokens, key=len, reverse=True):
+            if token and head.startswith(token):
+                return rest[: len(rest) - len(head) + len(token)]
+        return ""
 
     def _through_stop(self, target: str) -> str:
         """The generated text up to the end of the first special token after its last plain

@@ -272,8 +272,8 @@ CASES = {
                 ]
             }
         ),
-        "d.jsonl:1 field `messages[0].content`",
-        "other than text",
+        "d.jsonl:1 field `messages[0].content[0].type`",
+        "content part 'image_url' is not supported (text, reasoning and tool_call are)",
     ),
     "xtuner-missing-output": (
         "d.jsonl",

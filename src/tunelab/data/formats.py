@@ -148,7 +148,7 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
                 f"{where}.{columns.role_tag}",
                 f"unknown role {tag!r}; expected one of {known}",
             )
-        content, part_reasoning = _content(
+        content, part_reasoning = _content_and_reasoning(
             item.get(columns.content_tag), location, f"{where}.{columns.content_tag}"
         )
         reasoning = _reasoning(item, location, where) or part_reasoning
@@ -194,18 +194,22 @@ def _tools(value: object, location: Location, columns: Columns) -> str | None:
     return value
 
 
-def _content(value: object, location: Location, where: str) -> tuple[str, str | None]:
+def _content_and_reasoning(value: object, location: Location, where: str):
     """A turn's text, and its reasoning when the content is a list of parts."""
-    reasoning = None
     if isinstance(value, list):
-        value, reasoning = _parts(value, location, where)
+        text, reasoning = _parts(value, location, where)
+        return _content(text, location, where), reasoning
+    return _content(value, location, where), None
+
+
+def _content(value: object, location: Location, where: str) -> str:
     if value is None:
         raise RowError(location, where, "missing")
     if not isinstance(value, str):
         raise RowError(location, where, f"must be text, found {type(value).__name__}")
     if not value.strip():
         raise RowError(location, where, "is empty")
-    return value, reasoning
+    return value
 
 
 PART_KINDS = {

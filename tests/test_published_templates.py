@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -189,3 +190,59 @@ def test_reasoning_in_earlier_turns_is_trained_not_refused(renderers, template):
     assert len(runs) == 2 and all(run[-1] in special for run in runs), texts
     assert "Greet back." in texts[0] and "Hello!" in texts[0]
     assert "Add them." in texts[1] and "It is four." in texts[1]
+
+
+TOOLS = json.dumps(
+    [
+        {
+            "type": "function",
+            "function": {
+                "name": "add_numbers",
+                "description": "Add two numbers.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                    "required": ["a", "b"],
+                },
+            },
+        }
+    ]
+)
+TAKES_TOOLS = [t for t in TEMPLATES if FOLDER and "tools" in _source(t)]
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize("template", TAKES_TOOLS)
+@pytest.mark.parametrize("conversation", ["one-turn", "two-turn"])
+def test_with_tool_schemas_each_answer_is_trained_once_with_its_stop(
+    renderers, template, conversation
+):
+    """Templates that render tool schemas get them; the schemas never train."""
+    renderer = renderers[template]
+    turns = CONVERSATIONS[conversation]
+    samples = renderer.render_all(
+        Conversation([Message(role, text) for role, text in turns], tools=TOOLS)
+    )
+    runs = [run for sample in samples for run in _trained_runs(sample)]
+    answers = [text for role, text in turns if role == "assistant"]
+    special = set(renderer.tokenizer.all_special_ids)
+    texts = [renderer.tokenizer.decode(run) for run in runs]
+    assert len(runs) == len(answers), texts
+    for run, text, answer in zip(runs, texts, answers):
+        assert answer in text and run[-1] in special and "add_numbers" not in text, text
+    prompt = renderer.tokenizer.decode(samples[0].input_ids)
+    assert "add_numbers" in prompt  # the schemas reached the prompt
+
+
+def test_templates_by_family_are_counted():
+    """How many templates of each family the checks above run on (printed with -s)."""
+    if FOLDER is None:
+        pytest.skip("trl (its chat_templates/) is not installed")
+    families: dict[str, int] = {}
+    for name in TEMPLATES:
+        family = re.match(r"[a-z]+?(?=v?\d|[_.-]|$)", name.removeprefix("tunelab-"))[0]
+        families[family] = families.get(family, 0) + 1
+    print(
+        "templates per family:", dict(sorted(families.items())), "taking tools:", len(TAKES_TOOLS)
+    )
+    assert sum(families.values()) == len(TEMPLATES) and len(TAKES_TOOLS) >= 20

@@ -139,8 +139,9 @@ def chat(
     if prompt is not None:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
-        text = model.generate([messages], max_new_tokens, sampling=sampling)[0]
-        reasoning, answer = split_reasoning(text, model.opens_thinking(model.prompt_ids(messages)))
+        prompt = model.prompt_ids(messages)  # rendered once, for the answer and its reasoning
+        text = model.generate_ids([prompt], max_new_tokens, sampling=sampling)[0][0]
+        reasoning, answer = split_reasoning(text, model.opens_thinking(prompt))
         if reasoning and not hide_reasoning:
             err.print(reasoning, style="dim", highlight=False)
         print(answer)

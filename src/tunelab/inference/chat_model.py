@@ -310,12 +310,7 @@ def _open_adapters(
     from peft import PeftModel
 
     first = group[0][1]
-    method = first.recipe.method
-    device = pick_device()
-    options = get_method(method.type).load_options(method, device)
-    base = load_model(
-        resolve_model(first.base), pick_dtype(first.recipe.model.dtype, device), device, **options
-    )
+    base, device = _load_base(first, quantized=True)
     model = None
     for name, weights in group:
         if model is None:
@@ -386,16 +381,19 @@ def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
         return model
     from peft import PeftModel
 
-    method_config = weights.recipe.method
-    device = pick_device()
-    options = (
-        get_method(method_config.type).load_options(method_config, device) if quantized else {}
-    )
-    base = load_model(
-        resolve_model(weights.base), pick_dtype(dtype_setting, device), device, **options
-    )
+    base, device = _load_base(weights, quantized)
     model = PeftModel.from_pretrained(base, weights.adapter).eval()
     return _adapter_variant(model, weights, device, f"{weights.run.path} (base + adapter)")
+
+
+def _load_base(weights: TrainedWeights, quantized: bool):
+    """(the base model an adapter run trained on, its device); a qlora base in 4-bit unless
+    `quantized` is False."""
+    method = weights.recipe.method
+    device = pick_device()
+    options = get_method(method.type).load_options(method, device) if quantized else {}
+    dtype = pick_dtype(weights.recipe.model.dtype, device)
+    return load_model(resolve_model(weights.base), dtype, device, **options), device
 
 
 def _open_source(

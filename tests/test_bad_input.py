@@ -231,6 +231,43 @@ CASES = {
         "d.jsonl:2 field `turn 1 (tool)`",
         "out of order",
     ),
+    "function-call-not-json": (
+        "d.jsonl",
+        jsonl(
+            SG_OK,
+            {
+                "conversations": [
+                    {"from": "human", "value": "q"},
+                    {"from": "function_call", "value": "search(q)"},
+                    {"from": "observation", "value": "{}"},
+                    {"from": "gpt", "value": "a"},
+                ]
+            },
+        ),
+        "d.jsonl:2 field `conversations[1].value`",
+        "a tool call must be JSON",
+    ),
+    "tool-call-arguments-not-json": (
+        "d.jsonl",
+        jsonl(
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"type": "function", "function": {"name": "f", "arguments": "{x"}}
+                        ],
+                    },
+                    {"role": "tool", "content": "{}"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            }
+        ),
+        "d.jsonl:1 field `messages[1].tool_calls[0].function.arguments`",
+        "is not valid JSON",
+    ),
     "tools-not-json": (
         "d.jsonl",
         jsonl(SG_OK, {**SG_OK, "tools": "[{broken"}),

@@ -206,3 +206,24 @@ def test_gsm8k_is_detected_as_question_answer(cache):
     )
     assert len(convs) == 7473 and report.sources[0]["format"] == "qa"
     assert convs[0].messages[-1].content.endswith("#### 72")
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "llamafactory").is_dir(), reason="../shared/data not present"
+)
+@pytest.mark.parametrize("to", ["messages", "sharegpt"])
+def test_tool_calls_are_read_as_calls_and_convert_round_trips(tmp_path, to):
+    """LLaMA-Factory's glaive tool-call demo: each function_call turn becomes a structured
+    call (name, arguments), and converting keeps every call, tool result and schema."""
+    source = SHARED_DATA / "llamafactory" / "glaive_toolcall_en_demo.json"
+    before, report = load_conversations(DataConfig(train=[str(source)]))
+    calls = [call for c in before for m in c.messages for call in m.tool_calls or []]
+    assert len(before) == 300 and not report.bad_rows and len(calls) == 211
+    assert all(call["function"]["name"] and isinstance(call["function"]["arguments"], dict)
+               for call in calls)  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["data", "convert", str(source), "--to", to, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    after, _ = load_conversations(DataConfig(train=[str(out)]))
+    assert [c.as_dicts() for c in after] == [c.as_dicts() for c in before]
+    assert [c.tools for c in after] == [c.tools for c in before]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.data.conversation import Conversation, Message
-from tunelab.data.render import IGNORE_INDEX, ConversationRenderer
+from tunelab.data.conversation import Conversation, Message, RowError
+from tunelab.data.render import IGNORE_INDEX, ConversationRenderer, shape_calls
 from tunelab.templates import BUILTIN_TEMPLATES, builtin_template
 
 
@@ -246,3 +246,125 @@ def test_templates_by_family_are_counted():
         "templates per family:", dict(sorted(families.items())), "taking tools:", len(TAKES_TOOLS)
     )
     assert sum(families.values()) == len(TEMPLATES) and len(TAKES_TOOLS) >= 20
+
+
+CALL = [{"type": "function", "function": {"name": "add_numbers", "arguments": {"a": 2, "b": 3}}}]
+TOOL_RESULT = '{"result": 5}'
+TOOL_CONVERSATIONS = {
+    "call": [
+        Message("user", "What is 2 plus 3?"),
+        Message("assistant", "", tool_calls=CALL),
+        Message("tool", TOOL_RESULT),
+        Message("assistant", "It is 5."),
+    ],
+    "call-then-turn-system": [
+        Message("system", "Be brief."),
+        Message("user", "What is 2 plus 3?"),
+        Message("assistant", "", tool_calls=CALL),
+        Message("tool", TOOL_RESULT),
+        Message("assistant", "It is 5."),
+        Message("user", "Thanks!"),
+        Message("assistant", "You are welcome."),
+    ],
+}
+
+
+def _template_refuses(renderer, messages: list[Message]) -> bool:
+    """Whether the template itself refuses the conversation, with the call's arguments as an
+    object or as JSON text, and tool results as it shows them (its own raise_exception)."""
+    plain = renderer.with_tool_results_shown([m.as_dict() for m in messages])
+    for arguments_as_text in (False, True):
+        try:
+            renderer.render_text(shape_calls(plain, arguments_as_text), tools=json.loads(TOOLS))
+        except Exception:
+            continue
+        return False
+    return True
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("conversation", list(TOOL_CONVERSATIONS))
+def test_a_tool_call_answer_is_trained_as_the_model_calls(renderers, template, conversation):
+    """An assistant turn that calls a tool trains the call as the template writes it (its own
+    call syntax where it has one, else the call's JSON) through its stop token; the tool's
+    result, the schemas and the user's text never train. A template with no tool turns of
+    its own (Phi-3 drops them, Cohere and Gemma refuse them) shows the result as a user turn;
+    a row is refused, with the template's reason, only when the template refuses it all the
+    same (Gemma 1's refusal of a system turn)."""
+    renderer = renderers[template]
+    messages = TOOL_CONVERSATIONS[conversation]
+    row = Conversation(messages, tools=TOOLS)
+    if _template_refuses(renderer, messages):
+        with pytest.raises(RowError, match="the chat template refuses this conversation"):
+            renderer.render_all(row)
+        return
+    samples = renderer.render_all(row)
+    runs = [run for sample in samples for run in _trained_runs(sample)]
+    texts = [renderer.tokenizer.decode(run) for run in runs]
+    answers = [m for m in messages if m.role == "assistant"]
+    special = set(renderer.tokenizer.all_special_ids)
+    assert len(runs) == len(answers), texts
+    assert all(run[-1] in special for run in runs), texts
+    assert "add_numbers" in texts[0] and "2" in texts[0] and "3" in texts[0], texts
+    for text, answer in zip(texts[1:], answers[1:]):
+        assert answer.content in text, texts
+    for text in texts:
+        assert "result" not in text and "Thanks!" not in text and "Be brief" not in text, texts
+    prompt = renderer.tokenizer.decode(samples[-1].input_ids)
+    assert "result" in prompt  # the tool's answer reached the model
+
+
+def test_only_templates_with_their_own_refusal_refuse_tool_turns(renderers):
+    """Counts (printed with -s): templates writing calls in their own syntax, as JSON text,
+    showing tool results as user turns, and those that refuse the conversation anyway."""
+    if FOLDER is None:
+        pytest.skip("trl (its chat_templates/) is not installed")
+    own = [t for t in TEMPLATES if renderers[t].call_arguments_as_text is not None]
+    folded = [t for t in TEMPLATES if not renderers[t].template_shows_tool_results]
+    refusing = [
+        t
+        for t in TEMPLATES
+        for c in TOOL_CONVERSATIONS.values()
+        if _template_refuses(renderers[t], c)
+    ]
+    print(
+        f"tool calls in the template's own syntax: {len(own)}, as JSON text: "
+        f"{len(TEMPLATES) - len(own)}; tool results as user turns: {folded}; "
+        f"refused by the template: {refusing}"
+    )
+    assert len(own) >= 20 and refusing == ["gemma"]
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_a_served_tool_conversation_is_prompted_as_trained(renderers, template):
+    """A client's conversation in OpenAI's shape (the call's arguments as JSON text, content
+    null) gets the prompt the final answer was trained after."""
+    renderer = renderers[template]
+    messages = TOOL_CONVERSATIONS["call"]
+    if _template_refuses(renderer, messages):
+        pytest.skip("the template refuses this conversation itself")
+    samples = renderer.render_all(Conversation(messages, tools=TOOLS))
+    last = samples[-1]
+    start = max(i for i, label in enumerate(last.labels) if label != IGNORE_INDEX)
+    while start and last.labels[start - 1] != IGNORE_INDEX:  # back to the last run's start
+        start -= 1
+    client = [
+        {"role": "user", "content": "What is 2 plus 3?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "add_numbers", "arguments": '{"a": 2, "b": 3}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": TOOL_RESULT},
+    ]
+    served = renderer.prompt_ids(client, json.loads(TOOLS))
+    decode = renderer.tokenizer.decode
+    assert decode(served) == decode(last.input_ids[:start])

@@ -178,8 +178,15 @@ def test_llamafactory_reasoning_and_tool_call_parts_are_read(tmp_path):
     answer = conversations[0].messages[2]
     assert answer.reasoning == next(p["value"] for p in parts if p["type"] == "reasoning").strip()
     assert answer.content == next(p["value"] for p in parts if p["type"] == "text")
-    calls = [m for c in conversations for m in c.messages if m.content.lstrip().startswith("{")]
-    assert calls and all(json.loads(m.content.splitlines()[0])["name"] for m in calls[:5])
+    calls = [call for c in conversations for m in c.messages for call in m.tool_calls or []]
+    assert len(calls) == 68  # every tool_call part, as a call with its name and arguments
+    assert calls[0]["function"] == {
+        "name": "get_movie_details",
+        "arguments": {"title": "Inception"},
+    }
+    assert not any(
+        m.content.lstrip().startswith('{"name"') for c in conversations for m in c.messages
+    )
     assert conversations[0].tools  # the record's tool schemas are kept
 
     bad = {"messages": [{"role": "user", "content": [{"type": "image_url", "value": "x.png"}]},

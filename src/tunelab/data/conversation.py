@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -30,6 +31,9 @@ class Message:
     role: Role
     content: str
     reasoning: str | None = None  # an assistant turn's reasoning, apart from its answer
+    # an assistant turn's tool calls, as chat templates take them:
+    # [{"type": "function", "function": {"name": ..., "arguments": {...}}}]
+    tool_calls: list[dict] | None = None
 
     @property
     def has_reasoning(self) -> bool:
@@ -44,6 +48,32 @@ class Message:
             return self.content
         return f"<think>\n{self.reasoning}\n</think>\n\n{self.content}"
 
+    def with_calls(self) -> str:
+        """The content with each tool call after it as a JSON line (`{"name", "arguments"}`,
+        as a function_call turn holds it), for templates with no place for calls."""
+        calls = [
+            json.dumps(
+                {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                ensure_ascii=False,
+            )
+            for c in self.tool_calls or []
+        ]
+        return "\n".join([self.content, *calls] if self.content else calls)
+
+    def as_dict(self, reasoning: bool = True, calls: bool = True) -> dict:
+        """The message in the shape chat templates expect; reasoning and tool calls as fields
+        of their own, or written into the content for a template that reads no such field."""
+        text = self.content if calls else self.with_calls()
+        if reasoning:
+            shaped = {"role": self.role, "content": text}
+            if self.reasoning:
+                shaped["reasoning_content"] = self.reasoning
+        else:
+            shaped = {"role": self.role, "content": replace(self, content=text).with_reasoning()}
+        if calls and self.tool_calls:
+            shaped["tool_calls"] = self.tool_calls
+        return shaped
+
 
 @dataclass
 class Conversation:
@@ -54,13 +84,9 @@ class Conversation:
     tools: str | None = None
     extra: dict = field(default_factory=dict)
 
-    def as_dicts(self) -> list[dict[str, str]]:
-        """Messages in the shape chat templates expect."""
-        return [
-            {"role": m.role, "content": m.content}
-            | ({"reasoning_content": m.reasoning} if m.reasoning else {})
-            for m in self.messages
-        ]
+    def as_dicts(self, reasoning: bool = True, calls: bool = True) -> list[dict]:
+        """Messages in the shape chat templates expect (see `Message.as_dict`)."""
+        return [m.as_dict(reasoning, calls) for m in self.messages]
 
 
 class RowError(Exception):

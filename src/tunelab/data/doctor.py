@@ -159,13 +159,28 @@ _SHAREGPT_TAGS = {"system": "system", "user": "human", "assistant": "gpt", "tool
 
 
 def _to_sharegpt(conversation: Conversation) -> dict:
-    turns = [
-        {"from": _SHAREGPT_TAGS[m.role], "value": m.with_reasoning()} for m in conversation.messages
-    ]
+    turns = [_sharegpt_turn(m, conversation) for m in conversation.messages]
     record = {"conversations": turns}
     if conversation.tools:
         record["tools"] = conversation.tools
     return record
+
+
+def _sharegpt_turn(message, conversation: Conversation) -> dict:
+    """One sharegpt turn; a turn that calls tools is a function_call turn holding the calls."""
+    if not message.tool_calls:
+        return {"from": _SHAREGPT_TAGS[message.role], "value": message.with_reasoning()}
+    if message.content.strip() or message.reasoning:
+        raise TunelabError(
+            f"{conversation.location}: has a turn with text and tool calls, which sharegpt "
+            "cannot hold; convert to messages."
+        )
+    calls = [
+        {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+        for c in message.tool_calls
+    ]
+    value = calls[0] if len(calls) == 1 else calls
+    return {"from": "function_call", "value": json.dumps(value, ensure_ascii=False)}
 
 
 def _to_alpaca(conversation: Conversation) -> dict:
@@ -173,7 +188,7 @@ def _to_alpaca(conversation: Conversation) -> dict:
     record: dict = {}
     if messages[0].role == "system":
         record["system"] = messages.pop(0).content
-    if any(m.role == "tool" for m in messages):
+    if any(m.role == "tool" or m.tool_calls for m in messages):
         raise TunelabError(
             f"{conversation.location}: has tool turns, which alpaca cannot hold; convert to messages."
         )

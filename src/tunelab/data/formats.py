@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunelab.data.conversation import Conversation, Location, Message, RowError
+from tunelab.data.tool_calls import calls_from_openai, calls_from_text
 
 
 @dataclass
@@ -148,11 +149,9 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
                 f"{where}.{columns.role_tag}",
                 f"unknown role {tag!r}; expected one of {known}",
             )
-        content, part_reasoning = _content_and_reasoning(
-            item.get(columns.content_tag), location, f"{where}.{columns.content_tag}"
+        messages.append(
+            _turn(item, roles[tag], tag == columns.function_tag, columns, location, where)
         )
-        reasoning = _reasoning(item, location, where) or part_reasoning
-        messages.append(Message(roles[tag], content, reasoning))
     if messages[0].role == "system" and columns.system in record and record[columns.system]:
         raise RowError(location, columns.system, "given twice: as a field and as the first turn")
     system = record.get(columns.system)
@@ -161,6 +160,26 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
     return Conversation(
         messages, location, tools=_tools(record.get(columns.tools), location, columns)
     )
+
+
+def _turn(
+    item: dict, role: str, is_call: bool, columns: Columns, location: Location, where: str
+) -> Message:
+    """One turn: its text, reasoning and tool calls (a function_call turn is all call)."""
+    spot = f"{where}.{columns.content_tag}"
+    value = item.get(columns.content_tag)
+    if is_call:
+        return Message(
+            role, "", tool_calls=calls_from_text(_content(value, location, spot), location, spot)
+        )
+    calls = None
+    if item.get("tool_calls") not in (None, []):
+        calls = calls_from_openai(item["tool_calls"], location, f"{where}.tool_calls")
+    if calls and value in (None, ""):  # OpenAI: a turn that only calls has no content
+        value = ""
+    text, reasoning, part_calls = _content_reasoning_calls(value, location, spot, bool(calls))
+    calls = (calls or []) + part_calls
+    return Message(role, text, _reasoning(item, location, where) or reasoning, calls or None)
 
 
 def _reasoning(item: dict, location: Location, where: str) -> str | None:
@@ -194,20 +213,21 @@ def _tools(value: object, location: Location, columns: Columns) -> str | None:
     return value
 
 
-def _content_and_reasoning(value: object, location: Location, where: str):
-    """A turn's text, and its reasoning when the content is a list of parts."""
+def _content_reasoning_calls(value: object, location: Location, where: str, calls: bool):
+    """A turn's text, and its reasoning and tool calls when the content is a list of parts
+    (the text may be empty when the turn calls a tool)."""
     if isinstance(value, list):
-        text, reasoning = _parts(value, location, where)
-        return _content(text, location, where), reasoning
-    return _content(value, location, where), None
+        text, reasoning, part_calls = _parts(value, location, where)
+        return _content(text, location, where, calls or bool(part_calls)), reasoning, part_calls
+    return _content(value, location, where, calls), None, []
 
 
-def _content(value: object, location: Location, where: str) -> str:
+def _content(value: object, location: Location, where: str, may_be_empty: bool = False) -> str:
     if value is None:
         raise RowError(location, where, "missing")
     if not isinstance(value, str):
         raise RowError(location, where, f"must be text, found {type(value).__name__}")
-    if not value.strip():
+    if not value.strip() and not may_be_empty:
         raise RowError(location, where, "is empty")
     return value
 
@@ -216,15 +236,16 @@ PART_KINDS = {
     "text": "text",
     "reasoning": "reasoning",
     "thinking": "reasoning",
-    "tool_call": "text",
+    "tool_call": "tool_call",
 }
 
 
-def _parts(parts: list, location: Location, where: str) -> tuple[str, str | None]:
+def _parts(parts: list, location: Location, where: str) -> tuple[str, str | None, list[dict]]:
     """Content parts, as OpenAI ({"type": "text", "text": ...}) and LLaMA-Factory's newer
     format ({"type": ..., "value": ...}, with reasoning and tool_call parts) write them: the
-    text and tool calls (a call's JSON, as a function_call turn holds it), and the reasoning."""
-    found: dict[str, list[str]] = {"text": [], "reasoning": []}
+    text, the reasoning and the tool calls (a call's JSON, as a function_call turn holds it)."""
+    found: dict[str, list[str]] = {"text": [], "reasoning": [], "tool_call": []}
+    calls: list[dict] = []
     for index, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
         text = part.get("text", part.get("value")) if isinstance(part, dict) else None
@@ -236,9 +257,12 @@ def _parts(parts: list, location: Location, where: str) -> tuple[str, str | None
             )
         if not isinstance(text, str):
             raise RowError(location, f"{where}[{index}]", "needs its text as `text` or `value`")
-        found[PART_KINDS[kind]].append(text)
+        if PART_KINDS[kind] == "tool_call":
+            calls += calls_from_text(text, location, f"{where}[{index}].value")
+        else:
+            found[PART_KINDS[kind]].append(text)
     reasoning = "\n".join(found["reasoning"]).strip("\n") or None
-    return "\n".join(found["text"]), reasoning
+    return "\n".join(found["text"]), reasoning, calls
 
 
 def from_xtuner(record: dict, location: Location, columns: Columns) -> Conversation:

@@ -18,7 +18,13 @@ from pathlib import Path
 from tunelab.data.cache import CACHE_SUFFIX, DamagedCache, read_cache, write_cache
 from tunelab.data.conversation import RowError
 from tunelab.data.load import DataReport, load_conversations, raise_for_bad_rows, resolve_source
-from tunelab.data.render import IGNORE_INDEX, ConversationRenderer, RenderedSample, truncate
+from tunelab.data.render import (
+    IGNORE_INDEX,
+    RENDERING,
+    ConversationRenderer,
+    RenderedSample,
+    truncate,
+)
 from tunelab.data.stats import suggest_max_length
 from tunelab.data.transforms import split_indices
 from tunelab.errors import TunelabError
@@ -77,7 +83,7 @@ def fingerprint(
             "reasoning",
         },
     )
-    extra = [__version__, split, settings, cut_for, template_args or {}]
+    extra = [__version__, RENDERING, split, settings, cut_for, template_args or {}]
     digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
     for source in config.sources(split):
         resolved = resolve_source(source, config, base_dir)

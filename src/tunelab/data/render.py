@@ -14,9 +14,14 @@ import json
 import os
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from tunelab.data.conversation import Conversation, Message, RowError
+from tunelab.data.tool_calls import calls_from_openai
 
 IGNORE_INDEX = -100
+RENDERING = 2  # bumped whenever the same data and template render to other samples (cache key)
+TOOL_RESULT_PREFIX = "Tool result:\n"
 TOOLS_PREAMBLE = "You can call these tools; answer with a JSON function call to use one:\n"
 
 
@@ -47,6 +52,9 @@ class ConversationRenderer:
         self.template = template
         self.max_length = max_length
         self.template_args = dict(template_args or {})  # e.g. enable_thinking
+        self._arguments_as_text: bool | None | str = "unknown"
+        self._shows_tool_results: bool | None = None
+        self._takes_system: bool | None = None
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
         # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
         # the same sample, and memory stays bounded by the cutoff instead of the record.
@@ -75,41 +83,116 @@ class ConversationRenderer:
             **self.template_args,
         )
 
+    @property
+    def call_arguments_as_text(self) -> bool | None:
+        """How this template takes tool calls: arguments as an object (False), as JSON text
+        (True, as DeepSeek's templates want), or not at all (None: the template ignores a
+        turn's `tool_calls`, so the calls are written into its content); probed once."""
+        if self._arguments_as_text == "unknown":
+            self._arguments_as_text = None
+            if "tool_calls" in self.template:
+                shapes = (False, True)
+                self._arguments_as_text = next(
+                    (shape for shape in shapes if self._renders_probe_call(shape)), None
+                )
+        return self._arguments_as_text
+
+    def _renders_probe_call(self, arguments_as_text: bool) -> bool:
+        call = {"type": "function", "function": {"name": "probe_call", "arguments": {"x": 7}}}
+        probe = [
+            {"role": "user", "content": "Go."},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+        ]
+        try:
+            text = self.render_text(shape_calls(probe, arguments_as_text))
+        except Exception:  # the template's own refusal of this shape
+            return False
+        return "probe_call" in text and "7" in text
+
+    @property
+    def template_shows_tool_results(self) -> bool:
+        """Whether the template renders a `tool` message (Phi-3's drops it silently, Cohere's
+        and Gemma's refuse it); probed once."""
+        if self._shows_tool_results is None:
+            as_text = self.call_arguments_as_text  # results may need the call they answer
+            call = {"type": "function", "function": {"name": "probe_call", "arguments": {}}}
+            probe = [
+                {"role": "user", "content": "Go."},
+                {"role": "assistant", "content": ""}
+                | ({"tool_calls": [call]} if as_text is not None else {"content": "Calling."}),
+                {"role": "tool", "content": "probe_result_7"},
+            ]
+            try:
+                text = self.render_text(shape_calls(probe, bool(as_text)))
+                self._shows_tool_results = "probe_result_7" in text
+            except Exception:  # no tool turns; a user turn holds the result instead
+                self._shows_tool_results = False
+        return self._shows_tool_results
+
+    def with_tool_results_shown(self, messages: list[dict]) -> list[dict]:
+        """The messages, with each tool result as a user turn when the template would drop
+        it, so that the model still sees what its call returned."""
+        if not any(m["role"] == "tool" for m in messages) or self.template_shows_tool_results:
+            return messages
+        return [
+            {"role": "user", "content": TOOL_RESULT_PREFIX + m["content"]}
+            if m["role"] == "tool"
+            else m
+            for m in messages
+        ]
+
     def messages_and_tools(self, conversation: Conversation) -> tuple[list[dict], list | None]:
         """The messages to render, with tool schemas given to the template or, if it has no
         place for them, written into the system prompt so the model still sees them."""
-        messages = conversation.as_dicts()
-        if not self.template_reads_reasoning:  # never dropped: in the answer as a think block
-            messages = [
-                {"role": m.role, "content": m.with_reasoning()} for m in conversation.messages
-            ]
+        # never dropped: written into the answer for a template with no field of its own
+        calls = any(m.tool_calls for m in conversation.messages)
+        as_text = self.call_arguments_as_text if calls else None
+        messages = conversation.as_dicts(self.template_reads_reasoning, as_text is not None)
         if self.cut_chars:
             messages = [cut_message(m, self.cut_chars) for m in messages]
+        if as_text:
+            messages = shape_calls(messages, as_text)
+        messages = self.with_tool_results_shown(messages)
         if not conversation.tools:
             return messages, None
         tools = json.loads(conversation.tools)
         if self.template_takes_tools:
             return messages, tools
         listing = TOOLS_PREAMBLE + json.dumps(tools, ensure_ascii=False, indent=1)
-        if messages[0]["role"] == "system":
-            messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + listing}
-        else:
+        first = messages[0]
+        if first["role"] == "system":
+            messages[0] = {**first, "content": first["content"] + "\n\n" + listing}
+        elif self.template_takes_system:
             messages.insert(0, {"role": "system", "content": listing})
+        else:  # Gemma 1 refuses a system turn: the listing opens the first user turn
+            at = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
+            messages[at] = {**messages[at], "content": listing + "\n\n" + messages[at]["content"]}
         return messages, None
+
+    @property
+    def template_takes_system(self) -> bool:
+        """Whether the template renders a system turn rather than refusing it; probed once."""
+        if self._takes_system is None:
+            probe = [{"role": "system", "content": "probe_7"}, {"role": "user", "content": "Go."}]
+            try:
+                self._takes_system = "probe_7" in self.render_text(probe)
+            except Exception:
+                self._takes_system = False
+        return self._takes_system
 
     def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Token ids of a conversation ready for the model's next answer (for generation).
 
-        Tool schemas reach the model as in training: given to the template, or written into
-        the system prompt when the template has no place for them.
+        The messages are shaped as in training: reasoning, tool calls (OpenAI's, arguments
+        as JSON text) and tool results as the template takes them, and tool schemas given to
+        the template or written into the system prompt when it has no place for them.
         """
-        if tools:
-            conversation = Conversation(
-                [Message(m["role"], m["content"]) for m in messages],
-                tools=json.dumps(tools, ensure_ascii=False),
-            )
-            messages, tools = self.messages_and_tools(conversation)
-        text = self.render_text(messages, add_generation_prompt=True, tools=tools)
+        conversation = Conversation(
+            [message_from_dict(m) for m in messages],
+            tools=json.dumps(tools, ensure_ascii=False) if tools else None,
+        )
+        shaped, tools = self.messages_and_tools(conversation)
+        text = self.render_text(shaped, add_generation_prompt=True, tools=tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def texts_and_spans(self, conversation: Conversation) -> list[tuple]:
@@ -134,13 +217,14 @@ class ConversationRenderer:
         generated = []
         for turn, before, upto in turns:
             if upto.startswith(before):
-                target = self._through_stop(upto[len(before) :])
+                target = upto[len(before) :]
             else:  # a generation prompt that opens a think block the rendering lacks
                 target = self._after_think_opener(before, upto, messages[turn])
             if target is None:
                 break
+            target = self._through_stop(target, upto, messages, turn, tools)
             if not self._ends_with_special(target):  # no end-of-turn token (GLM-4)
-                target += self._next_turn_opener(messages, turn, tools)
+                target += self._next_turn_opener(messages, turn, tools, target)
             generated.append((before, target))
         if len(generated) == len(turns):
             if all(full.startswith(before + target) for before, target in generated):
@@ -158,51 +242,61 @@ class ConversationRenderer:
         return [(full, spans)]
 
     def _after_think_opener(self, before: str, upto: str, message: dict) -> str | None:
-        """What the model writes after a generation prompt that opens `<think>` (DeepSeek-R1
-        style) when the template renders answers without their reasoning: the reasoning, the
-        closing `</think>`, the answer and the turn's stop token. None for other openers."""
-        shared = os.path.commonprefix([before, upto])
-        if before[len(shared) :].strip() != "<think>":
+        """What the model writes after a generation prompt that opens `<think>` (DeepSeek-R1,
+        Nemotron 3 style), through the turn's stop token: the rest of the template's own think
+        block when it writes one for the turn (empty or not), else the reasoning, the closing
+        `</think>` and the answer (or tool call) as the template writes them. None when the
+        prompt opens no think block or the turn does not render after it."""
+        head = before.rstrip()
+        if not head.endswith("<think>"):
             return None
-        content = message["content"]
-        reasoning, answer = "", content.strip()
+        base = head[: -len("<think>")]
+        if not upto.startswith(base):
+            return None
+        opener, rendered = before[len(base) :], upto[len(base) :]
+        if rendered.startswith(opener):
+            return rendered[len(opener) :]
+        if rendered.startswith("<think>"):  # its own block, spaced otherwise (<think></think>)
+            return rendered[len("<think>") :].lstrip()
+        reasoning = message.get("reasoning_content") or ""
+        content = message["content"] or ""
         if "</think>" in content:
-            head, _, tail = content.partition("</think>")
-            reasoning, answer = head.replace("<think>", "", 1).strip("\n"), tail.strip()
-        rendered = upto[len(shared) :]
-        at = rendered.find(answer)
-        if at < 0:
-            return None
-        closing = rendered[at + len(answer) :]
-        return self._through_stop(f"{reasoning}\n</think>\n\n{answer}{closing}")
+            reasoning = content.partition("</think>")[0].replace("<think>", "", 1)
+        return f"{reasoning.strip(chr(10))}\n</think>\n\n{rendered.lstrip()}"
 
     def _ends_with_special(self, text: str) -> bool:
         return any(t and text.endswith(t) for t in self.tokenizer.all_special_tokens)
 
-    def _next_turn_opener(self, messages: list[dict], turn: int, tools) -> str:
-        """For a template that closes an answer with no token of its own, the special token
-        it writes next when the user speaks again (GLM-4's `<|user|>`, which its model stops
-        on): what the model must generate to end its turn. Empty if there is none."""
-        probe = [*messages[: turn + 1], {"role": "user", "content": "Next."}]
+    def _next_turn_opener(self, messages: list[dict], turn: int, tools, target: str) -> str:
+        """For a template that closes a turn with no token of its own, the special token it
+        writes next when the conversation goes on (GLM-4's `<|user|>`, or `<|observation|>`
+        after a tool call, which its model stops on): what the model must generate to end
+        its turn. Empty if there is none."""
+        following_message = (messages[turn + 1 :] or [{"role": "user", "content": "Next."}])[0]
         try:
-            following = self.render_text(probe, tools=tools)
+            following = self.render_text([*messages[: turn + 1], following_message], tools=tools)
         except Exception:  # a template that refuses the probe keeps the turn as it is
             return ""
-        answer = messages[turn]["content"].split("</think>")[-1].strip()
-        end = following.rfind(answer, 0, following.rfind("Next.")) if answer else -1
+        # the turn's last characters after its reasoning, which may be gone from the text now
+        tail = target.rstrip().split("</think>")[-1].strip()[-24:]
+        marker = following_message.get("content") or ""
+        limit = following.rfind(marker) if marker and marker in following else len(following)
+        end = following.rfind(tail, 0, limit) if tail else -1
         if end < 0:
             return ""
-        rest = following[end + len(answer) :]  # earlier reasoning may be gone by now
+        rest = following[end + len(tail) :]
         head = rest.lstrip()
         for token in sorted(self.tokenizer.all_special_tokens, key=len, reverse=True):
             if token and head.startswith(token):
                 return rest[: len(rest) - len(head) + len(token)]
         return ""
 
-    def _through_stop(self, target: str) -> str:
-        """The generated text up to the end of the first special token after its last plain
-        text: the end-of-turn token trains, the template's trailing newline or an eos written
-        after the final turn only does not."""
+    def _through_stop(self, target: str, upto: str, messages, turn: int, tools) -> str:
+        """The generated text through its stop: the special tokens right after its last plain
+        text (the end-of-turn token, or a run such as DeepSeek's closing of a tool call), less
+        those the template writes only because the turn is the final one (Phi-3's eos after
+        `<|end|>`, a trailing newline): what follows the turn when the user speaks next
+        decides which of them belong to it."""
         text = target.rstrip()
         core = text
         while True:
@@ -210,17 +304,38 @@ class ConversationRenderer:
             if not trailing:
                 break
             core = core[: -len(max(trailing, key=len))].rstrip()
-        rest = text[len(core) :]
-        firsts = [
-            rest.index(t) + len(t) for t in self.tokenizer.all_special_tokens if t and t in rest
-        ]
-        return text[: len(core) + min(firsts)] if firsts else text
+        ends = self._special_ends(text, len(core))
+        if len(ends) <= 1:
+            return text[: ends[0]] if ends else text
+        probe = [*messages[: turn + 1], {"role": "user", "content": "Next."}]
+        try:
+            following = self.render_text(probe, tools=tools)
+        except Exception:  # a template that refuses the probe keeps the whole run
+            return text[: ends[-1]]
+        shared = len(os.path.commonprefix([upto, following]))
+        offset = len(upto.rstrip()) - len(text)  # the closing run is the same at the end of both
+        return text[: max([e for e in ends if offset + e <= shared], default=ends[0])]
+
+    def _special_ends(self, text: str, start: int) -> list[int]:
+        """Where each special token in `text[start:]` ends, scanning left to right."""
+        ends, at = [], start
+        specials = sorted(
+            (t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True
+        )
+        while at < len(text):
+            token = next((t for t in specials if text.startswith(t, at)), None)
+            if token:
+                at += len(token)
+                ends.append(at)
+            else:
+                at += 1
+        return ends
 
     def _locate(self, full, message, upto, spans, conversation, turn) -> tuple[int, int]:
         # Templates that rewrite earlier turns (e.g. stripping reasoning) break the prefix rule;
         # fall back to finding the answer text itself after the previous answer, followed by
         # what the template writes to close the turn (its end-of-turn token, which must train).
-        content = message["content"]
+        content = message["content"] or ""
         after = spans[-1][1] if spans else 0
         start = full.find(content, after)
         if start < 0:
@@ -262,46 +377,126 @@ class ConversationRenderer:
         """Render a list; each item is a RenderedSample or the RowError that stopped its
         conversation (a conversation may give several samples, in order).
 
-        Texts are tokenized in chunks, which lets the tokenizer use its own threads.
+        Texts are tokenized in chunks, which lets the tokenizer use its own threads. A whole
+        conversation is one sample when its tokens break where each answer starts and ends;
+        where a token straddles that edge (`<think>\n` + `\n</think>` as `\n\n`), each turn
+        is a sample of its own, its prompt and answer tokenized apart, as when served.
         """
         results: list = []
         for begin in range(0, len(conversations), chunk):
-            part = conversations[begin : begin + chunk]
-            texts, spans, owners = [], [], []
-            for conversation in part:
-                try:
-                    pieces = self.texts_and_spans(conversation)
-                except RowError as exc:
-                    owners.append((conversation, exc))
-                    continue
-                for text, answer_spans, *split in pieces:
-                    if split:  # (prompt, answer): the answer is all trained
-                        owners.append((conversation, ("turn", len(texts))))
-                        texts += [text[: split[0]], text[split[0] :]]
-                        spans += [None, None]
-                        continue
-                    owners.append((conversation, len(texts)))
-                    texts.append(text)
-                    spans.append(answer_spans)
-            encoded = (
-                self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-                if texts
-                else {"input_ids": [], "offset_mapping": []}
-            )
-            for conversation, slot in owners:
-                if isinstance(slot, RowError):
-                    results.append(slot)
-                    continue
-                if isinstance(slot, tuple):
-                    prompt, answer = (list(encoded["input_ids"][slot[1] + k]) for k in (0, 1))
-                    ids, labels = prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
-                else:
-                    ids = list(encoded["input_ids"][slot])
-                    labels = mask_labels(ids, encoded["offset_mapping"][slot], spans[slot])
-                sample = truncate(ids, labels, self.max_length)
-                sample.location = str(conversation.location) if conversation.location else None
-                results.append(sample)
+            planned = [(c, self._planned(c)) for c in conversations[begin : begin + chunk]]
+            wholes = [p for _, pieces in planned if isinstance(pieces, list) for p in pieces]
+            wholes = [p for p in wholes if len(p) == 2]
+            encoded = self._encode([text for text, _ in wholes], offsets=True)
+            kept = {}
+            for (_text, spans), ids, offsets in zip(wholes, *encoded):
+                if edges_are_clean(offsets, spans):
+                    kept[id(spans)] = (ids, mask_labels(ids, offsets, spans))
+            turns = [
+                p
+                for _, pieces in planned
+                if isinstance(pieces, list)
+                for p in split_unclean(pieces, kept)
+            ]
+            halves = self._encode([half for t in turns for half in (t[0][: t[2]], t[0][t[2] :])])
+            split_ids = iter(zip(halves[0][0::2], halves[0][1::2]))
+            for conversation, pieces in planned:
+                results += self._samples(conversation, pieces, kept, split_ids)
         return results
+
+    def _planned(self, conversation: Conversation):
+        """The conversation's texts and answer spans, or the RowError that refuses it."""
+        try:
+            return self.texts_and_spans(conversation)
+        except RowError as exc:
+            return exc
+        except (TemplateError, TypeError) as exc:  # the template's own refusal
+            return template_refusal(conversation, exc)
+
+    def _encode(self, texts: list[str], offsets: bool = False) -> tuple[list, list]:
+        if not texts:
+            return [], []
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+        return encoded["input_ids"], encoded["offset_mapping"] if offsets else []
+
+    def _samples(self, conversation, pieces, kept: dict, split_ids) -> list:
+        if isinstance(pieces, RowError):
+            return [pieces]
+        samples = []
+        for piece in split_unclean(pieces, kept, keep_whole=True):
+            if len(piece) == 2:
+                ids, labels = kept[id(piece[1])]
+            else:  # (prompt, answer): the answer is all trained
+                prompt, answer = (list(ids) for ids in next(split_ids))
+                ids, labels = prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
+            sample = truncate(ids, labels, self.max_length)
+            sample.location = str(conversation.location) if conversation.location else None
+            samples.append(sample)
+        return samples
+
+
+def split_unclean(pieces: list[tuple], kept: dict, keep_whole: bool = False) -> list[tuple]:
+    """The per-turn pieces (text, spans, prompt end) among `pieces`: those that already are,
+    and one per answer of a whole text whose token edges were not clean (not in `kept`);
+    with `keep_whole`, the clean whole texts too, in order."""
+    result = []
+    for piece in pieces:
+        if len(piece) == 3:
+            result.append(piece)
+        elif id(piece[1]) in kept:
+            if keep_whole:
+                result.append(piece)
+        else:
+            text, spans = piece
+            result += [(text[:end], [(start, end)], start) for start, end in spans]
+    return result
+
+
+def edges_are_clean(offsets, spans: list[tuple[int, int]]) -> bool:
+    """Whether every answer span starts and ends on a token edge."""
+    starts = {start for start, _ in offsets}
+    ends = {end for _, end in offsets}
+    return all(start in starts and end in ends for start, end in spans if end > start)
+
+
+def shape_calls(messages: list[dict], arguments_as_text: bool) -> list[dict]:
+    """The messages with their tool calls' arguments as JSON text, when the template wants."""
+    if not arguments_as_text:
+        return messages
+    return [
+        {**m, "tool_calls": [_arguments_as_text(c) for c in m["tool_calls"]]}
+        if m.get("tool_calls")
+        else m
+        for m in messages
+    ]
+
+
+def _arguments_as_text(call: dict) -> dict:
+    function = call["function"]
+    text = json.dumps(function["arguments"], ensure_ascii=False)
+    return {**call, "function": {**function, "arguments": text}}
+
+
+def message_from_dict(message: dict) -> Message:
+    """A chat message as clients send it (OpenAI's shape) as the canonical message."""
+    calls = message.get("tool_calls")
+    return Message(
+        message["role"],
+        message.get("content") or "",
+        message.get("reasoning_content") or None,
+        calls_from_openai(calls, None, "tool_calls") if calls else None,
+    )
+
+
+def template_refusal(conversation: Conversation, exc: Exception) -> RowError:
+    """A conversation the chat template itself refuses to render, in its own words."""
+    reason = getattr(exc, "message", None) or str(exc)
+    return RowError(
+        conversation.location,
+        None,
+        f"the chat template refuses this conversation ({reason}); fix the row or choose "
+        "another model.template",
+    )
 
 
 def cut_message(message: dict, keep: int) -> dict:

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from tunelab.data.conversation import RowError
 from tunelab.errors import TunelabError
 from tunelab.inference.batch import Row
 from tunelab.inference.chat_model import ChatModel, Sampling
@@ -117,7 +118,7 @@ def _job(model: ChatModel, body: ChatRequest, max_tokens: int) -> Job:
     messages = [message.as_dict() for message in body.messages]
     try:
         prompt = model.prompt_ids(messages, body.tools)
-    except (TunelabError, jinja2.TemplateError, TypeError, ValueError) as exc:
+    except (TunelabError, RowError, jinja2.TemplateError, TypeError, ValueError) as exc:
         raise ApiError(400, f"the chat template refused the messages: {exc}", "messages") from exc
     wanted = body.max_completion_tokens or body.max_tokens or max_tokens
     context = model.context()

@@ -368,3 +368,58 @@ def test_a_served_tool_conversation_is_prompted_as_trained(renderers, template):
     served = renderer.prompt_ids(client, json.loads(TOOLS))
     decode = renderer.tokenizer.decode
     assert decode(served) == decode(last.input_ids[:start])
+
+
+# Gemma 4 (first, third and fourth versions) writes a thought channel only on a turn that calls
+# a tool: the reasoning of a plain answer is refused, naming data.reasoning: strip.
+GEMMA4_THOUGHT_ON_CALLS_ONLY = {"gemma4", "gemma4_v3", "gemma4_v4"}
+REASONED = [
+    Message("system", "Be brief."),
+    Message("user", "Hi there"),
+    Message("assistant", "Hello, friend.", reasoning="Greet back."),
+    Message("user", "And two plus two?"),
+    Message("assistant", "It is four.", reasoning="Add them."),
+    Message("user", "Thanks!"),
+    Message("assistant", "You are welcome.", reasoning="Be polite."),
+]
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize(
+    "template",
+    [
+        pytest.param(
+            t,
+            marks=pytest.mark.xfail(strict=True, reason="refuses a system turn")
+            if t == "gemma"
+            else pytest.mark.xfail(strict=True, reason="writes no reasoning for such a turn")
+            if t in REASONING_GAPS | GEMMA4_THOUGHT_ON_CALLS_ONLY
+            else (),
+        )
+        for t in TEMPLATES
+    ],
+)
+def test_three_turns_with_reasoning_train_each_reasoning_and_answer_once(renderers, template):
+    """Reasoning as its own field (`reasoning_content`) on every answer of three turns with a
+    system prompt: each turn trains its reasoning, then its answer, then its stop token,
+    once, whether the template renders reasoning itself or the answer carries a think block."""
+    renderer = renderers[template]
+    samples = renderer.render_all(Conversation(REASONED))
+    runs = [run for sample in samples for run in _trained_runs(sample)]
+    texts = [renderer.tokenizer.decode(run) for run in runs]
+    answers = [m for m in REASONED if m.role == "assistant"]
+    special = set(renderer.tokenizer.all_special_ids)
+    assert len(runs) == 3 and all(run[-1] in special for run in runs), texts
+    for text, answer in zip(texts, answers):
+        assert text.index(answer.reasoning) < text.index(answer.content), texts
+        assert "Thanks!" not in text and "Be brief" not in text, texts
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize("template", sorted(GEMMA4_THOUGHT_ON_CALLS_ONLY | REASONING_GAPS))
+def test_reasoning_a_template_cannot_write_is_refused_not_dropped(renderers, template):
+    renderer = renderers[template]
+    with pytest.raises(RowError, match="set data.reasoning: strip"):
+        renderer.render_all(Conversation(REASONED))
+    stripped = [Message(m.role, m.content) for m in REASONED]
+    assert len(renderer.render_all(Conversation(stripped))) >= 1

@@ -223,6 +223,7 @@ class ConversationRenderer:
             if target is None:
                 break
             target = self._through_stop(target, upto, messages, turn, tools)
+            require_reasoning(conversation, messages, turn, target)
             if not self._ends_with_special(target):  # no end-of-turn token (GLM-4)
                 target += self._next_turn_opener(messages, turn, tools, target)
             generated.append((before, target))
@@ -236,6 +237,7 @@ class ConversationRenderer:
         spans: list[tuple[int, int]] = []
         for turn, _before, upto in turns:
             start, end = self._locate(full, messages[turn], upto, spans, conversation, turn)
+            require_reasoning(conversation, messages, turn, full[start:end])
             while end > start and full[end - 1] in " \n\r\t":
                 end -= 1
             spans.append((start, end))
@@ -475,6 +477,28 @@ def _arguments_as_text(call: dict) -> dict:
     function = call["function"]
     text = json.dumps(function["arguments"], ensure_ascii=False)
     return {**call, "function": {**function, "arguments": text}}
+
+
+def require_reasoning(conversation: Conversation, messages: list[dict], turn: int, trained: str):
+    """Refuse a turn whose reasoning the template does not write (never dropped silently)."""
+    if reasoning_of(messages[turn]) not in trained:
+        raise RowError(
+            conversation.location,
+            f"turn {turn}",
+            "the chat template does not write this answer's reasoning even as the turn being "
+            "generated, so it cannot be trained; set data.reasoning: strip to train the "
+            "answers without it",
+        )
+
+
+def reasoning_of(message: dict) -> str:
+    """A message's reasoning text, from its own field or a think block in its content."""
+    content = message.get("content") or ""
+    if message.get("reasoning_content"):
+        return message["reasoning_content"].strip()
+    if content.lstrip().startswith("<think>") and "</think>" in content:
+        return content.partition("</think>")[0].replace("<think>", "", 1).strip()
+    return ""
 
 
 def message_from_dict(message: dict) -> Message:

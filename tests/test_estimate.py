@@ -164,3 +164,33 @@ def test_estimate_covers_every_stage(tmp_path, tiny_model_dir):
     assert (first["batch_size"], second["batch_size"]) == (4, 8)
     assert second["tokens_per_step"] > first["tokens_per_step"]
     assert second["total_bytes"] > first["total_bytes"]
+
+
+def test_estimate_counts_the_samples_a_turn_by_turn_template_makes(tmp_path, tiny_model_dir):
+    """Qwen3-style templates drop earlier reasoning, so each answer of a reasoning
+    conversation trains as its own sample: the estimate counts them, with steps and time."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Hi {i}"},
+                {"role": "assistant", "content": "Hello.", "reasoning_content": "Greet."},
+                {"role": "user", "content": f"What is {i} plus 1?"},
+                {"role": "assistant", "content": f"{i + 1}.", "reasoning_content": "Add one."},
+            ]
+        }
+        for i in range(6)
+    ]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, epochs=2, max_steps=None)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["model"]["template"] = "qwen3"
+    raw["data"]["train"] = [str(tmp_path / "data.jsonl")]
+    recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    done = run_cli("estimate", str(recipe), "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)["data"]
+    assert (data["conversations"], data["samples"], data["turn_samples"]) == (6, 12, 6)
+    assert (data["steps_per_epoch"], data["steps"]) == (3, 6) and data["seconds"] > 0
+    shown = run_cli("estimate", str(recipe))
+    assert "12 samples from 6 conversations, 6 of them extra" in shown.stdout, shown.stdout
+    assert "3 optimizer steps an epoch, 6 in all" in shown.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.estimation import CPU_MATMUL_EFFICIENCY, Estimate, GiB
+from tunelab.estimation import CPU_MATMUL_EFFICIENCY, DataCount, Estimate, GiB
 
 PART_NAMES = {
     "weights": "weights",
@@ -45,6 +45,8 @@ def show_estimate(console: Console, result: Estimate) -> None:
             f"measured fp32 matmul rate of {result.matmul_flops_per_second / 1e9:.0f} GFLOP/s)",
             highlight=False,
         )
+    if result.data:
+        show_data_count(console, result.data)
     if result.budget_bytes is not None:
         verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
         console.print(
@@ -53,3 +55,26 @@ def show_estimate(console: Console, result: Estimate) -> None:
         )
         for line in result.suggestions:
             console.print(f"  {line}", highlight=False)
+
+
+def show_data_count(console: Console, data: DataCount) -> None:
+    extra = (
+        f", {data.turn_samples:,} of them extra: the chat template is trained turn by turn"
+        if data.turn_samples
+        else ""
+    )
+    console.print(
+        f"data: {data.samples:,} samples from {data.conversations:,} conversations{extra}; "
+        f"{data.tokens_per_epoch:,} tokens an epoch; {data.steps_per_epoch:,} optimizer steps "
+        f"an epoch, {data.steps:,} in all"
+        + (f"; about {_duration(data.seconds)} on this CPU" if data.seconds else ""),
+        highlight=False,
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -14,6 +14,7 @@ check against measured peaks); the parts they scale are computed, not guessed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -64,6 +65,40 @@ class Profile:
 
 
 @dataclass
+class DataCount:
+    """How much the run trains on: samples (with the extra ones a template that is trained
+    turn by turn makes), real tokens and optimizer steps."""
+
+    conversations: int
+    samples: int
+    turn_samples: int  # extra samples: conversations trained one turn per sample
+    tokens_per_epoch: int
+    steps_per_epoch: int
+    steps: int  # optimizer steps of the whole run (epochs or max_steps)
+    seconds: float | None = None  # the whole run on this CPU, at the measured matmul rate
+
+    @classmethod
+    def of(cls, data, train) -> DataCount:
+        """The count for prepared data under a recipe's `train` settings, as the Trainer
+        batches it (the last batch and accumulation round may be short)."""
+        batches = math.ceil(len(data.train) / train.batch_size)
+        per_epoch = max(math.ceil(batches / train.grad_accum), 1)
+        steps = math.ceil(per_epoch * train.epochs)
+        return cls(
+            conversations=data.report.kept,
+            samples=len(data.train),
+            turn_samples=data.report.turn_samples,
+            tokens_per_epoch=sum(len(s.input_ids) for s in data.train),
+            steps_per_epoch=per_epoch,
+            steps=min(steps, train.max_steps) if train.max_steps else steps,
+        )
+
+    @property
+    def epochs_run(self) -> float:
+        return self.steps / self.steps_per_epoch
+
+
+@dataclass
 class Estimate:
     device: str
     method: str
@@ -83,6 +118,7 @@ class Estimate:
     budget_bytes: int | None = None
     fits: bool | None = None
     suggestions: list[str] = field(default_factory=list)
+    data: DataCount | None = None  # the recipe's training data, when it was read
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -415,6 +451,10 @@ def estimate_run(
             result.matmul_flops_per_second = rate
             work = result.flops_per_token * result.tokens_per_step
             result.seconds_per_step = work / (rate * CPU_MATMUL_EFFICIENCY)
+            if result.data:
+                tokens = result.data.tokens_per_epoch * result.data.epochs_run
+                run = result.flops_per_token * tokens / (rate * CPU_MATMUL_EFFICIENCY)
+                result.data.seconds = run
     return results
 
 
@@ -431,7 +471,7 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     packed = plan.trained_logits_only
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     dtype = plan.dtype
-    return estimate_for(
+    result = estimate_for(
         config,
         recipe.method,
         dtype,
@@ -443,6 +483,8 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
         logit_tokens=trained if packed else None,
         budget=budget,
     )
+    result.data = DataCount.of(data, recipe.train)
+    return result
 
 
 def estimate_for(

@@ -263,7 +263,7 @@ def test_custom_model_code_never_runs_even_when_stdin_says_yes(tmp_path, tiny_mo
         text=True,
         timeout=300,
     )
-    assert_refused(result, str(model), "tunelab never runs such code")
+    assert_refused(result, str(model), "model.trust_remote_code: true")
     assert not sentinel.exists()
 
 

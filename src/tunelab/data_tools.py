@@ -18,7 +18,7 @@ def _tokenizer_and_template(target: Target):
     from tunelab.templates import resolve_template
 
     quiet_libraries()
-    tokenizer = load_tokenizer(resolve_model(target.model))
+    tokenizer = load_tokenizer(resolve_model(target.model, target.trust_remote_code))
     return tokenizer, resolve_template(target.template, tokenizer, target.base_dir)
 
 

@@ -51,7 +51,7 @@ def plan_run(recipe: Recipe, device: torch.device | None = None, load: bool = Tr
     needs no bitsandbytes to estimate qlora).
     """
     device = device or pick_device()
-    source = resolve_model(recipe.model.path)
+    source = resolve_model(recipe.model.path, recipe.model.trust_remote_code)
     method = get_method(recipe.method.type)
     if device.type == "cuda" and recipe.model.dtype == "auto" and not torch.cuda.is_available():
         dtype = torch.bfloat16  # what a CUDA card with bf16 gets (planned without one here)

@@ -63,6 +63,11 @@ class ModelConfig(Section):
         description="extra arguments for the chat template, e.g. {enable_thinking: false}; "
         "used in training, sample answers, chat and eval alike",
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="run the model folder's own Python code (config.json auto_map), as "
+        "custom-code models like InternLM2.5 need; read those files first",
+    )
 
 
 class DataConfig(Section):

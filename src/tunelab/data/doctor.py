@@ -25,6 +25,7 @@ class Target:
     template: str = "auto"
     registry_entries: list[dict] = field(default_factory=list)
     template_args: dict = field(default_factory=dict)
+    trust_remote_code: bool = False  # the recipe's model.trust_remote_code
 
 
 def open_target(path: str | Path, model: str | None = None) -> Target:
@@ -43,6 +44,7 @@ def open_target(path: str | Path, model: str | None = None) -> Target:
             model or recipe.model.path,
             recipe.model.template,
             template_args=recipe.model.template_args,
+            trust_remote_code=recipe.model.trust_remote_code,
         )
     if path.name == "dataset_info.json" or _looks_like_registry(path):
         return _registry_target(path, model)

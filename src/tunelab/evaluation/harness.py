@@ -24,7 +24,7 @@ def hf_paths(target: str | Path) -> tuple[Path, Path | None, Path]:
         weights = RunFolder.open(path).trained()
         if weights.model is not None:
             return weights.model, None, weights.model
-        base = resolve_model(weights.base)
+        base = resolve_model(weights.base, weights.recipe.model.trust_remote_code)
         if base.gguf_file:
             raise TunelabError(
                 "the harness cannot load a .gguf base; convert it to an HF folder first."

@@ -332,7 +332,8 @@ def _open_adapters(
 
 def _adapter_variant(model, weights: TrainedWeights, device, description: str) -> ChatModel:
     """The run's adapter with its own tokenizer, chat template and system prompt."""
-    tokenizer = load_tokenizer(ModelSource(str(weights.adapter), weights.adapter))
+    trusted = weights.recipe.model.trust_remote_code
+    tokenizer = load_tokenizer(ModelSource(str(weights.adapter), weights.adapter, None, trusted))
     renderer = ConversationRenderer(
         tokenizer, tokenizer.chat_template, template_args=weights.recipe.model.template_args
     )
@@ -344,7 +345,7 @@ def _adapter_variant(model, weights: TrainedWeights, device, description: str) -
 def _base_variant(model, weights: TrainedWeights, device) -> ChatModel:
     """The base of a run, prompted as the run was (its template and system prompt)."""
     recipe = weights.recipe
-    tokenizer = load_tokenizer(resolve_model(recipe.model.path))
+    tokenizer = load_tokenizer(resolve_model(recipe.model.path, recipe.model.trust_remote_code))
     renderer = ConversationRenderer(
         tokenizer,
         resolve_template(recipe.model.template, tokenizer),
@@ -359,7 +360,7 @@ def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
     if not with_adapter:
         recipe = run.final_run().recipe()
         model = _open_source(
-            resolve_model(recipe.model.path),
+            resolve_model(recipe.model.path, recipe.model.trust_remote_code),
             recipe.model.template,
             f"base of {run.path}",
             recipe.model.dtype,
@@ -371,7 +372,9 @@ def _open_run(run: RunFolder, with_adapter: bool, quantized: bool) -> ChatModel:
     dtype_setting = weights.recipe.model.dtype
     if weights.model is not None:
         model = _open_source(
-            ModelSource(str(weights.model), weights.model),
+            ModelSource(
+                str(weights.model), weights.model, None, weights.recipe.model.trust_remote_code
+            ),
             "auto",
             f"{weights.run.path} (trained model)",
             dtype_setting,
@@ -393,7 +396,8 @@ def _load_base(weights: TrainedWeights, quantized: bool):
     device = pick_device()
     options = get_method(method.type).load_options(method, device) if quantized else {}
     dtype = pick_dtype(weights.recipe.model.dtype, device)
-    return load_model(resolve_model(weights.base), dtype, device, **options), device
+    source = resolve_model(weights.base, weights.recipe.model.trust_remote_code)
+    return load_model(source, dtype, device, **options), device
 
 
 def _open_source(

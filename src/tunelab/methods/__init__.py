@@ -146,7 +146,11 @@ def meta_model(model_config, layers: int, dtype: torch.dtype, method: MethodConf
         model_config.layer_types = model_config.layer_types[:layers]
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
-            model_config, dtype=dtype, attn_implementation="sdpa"
+            model_config,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            # a config built by the folder's own code was allowed by the recipe already
+            trust_remote_code=type(model_config).__module__.startswith("transformers_modules"),
         )
     options = method.model_copy(update={"layers": min(method.layers, layers)})
     kind = "lora" if method.type == "qlora" else method.type  # same adapter, 4-bit base

@@ -1,12 +1,14 @@
 """Load configs, tokenizers and models from a resolved source, quietly and offline.
 
-No code shipped inside a model folder ever runs: `trust_remote_code=False` is passed on every
-load, so transformers refuses instead of asking on stdin. A folder or file that cannot be
-loaded is one sentence naming it, not a library traceback.
+No code shipped inside a model folder runs unless the recipe asks for it
+(`model.trust_remote_code: true`): otherwise `trust_remote_code=False` is passed on every load,
+so transformers refuses instead of asking on stdin, and the refusal names the recipe key. A
+folder or file that cannot be loaded is one sentence naming it, not a library traceback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +42,10 @@ def load_tokenizer(source: ModelSource):
 
     with loading(source, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(
-            source.folder, gguf_file=source.gguf_file, local_files_only=True, **NO_REMOTE_CODE
+            source.folder,
+            gguf_file=source.gguf_file,
+            local_files_only=True,
+            trust_remote_code=source.trust_remote_code,
         )
     if tokenizer.pad_token is None:
         # Padding is masked by the attention mask, never by id, so sharing eos is safe.
@@ -60,7 +65,7 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device, **
             gguf_file=source.gguf_file,
             dtype=dtype,
             local_files_only=True,
-            **NO_REMOTE_CODE,
+            trust_remote_code=source.trust_remote_code,
             **options,
         )
     if getattr(model, "hf_quantizer", None) is not None and source.gguf_file:
@@ -76,11 +81,23 @@ def load_config(source: ModelSource):
 
     with loading(source, "config"):
         return AutoConfig.from_pretrained(
-            source.folder, gguf_file=source.gguf_file, local_files_only=True, **NO_REMOTE_CODE
+            source.folder,
+            gguf_file=source.gguf_file,
+            local_files_only=True,
+            trust_remote_code=source.trust_remote_code,
         )
 
 
-NO_REMOTE_CODE = {"trust_remote_code": False}
+def remote_code_files(source: ModelSource) -> dict | None:
+    """What a run records when the model folder's own code ran: the folder and a SHA-256 of
+    each of its .py files (None when no such code was allowed)."""
+    if not source.trust_remote_code:
+        return None
+    files = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(source.folder.glob("*.py"))
+    }
+    return {"folder": str(source.folder), "files": files}
 
 
 @contextmanager
@@ -95,9 +112,9 @@ def loading(source: ModelSource, what: str) -> Iterator[None]:
         text = str(exc).strip()
         if "trust_remote_code" in text or "custom code" in text:
             raise TunelabError(
-                f"{where} needs code shipped inside the model folder to load its {what}; "
-                "tunelab never runs such code. Use a model whose architecture transformers "
-                "supports natively."
+                f"{where} needs code shipped inside the model folder to load its {what}, and "
+                "tunelab runs such code only when the recipe asks: read the folder's .py files, "
+                "then set model.trust_remote_code: true."
             ) from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise TunelabError(

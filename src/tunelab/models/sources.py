@@ -17,6 +17,7 @@ class ModelSource:
     spec: str
     folder: Path
     gguf_file: str | None = None
+    trust_remote_code: bool = False  # run code shipped in the folder (the recipe asked)
 
 
 def _builtin(spec: str) -> ModelSource | None:
@@ -69,11 +70,13 @@ RESOLVERS: list[Callable[[str], ModelSource | None]] = [
 ]
 
 
-def resolve_model(spec: str) -> ModelSource:
-    """Find the model that model.path names."""
+def resolve_model(spec: str, trust_remote_code: bool = False) -> ModelSource:
+    """Find the model that model.path names; its own code runs only with `trust_remote_code`
+    (model.trust_remote_code in the recipe)."""
     for resolver in RESOLVERS:
         source = resolver(spec)
         if source is not None:
+            source.trust_remote_code = trust_remote_code
             return source
     raise TunelabError(
         f"model.path `{spec}` is not the built-in `{BUILTIN_ALIAS}`, a local folder, a .gguf file, "

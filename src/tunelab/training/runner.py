@@ -16,10 +16,7 @@ from tunelab.data_tools import recipe_data
 from tunelab.errors import TunelabError
 from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import Method, check_method, count_parameters
-from tunelab.models.load import (
-    load_config,
-    load_model,
-)
+from tunelab.models.load import load_config, load_model, remote_code_files
 from tunelab.models.sources import ModelSource
 from tunelab.plan import RunPlan, plan_run
 from tunelab.preflight import preflight
@@ -301,6 +298,7 @@ def _train_and_save(
     _save_trained(recipe, run, plan, trainer, trainer.processing_class, keep_optimizer)
     summary = _summary(recipe, trainer, output, watchers, data, plan)
     summary.update(eval_loss=eval_loss, resumed_from=checkpoint.name if checkpoint else None)
+    summary["remote_code"] = remote_code_files(plan.source)  # what ran because it was asked
     return summary
 
 
@@ -310,7 +308,8 @@ def _load_model(recipe: Recipe, plan: RunPlan, init_from: Path | None, console: 
     torch.manual_seed(recipe.train.seed)
     weights = plan.source
     if init_from is not None and not method.saves_adapter:
-        weights = ModelSource(str(init_from / MODEL_DIR), init_from / MODEL_DIR)
+        folder = init_from / MODEL_DIR
+        weights = ModelSource(str(folder), folder, None, recipe.model.trust_remote_code)
     model = load_model(weights, plan.dtype, plan.device, **plan.load_options)
     if plan.batching.packed:
         # With a cache the model skips packed-sequence detection and attends across samples.

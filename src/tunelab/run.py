@@ -61,6 +61,7 @@ class RunFolder:
     made: list[Path] | None = field(default=None, repr=False)  # folders `create` made
     writer: bool = field(default=True, repr=False)  # False: another process writes it
     notes: list[str] = field(default_factory=list, repr=False)
+    checkpoint: Path | None = None  # read this checkpoint's weights instead of the final ones
 
     @classmethod
     def create(
@@ -98,10 +99,24 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
-        """An existing run folder, for reading, checked to be one."""
-        folder = cls(Path(path))
+        """An existing run folder, for reading, checked to be one; `RUN@N` or
+        `RUN/checkpoints/checkpoint-N` reads that checkpoint's weights."""
+        run_path, checkpoint = split_checkpoint(path)
+        folder = cls(run_path, checkpoint=checkpoint)
         if not (folder.path / RECIPE_FILE).is_file():
             raise TunelabError(f"{path} is not a tunelab run folder (no {RECIPE_FILE} in it).")
+        if checkpoint is not None and not checkpoint.is_dir():
+            saved = sorted(
+                (
+                    p.name.removeprefix("checkpoint-")
+                    for p in folder.checkpoints_dir.glob("checkpoint-*")
+                ),
+                key=lambda step: int(step) if step.isdigit() else -1,
+            )
+            raise TunelabError(
+                f"{run_path} has no {checkpoint.name}; its checkpoints are at steps "
+                f"{', '.join(saved) or '(none)'} (keep_last keeps only the newest)."
+            )
         return folder
 
     @classmethod
@@ -217,15 +232,23 @@ class RunFolder:
             ) from None
 
     def trained(self) -> TrainedWeights:
-        """What a finished run's weights are (the last stage's, for a staged run)."""
-        run = self.final_run()
+        """What a finished run's weights are (the last stage's, for a staged run), or those
+        of the checkpoint it was opened at."""
+        run = self if self.checkpoint else self.final_run()
         recipe = run.recipe()
-        model = run.model_dir if (run.model_dir / "config.json").is_file() else None
-        adapter = run.adapter_dir if (run.adapter_dir / "adapter_config.json").is_file() else None
+        if self.checkpoint:
+            model_dir = adapter_dir = self.checkpoint
+        else:
+            model_dir, adapter_dir = run.model_dir, run.adapter_dir
+        model = model_dir if (model_dir / "config.json").is_file() else None
+        adapter = adapter_dir if (adapter_dir / "adapter_config.json").is_file() else None
+        if model is None and adapter is None and self.checkpoint:
+            raise TunelabError(f"{self.checkpoint} holds no weights (no adapter or model files).")
         if model is None and adapter is None:
             raise TunelabError(
                 f"{run.path} has no trained weights yet (no adapter/ or model/); "
-                "did the run finish? A stopped run continues with --resume."
+                "did the run finish? A stopped run continues with --resume, and its "
+                f"checkpoints can be read as {run.path}@STEP."
             )
         return TrainedWeights(run, recipe, model, adapter)
 
@@ -248,6 +271,23 @@ def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def split_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
+    """(the run folder, the checkpoint folder or None) that a target names: `RUN`, `RUN@N`
+    or `RUN/checkpoints/checkpoint-N`."""
+    path = Path(target)
+    base, at, step = str(target).rpartition("@")
+    if at and step.isdigit() and (Path(base) / RECIPE_FILE).is_file():
+        return Path(base), Path(base) / CHECKPOINTS_DIR / f"checkpoint-{step}"
+    if path.parent.name == CHECKPOINTS_DIR and path.name.startswith("checkpoint-"):
+        return path.parent.parent, path
+    return path, None
+
+
+def is_run_target(target: str | Path) -> bool:
+    """Whether a target names a run folder or one of its checkpoints."""
+    return (split_checkpoint(target)[0] / RECIPE_FILE).is_file()
 
 
 def is_run_folder(path: Path) -> bool:

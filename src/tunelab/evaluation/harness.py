@@ -14,14 +14,13 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.models.sources import resolve_model
-from tunelab.run import RECIPE_FILE, RunFolder
+from tunelab.run import RunFolder, is_run_target
 
 
 def hf_paths(target: str | Path) -> tuple[Path, Path | None, Path]:
     """(weights folder, adapter folder or None, tokenizer folder) for what `target` names."""
-    path = Path(target)
-    if (path / RECIPE_FILE).is_file():
-        weights = RunFolder.open(path).trained()
+    if is_run_target(target):
+        weights = RunFolder.open(target).trained()
         if weights.model is not None:
             return weights.model, None, weights.model
         base = resolve_model(weights.base, weights.recipe.model.trust_remote_code)

@@ -27,7 +27,7 @@ from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
 from tunelab.reasoning import prompt_opens_thinking
-from tunelab.run import RECIPE_FILE, RunFolder, TrainedWeights
+from tunelab.run import RunFolder, TrainedWeights, is_run_target
 from tunelab.templates import resolve_template
 
 
@@ -241,9 +241,8 @@ def open_chat_model(
     `template_args` (e.g. {"enable_thinking": False}) go to the chat template; a run's own
     (model.template_args in its recipe) are the default.
     """
-    path = Path(target)
-    if (path / RECIPE_FILE).is_file():
-        model = _open_run(RunFolder.open(path), with_adapter, quantized)
+    if is_run_target(target):
+        model = _open_run(RunFolder.open(target), with_adapter, quantized)
     else:
         model = _open_source(resolve_model(str(target)), "auto", str(target))
     if template_args:
@@ -262,11 +261,10 @@ def open_chat_models(targets: list[str], with_base: bool = False) -> dict[str, C
     groups: dict[tuple, list[tuple[str, TrainedWeights]]] = {}
     first_run: RunFolder | None = None
     for name, target in _served_names(targets).items():
-        path = Path(target)
-        if not (path / RECIPE_FILE).is_file():
+        if not is_run_target(target):
             opened[name] = open_chat_model(target)
             continue
-        run = RunFolder.open(path)
+        run = RunFolder.open(target)
         first_run = first_run or run
         weights = run.trained()
         method = get_method(weights.recipe.method.type)

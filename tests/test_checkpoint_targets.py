@@ -1,0 +1,64 @@
+"""An intermediate checkpoint works wherever a run does: `RUN@N` or RUN/checkpoints/checkpoint-N."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import tunelab
+from tests.conftest import run_cli
+from tunelab.errors import TunelabError
+from tunelab.inference.chat_model import open_chat_models
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    rows = [{"instruction": f"Say {i}", "output": f"Number {i}."} for i in range(8)]
+    (folder / "data.json").write_text(json.dumps(rows), encoding="utf-8")
+    recipe = {
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": [str(folder / "data.json")], "max_length": 64},
+        "method": {"type": "lora", "r": 4},
+        "train": {
+            "max_steps": 3, "batch_size": 4, "lr": 5e-2, "save_every": 1, "keep_last": 2,
+            "tensorboard": False,
+        },
+        "output": str(folder / "run"),
+    }  # fmt: skip
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    tunelab.train(path)
+    return folder / "run"
+
+
+def test_a_checkpoint_answers_as_the_weights_of_its_step(run):
+    final = tunelab.chat(run, "Say 3", max_new_tokens=8)
+    at_last = tunelab.chat(f"{run}@3", "Say 3", max_new_tokens=8)
+    earlier = tunelab.chat(f"{run}@2", "Say 3", max_new_tokens=8)
+    by_folder = tunelab.chat(run / "checkpoints" / "checkpoint-2", "Say 3", max_new_tokens=8)
+    assert at_last == final  # the last checkpoint holds the final weights
+    assert by_folder == earlier
+    served = open_chat_models([f"{run}@2", str(run)])
+    assert set(served) == {f"{run.name}@2", run.name}
+    ids = torch.tensor([served[run.name].prompt_ids([{"role": "user", "content": "Say 3"}])])
+    logits = {}
+    for name, model in served.items():  # one base, each through its own adapter
+        with torch.no_grad():
+            model.model.set_adapter(model.adapter)
+            logits[name] = model.model(input_ids=ids).logits
+    assert not torch.allclose(logits[f"{run.name}@2"], logits[run.name])  # step 2 is not 3
+
+
+def test_a_checkpoint_exports_and_a_missing_one_names_those_kept(run, tmp_path):
+    out = tmp_path / "merged"
+    done = run_cli("export", f"{run}@2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert (out / "config.json").is_file()
+    with pytest.raises(
+        TunelabError, match="has no checkpoint-1; its checkpoints are at steps 2, 3"
+    ):
+        tunelab.chat(f"{run}@1", "Say 3")

@@ -581,6 +581,29 @@ def data_convert(
     print(out)
 
 
+recipe_app = typer.Typer(help="Bring recipes from other tools.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("import")
+def recipe_import(
+    source: Annotated[Path, typer.Argument(help="a LLaMA-Factory training YAML file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the tunelab recipe to write")],
+):
+    """Convert a LLaMA-Factory SFT training file (lora, qlora, full, freeze) into a recipe,
+    saying which keys it mapped and which it dropped, and why."""
+    from tunelab.recipe_import import import_file
+
+    if not source.is_file():
+        raise TunelabError(f"{source} does not exist; give a LLaMA-Factory training .yaml file.")
+    imported = import_file(source, out)
+    for key, target in imported.mapped:
+        print(f"mapped   {key} -> {target}")
+    for key, why in imported.dropped:
+        print(f"dropped  {key}: {why}")
+    err.print(f"wrote {out}; train it with `tunelab train {out}`", highlight=False)
+
+
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -318,7 +318,8 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
             raise TunelabError(f"{path} is a folder; give the recipe's .yaml file.")
         if not path.is_file():
             raise TunelabError(f"recipe file {path} does not exist; check the path.")
-        raw, lines = _read_yaml(path)
+        raw, lines = read_yaml(path)
+        refuse_foreign(raw, path)
         origin, source_dir = str(path), path.parent.resolve()
     override_keys = {}
     for item in overrides:
@@ -335,6 +336,17 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
         if path is not None:
             read_template_file(path)
     return recipe
+
+
+def refuse_foreign(raw: dict, path: Path) -> None:
+    """A LLaMA-Factory training file given as a recipe: say how to convert it."""
+    from tunelab.recipe_import import looks_like_llamafactory
+
+    if looks_like_llamafactory(raw):
+        raise TunelabError(
+            f"{path} is a LLaMA-Factory training file, not a tunelab recipe; convert it with "
+            f"`tunelab recipe import {path} --out recipe.yaml`, then train that."
+        )
 
 
 def stage_recipes(
@@ -372,7 +384,8 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """A YAML mapping with the line of each dotted key; any YAML error as `file:line: why`."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

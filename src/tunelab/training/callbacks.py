@@ -52,6 +52,10 @@ class MetricsWriter(TrainerCallback):
         self.eval_losses: list[float] = []
         self.last_eval_step: int | None = None
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:  # the final loss, whatever train.log_every
+            control.should_log = True
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return

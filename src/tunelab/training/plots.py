@@ -7,7 +7,10 @@ from pathlib import Path
 
 
 def plot_losses(metrics_file: Path, out: Path) -> Path | None:
-    """Training (and validation) loss against step, as a PNG; None if nothing was logged."""
+    """Training (and validation) loss against step, as a PNG; None if nothing was logged
+    (a run shorter than train.log_every writes no metrics)."""
+    if not metrics_file.is_file():
+        return None
     rows = [
         json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line
     ]

@@ -1,0 +1,228 @@
+"""A LLaMA-Factory training YAML as a tunelab recipe: each key mapped, or dropped with why.
+
+LLaMA-Factory's defaults are carried where they differ from tunelab's (LoRA alpha twice the
+rank, no LoRA dropout, gradient checkpointing on), so the imported recipe trains as the file
+did. Its own template names are not needed: tunelab renders with the model's own template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+# keys that only a LLaMA-Factory file has: two of them make a file one
+MARKERS = {"model_name_or_path", "finetuning_type", "cutoff_len", "stage", "lora_target", "dataset"}
+SCHEDULERS = {"cosine", "linear", "constant", "constant_with_warmup"}
+IGNORED = {  # settled by tunelab itself: why each has no key of its own
+    "do_train": "tunelab train always trains",
+    "preprocessing_num_workers": "tunelab renders with the tokenizer's own threads and caches it",
+    "dataloader_num_workers": "data is tokenized once, before training",
+    "ddp_timeout": "one process; several processes are not in tunelab yet",
+    "plot_loss": "every run writes its loss plot",
+    "save_only_model": "checkpoints always hold what exact resume needs",
+    "overwrite_output_dir": "pass --overwrite to tunelab train (only a tunelab run is replaced)",
+    "overwrite_cache": "the data cache is rebuilt whenever anything it depends on changes",
+    "flash_attn": "packed attention is chosen by device",
+    "bf16": "model.dtype: auto trains in bfloat16 on a GPU that has it",
+    "fp16": "model.dtype: auto picks the precision for the device",
+    "double_quantization": "tunelab's QLoRA settings are fixed (nf4)",
+    "trust_remote_code": "a model folder's own code runs only when you set "
+    "model.trust_remote_code: true yourself, after reading its .py files",
+    "neat_packing": "tunelab's packing never attends across samples (data.packing)",
+}
+
+
+@dataclass
+class Imported:
+    """The recipe, and what became of each key of the file."""
+
+    recipe: dict[str, Any]
+    mapped: list[tuple[str, str]] = field(default_factory=list)  # (file key, recipe key)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (file key, why)
+
+
+def looks_like_llamafactory(raw: object) -> bool:
+    """Whether a parsed YAML file is a LLaMA-Factory training file, not a tunelab recipe."""
+    return isinstance(raw, dict) and len(MARKERS & set(raw)) >= 2
+
+
+def import_llamafactory(raw: dict[str, Any], origin: str) -> Imported:
+    """The tunelab recipe for a LLaMA-Factory SFT training file (lora, qlora, full, freeze)."""
+    stage = raw.get("stage", "sft")
+    if stage != "sft":
+        raise TunelabError(
+            f"{origin}: stage `{stage}` is not supervised fine-tuning; tunelab imports sft "
+            "files (lora, qlora, full, freeze) only."
+        )
+    out = Imported({"model": {}, "data": {}, "method": {}, "train": {}})
+    keys = dict(raw)
+    keys.pop("stage", None)
+    out.mapped.append(("stage", "(sft: tunelab train)"))
+    _model(keys, out)
+    _method(keys, out, origin)
+    _data(keys, out)
+    _train(keys, out)
+    for key in list(keys):
+        value = keys.pop(key)
+        if key in IGNORED:
+            out.dropped.append((key, IGNORED[key]))
+        elif key == "deepspeed":
+            out.dropped.append((key, f"{value}: several processes are not in tunelab yet"))
+        elif key == "resume_from_checkpoint":
+            if value:
+                out.dropped.append((key, "resume with tunelab train RECIPE --resume"))
+        elif "vision" in key or "image" in key or "video" in key or "audio" in key:
+            out.dropped.append((key, "tunelab trains text models; media inputs are not read"))
+        else:
+            out.dropped.append((key, "not a setting tunelab has"))
+    return out
+
+
+def _take(keys: dict, out: Imported, key: str, section: str, name: str, convert=None) -> None:
+    if key not in keys:
+        return
+    value = keys.pop(key)
+    out.recipe[section][name] = convert(value) if convert else value
+    out.mapped.append((key, f"{section}.{name}"))
+
+
+def _model(keys: dict, out: Imported) -> None:
+    _take(keys, out, "model_name_or_path", "model", "path")
+    template = keys.pop("template", None)
+    if template is None:
+        return
+    out.recipe["model"]["template"] = "auto"
+    if str(template).endswith("_nothink"):
+        out.recipe["model"]["template_args"] = {"enable_thinking": False}
+        out.mapped.append(
+            ("template", "model.template: auto, template_args.enable_thinking: false")
+        )
+    else:
+        out.mapped.append(("template", "model.template: auto (the model's own chat template)"))
+
+
+def _method(keys: dict, out: Imported, origin: str) -> None:
+    kind = keys.pop("finetuning_type", "lora")
+    if kind not in ("lora", "full", "freeze"):
+        raise TunelabError(f"{origin}: finetuning_type `{kind}` is not lora, full or freeze.")
+    method = out.recipe["method"]
+    method["type"] = "dora" if kind == "lora" and keys.pop("use_dora", False) else kind
+    out.mapped.append(("finetuning_type", f"method.type: {method['type']}"))
+    _quantization(keys, out, origin)
+    if kind == "lora":
+        _take(keys, out, "lora_rank", "method", "r")
+        method.setdefault("r", 8)
+        method["alpha"] = keys.pop("lora_alpha", None) or 2 * method["r"]  # its default: 2 r
+        method["dropout"] = keys.pop("lora_dropout", 0.0)  # its default: none
+        out.mapped.append(("lora_alpha, lora_dropout", "method.alpha, method.dropout"))
+        target = keys.pop("lora_target", "all")
+        method["target"] = "all-linear" if target == "all" else _names(target)
+        out.mapped.append(("lora_target", "method.target"))
+    if kind == "freeze":
+        _take(keys, out, "freeze_trainable_layers", "method", "layers")
+        _take(keys, out, "freeze_trainable_modules", "method", "modules", _freeze_modules)
+
+
+def _quantization(keys: dict, out: Imported, origin: str) -> None:
+    bits = keys.pop("quantization_bit", None)
+    how = keys.pop("quantization_method", "bnb")
+    if bits is None:
+        return
+    if out.recipe["method"]["type"] != "lora" or bits != 4 or how != "bnb":
+        raise TunelabError(
+            f"{origin}: quantization_bit {bits} with {how} is not one tunelab trains; "
+            "QLoRA is 4-bit bitsandbytes with finetuning_type lora."
+        )
+    out.recipe["method"]["type"] = "qlora"
+    out.mapped.append(("quantization_bit, quantization_method", "method.type: qlora"))
+
+
+def _data(keys: dict, out: Imported) -> None:
+    data = out.recipe["data"]
+    folder = keys.pop("dataset_dir", "data")
+    data["registry"] = str(Path(folder) / "dataset_info.json")
+    out.mapped.append(("dataset_dir", "data.registry"))
+    limit = keys.pop("max_samples", None)
+    for key, name in (("dataset", "train"), ("eval_dataset", "eval")):
+        if key in keys:
+            names = _names(keys.pop(key))
+            data[name] = [{"path": n, "limit": limit} if limit else n for n in names]
+            out.mapped.append(
+                (key, f"data.{name}" + (" (with max_samples as limit)" if limit else ""))
+            )
+    _take(keys, out, "cutoff_len", "data", "max_length")
+    _take(keys, out, "packing", "data", "packing")
+    if isinstance(keys.get("val_size"), float) and 0 < keys["val_size"] < 1:
+        _take(keys, out, "val_size", "data", "val_ratio")
+    _take(keys, out, "default_system", "data", "system")
+
+
+def _train(keys: dict, out: Imported) -> None:
+    plain = {
+        "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum",
+        "learning_rate": "lr",
+        "num_train_epochs": "epochs",
+        "warmup_ratio": "warmup_ratio",
+        "weight_decay": "weight_decay",
+        "max_grad_norm": "max_grad_norm",
+        "seed": "seed",
+        "logging_steps": "log_every",
+        "save_steps": "save_every",
+        "save_total_limit": "keep_last",
+        "eval_steps": "eval_every",
+        "enable_liger_kernel": "fused_kernels",
+    }
+    for key, name in plain.items():
+        _take(keys, out, key, "train", name, float if name in ("lr", "epochs") else None)
+    if isinstance(keys.get("max_steps"), int) and keys["max_steps"] > 0:  # -1: by epochs
+        _take(keys, out, "max_steps", "train", "max_steps")
+    if keys.get("lr_scheduler_type") in SCHEDULERS:
+        _take(keys, out, "lr_scheduler_type", "train", "scheduler")
+    train = out.recipe["train"]
+    train["gradient_checkpointing"] = not keys.pop("disable_gradient_checkpointing", False)
+    out.mapped.append(("disable_gradient_checkpointing", "train.gradient_checkpointing"))
+    if "report_to" in keys:
+        trackers = _names(keys.pop("report_to"))
+        train["tensorboard"] = "tensorboard" in trackers
+        out.mapped.append(("report_to", "train.tensorboard"))
+    if "output_dir" in keys:
+        out.recipe["output"] = keys.pop("output_dir")
+        out.mapped.append(("output_dir", "output"))
+
+
+def _names(value: object) -> list[str]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _freeze_modules(value: object) -> list[str] | None:
+    names = _names(value)
+    return None if names == ["all"] else names
+
+
+def import_file(path: Path, out: Path) -> Imported:
+    """Read a LLaMA-Factory training file, check the recipe it becomes, and write that recipe
+    to `out` (never over an existing file)."""
+    import yaml
+
+    from tunelab.recipe import load_recipe, read_yaml
+
+    if out.exists():
+        raise TunelabError(f"--out {out} exists; give a new file name.")
+    raw, _ = read_yaml(path)
+    if not looks_like_llamafactory(raw):
+        raise TunelabError(
+            f"{path} does not look like a LLaMA-Factory training file (no model_name_or_path, "
+            "finetuning_type, dataset, cutoff_len ...)."
+        )
+    imported = import_llamafactory(raw, str(path))
+    load_recipe(imported.recipe)  # the recipe it writes validates, or nothing is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# imported from the LLaMA-Factory file {path} by `tunelab recipe import`\n"
+    body = yaml.safe_dump(imported.recipe, sort_keys=False, allow_unicode=True)
+    out.write_text(header + body, encoding="utf-8")
+    return imported

@@ -105,14 +105,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
 
 
 def test_resume_needs_a_checkpoint_and_the_same_recipe(tmp_path, tiny_model_dir):
-    recipe = write_recipe(tmp_path, tiny_model_dir, "r", save_every=None)
-    assert run_cli("train", str(recipe)).returncode == 0
-    finished = run_cli("train", str(recipe), "--resume")
-    assert finished.returncode == 2 and "already finished" in finished.stderr
+    import tunelab
+    from tunelab.errors import TunelabError
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "r", save_every=None, max_steps=4)
+    tunelab.train(recipe)
+    with pytest.raises(TunelabError, match="already finished"):
+        tunelab.train(recipe, resume=True)
     (tmp_path / "r" / "summary.json").unlink()
-    nothing = run_cli("train", str(recipe), "--resume")
-    assert nothing.returncode == 2 and "no complete checkpoint" in nothing.stderr
-    changed = run_cli("train", str(recipe), "--resume", "train.lr=0.1")
+    with pytest.raises(TunelabError, match="no complete checkpoint"):
+        tunelab.train(recipe, resume=True)
+    changed = run_cli("train", str(recipe), "--resume", "train.lr=0.1")  # as the CLI says it
     assert changed.returncode == 2 and "`train` section differs" in changed.stderr
 
 
@@ -214,3 +217,35 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_finishes(tmp_path, tiny_model_dir
     resumed = run_cli("train", str(recipe), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "ctrlc" / "summary.json").read_text())["steps"] == 60
+
+
+def test_a_finished_run_continues_for_more_steps_as_if_never_stopped(tmp_path, tiny_model_dir):
+    """5 steps, finished, then `--resume train.max_steps=10`: the same weights and losses as
+    10 steps in one go (a constant learning rate, so the schedule does not depend on length)."""
+    import tunelab
+    from tunelab.errors import TunelabError
+
+    same = {"scheduler": "constant", "warmup_ratio": 0, "save_every": 5}
+    whole = write_recipe(tmp_path, tiny_model_dir, "whole", **same)
+    tunelab.train(whole)
+    short = write_recipe(tmp_path, tiny_model_dir, "short", max_steps=5, **same)
+    tunelab.train(short)
+    with pytest.raises(TunelabError, match=r"already finished \(5 steps\).*train\.epochs="):
+        tunelab.train(short, resume=True)
+    tunelab.train(short, ["train.max_steps=10"], resume=True)
+
+    run = tmp_path / "short"
+    first, summary = (
+        json.loads((run / f).read_text()) for f in ("summary-step-5.json", "summary.json")
+    )
+    assert (first["steps"], summary["steps"], summary["resumed_from"]) == (5, 10, "checkpoint-5")
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["max_steps"] == 10
+    wa, wb = adapter_weights(tmp_path / "whole"), adapter_weights(run)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+
+    plain = write_recipe(tmp_path, tiny_model_dir, "plain", max_steps=3, save_every=None)
+    tunelab.train(plain)
+    with pytest.raises(TunelabError, match="finished without a whole checkpoint of its last step"):
+        tunelab.train(plain, ["train.max_steps=6"], resume=True)

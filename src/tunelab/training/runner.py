@@ -525,7 +525,7 @@ def _open_run(
         return run, resumable_checkpoint(run.checkpoints_dir)[0] if wanted else None
     run = _open_main(recipe, overwrite, resume, protected, console)
     try:
-        checkpoint = _resume_point(run, console) if wanted else None
+        checkpoint = _resume_point(run, recipe, console) if wanted else None
     except BaseException:
         run.release()
         raise
@@ -551,8 +551,12 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
 
 
 def check_same_recipe(run: RunFolder, recipe: Recipe) -> None:
-    """A run resumes only with the recipe (and overrides) it started with."""
+    """A run resumes only with the recipe (and overrides) it started with; a finished one
+    (without stages) may also be given more epochs or steps, to continue it."""
     saved, now = run.read_recipe(), recipe.model_dump(mode="json")
+    if run.summary() is not None and not recipe.stages:
+        length = {key: now["train"][key] for key in ("epochs", "max_steps")}
+        saved = {**saved, "train": {**saved.get("train", {}), **length}}
     changed = [key for key in now if saved.get(key) != now[key]]
     if changed:
         raise TunelabError(
@@ -561,10 +565,10 @@ def check_same_recipe(run: RunFolder, recipe: Recipe) -> None:
         )
 
 
-def _resume_point(run: RunFolder, console: Console) -> Path:
-    """The newest whole checkpoint of a run that may be resumed."""
+def _resume_point(run: RunFolder, recipe: Recipe, console: Console) -> Path:
+    """The newest whole checkpoint of a run that may be resumed (or continued for longer)."""
     if run.summary() is not None:
-        raise TunelabError(f"{run.path} already finished; there is nothing to resume.")
+        return _continue_point(run, recipe, console)
     checkpoint, damaged = resumable_checkpoint(run.checkpoints_dir)
     if checkpoint is None and damaged:
         raise TunelabError(
@@ -581,6 +585,36 @@ def _resume_point(run: RunFolder, console: Console) -> Path:
     step = int(checkpoint.name.split("-")[-1])
     for name in (METRICS_FILE, SAMPLES_FILE):
         keep_rows_up_to(run.file(name), step)
+    return checkpoint
+
+
+def _continue_point(run: RunFolder, recipe: Recipe, console: Console) -> Path:
+    """A finished run given more epochs or steps goes on from the checkpoint of its last
+    step: the recipe is updated and the old summary kept as summary-step-N.json."""
+    steps, before = run.summary()["steps"], run.recipe().train
+    now = recipe.train
+    longer = (
+        now.max_steps > steps
+        if now.max_steps
+        else (before.max_steps is not None or now.epochs > before.epochs)
+    )
+    if recipe.stages or not longer:
+        raise TunelabError(
+            f"{run.path} already finished ({steps} steps); to train it further, resume with "
+            f"more epochs or steps, e.g. `--resume train.epochs={before.epochs + 1:g}`."
+            if not recipe.stages
+            else f"{run.path} already finished all its stages; there is nothing to resume."
+        )
+    checkpoint, _ = resumable_checkpoint(run.checkpoints_dir)
+    if checkpoint is None or checkpoint.name != f"checkpoint-{steps}":
+        raise TunelabError(
+            f"{run.path} finished without a whole checkpoint of its last step {steps} (set "
+            "train.save_every to keep one), so it cannot go on exactly where it stopped; start "
+            "a new run from its weights as a stage instead."
+        )
+    run.write_recipe(recipe)
+    os.replace(run.file(SUMMARY_FILE), run.file(f"summary-step-{steps}.json"))
+    console.print(f"{run.path} finished at step {steps}; continuing it", highlight=False)
     return checkpoint
 
 

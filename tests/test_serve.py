@@ -216,6 +216,12 @@ def test_greedy_answer_equals_tunelab_chat(server, runs):
     chat = run_cli("chat", str(runs[0]), "-p", PROMPTS[3], "--max-new-tokens", "24")
     assert chat.returncode == 0, chat.stderr
     assert ask(port, "alpha", PROMPTS[3]).choices[0].message.content == chat.stdout.strip()
+    settings = ["--repetition-penalty", "5", "--temperature", "1.5", "--top-k", "1", "--seed", "3"]
+    sampled = run_cli("chat", str(runs[0]), "-p", PROMPTS[3], "--max-new-tokens", "24", *settings)
+    assert sampled.returncode == 0, sampled.stderr  # top_k 1: the greedy answer, penalised
+    extra = {"repetition_penalty": 5.0}
+    served = ask(port, "alpha", PROMPTS[3], extra_body=extra).choices[0].message.content
+    assert sampled.stdout.strip() == served != chat.stdout.strip()
 
 
 def test_stop_sequences_and_max_tokens(server):
@@ -230,6 +236,17 @@ def test_stop_sequences_and_max_tokens(server):
     assert cut.finish_reason == "stop" and stop not in cut.message.content
     assert whole.startswith(cut.message.content.strip())
     assert len(cut.message.content.strip()) < len(whole)
+
+
+def test_sampling_settings_reach_the_engine(server, expected):
+    """top_k and repetition_penalty (vLLM's extensions, through the client's extra_body): top_k
+    1 samples the greedy answer whatever the temperature; a penalty changes a greedy one."""
+    port, _ = server
+    greedy = expected["alpha"][PROMPTS[4]]
+    top_one = ask(port, "alpha", PROMPTS[4], temperature=1.5, seed=7, extra_body={"top_k": 1})
+    assert top_one.choices[0].message.content == greedy
+    penalised = ask(port, "alpha", PROMPTS[4], extra_body={"repetition_penalty": 5.0})
+    assert penalised.choices[0].message.content != greedy
 
 
 def raw_post(port: int, body: bytes, key: str | None = KEY) -> tuple[int, dict]:

@@ -115,7 +115,13 @@ def chat(
         float, typer.Option(min=0.0, max=10.0, help="0 is greedy; above 0 samples")
     ] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus sampling")] = 1.0,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="sample from the K likeliest tokens only")
+    ] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="seed for sampling")] = None,
+    repetition_penalty: Annotated[
+        float, typer.Option(min=0.01, max=10.0, help="above 1 discourages repeats (greedy too)")
+    ] = 1.0,
     template_arg: Annotated[
         list[str] | None,
         typer.Option(help="chat-template argument KEY=VALUE, e.g. enable_thinking=false"),
@@ -133,7 +139,7 @@ def chat(
     from tunelab.reasoning import split_reasoning
 
     quiet_libraries()
-    sampling = Sampling(temperature, top_p, seed=seed)
+    sampling = Sampling(temperature, top_p, top_k, seed, repetition_penalty)
     args = _template_args(template_arg or [])
     model = open_chat_model(target, with_adapter=not base, template_args=args)
     if prompt is not None:

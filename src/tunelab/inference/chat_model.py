@@ -39,11 +39,15 @@ class Sampling:
     top_p: float = 1.0
     top_k: int | None = None
     seed: int | None = None
+    repetition_penalty: float = 1.0  # above 1 discourages repeating tokens (greedy too)
 
     def options(self) -> dict:
+        options = {"do_sample": self.temperature > 0}
+        if self.repetition_penalty != 1.0:
+            options["repetition_penalty"] = self.repetition_penalty
         if self.temperature <= 0:
-            return {"do_sample": False}
-        options = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            return options
+        options.update(temperature=self.temperature, top_p=self.top_p)
         if self.top_k:
             options["top_k"] = self.top_k
         return options

@@ -131,7 +131,13 @@ def _job(model: ChatModel, body: ChatRequest, max_tokens: int) -> Job:
             code="context_length_exceeded",
         )
     room = min(wanted, context - len(prompt)) if context else wanted
-    sampling = Sampling(body.temperature or 0.0, body.top_p or 1.0, seed=body.seed)
+    sampling = Sampling(
+        body.temperature or 0.0,
+        body.top_p or 1.0,
+        body.top_k if body.top_k and body.top_k > 0 else None,
+        body.seed,
+        body.repetition_penalty or 1.0,
+    )
     row = Row(prompt, room, body.stop_strings(), model.adapter)
     return Job(model, row, sampling, asyncio.get_running_loop(), streamed=body.stream)
 

@@ -56,7 +56,8 @@ class Job:
 
     def batch_key(self) -> tuple:
         model = self.model
-        sampling = self.sampling if self.sampling.temperature > 0 else Sampling()
+        greedy = Sampling(repetition_penalty=self.sampling.repetition_penalty)
+        sampling = self.sampling if self.sampling.temperature > 0 else greedy
         alone = id(self) if sampling.seed is not None else None
         adapter = None if model.mixed_batches() else model.adapter
         return (id(model.model), sampling, alone, adapter)

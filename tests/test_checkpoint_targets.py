@@ -54,10 +54,29 @@ def test_a_checkpoint_answers_as_the_weights_of_its_step(run):
 
 
 def test_a_checkpoint_exports_and_a_missing_one_names_those_kept(run, tmp_path):
+    """RUN@2 merged into shards of 2MB: the files load back as the checkpoint's weights."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.inference.chat_model import open_chat_model
+
     out = tmp_path / "merged"
-    done = run_cli("export", f"{run}@2", "--out", str(out))
+    done = run_cli("export", f"{run}@2", "--out", str(out), "--max-shard-size", "2MB")
     assert done.returncode == 0, done.stderr
-    assert (out / "config.json").is_file()
+    shards = sorted(out.glob("model-*.safetensors"))
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    tensors = {f.name: sum(1 for v in index.values() if v == f.name) for f in shards}
+    assert len(shards) >= 2  # a file over 2MB holds one tensor larger than that (embeddings)
+    assert all(f.stat().st_size <= 2 * 2**20 + 2**16 or tensors[f.name] == 1 for f in shards)
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    checkpoint = open_chat_model(f"{run}@2")
+    ids = torch.tensor([checkpoint.prompt_ids([{"role": "user", "content": "Say 3"}])])
+    with torch.no_grad():
+        got, want = exported(input_ids=ids).logits, checkpoint.model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    mark = json.loads((out / "tunelab_export.json").read_text())
+    assert mark["exported_from"].endswith("checkpoint-2")
+    bad = run_cli("export", str(run), "--out", str(tmp_path / "x"), "--max-shard-size", "lots")
+    assert bad.returncode == 2 and "--max-shard-size 'lots' is not a size" in bad.stderr
     with pytest.raises(
         TunelabError, match="has no checkpoint-1; its checkpoints are at steps 2, 3"
     ):

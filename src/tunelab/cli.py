@@ -275,7 +275,7 @@ def serve(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="run folder")],
+    run: Annotated[str, typer.Argument(help="run folder, RUN@N or RUN/checkpoints/checkpoint-N")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="folder to write to (a .gguf file for --to gguf)")
     ],
@@ -292,13 +292,17 @@ def export(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="write into a non-empty folder")] = False,
+    max_shard_size: Annotated[
+        str | None, typer.Option(help="HF folder: largest weight file, e.g. 2GB (default 5GB)")
+    ] = None,
 ):
-    """Export a run: an HF folder (LoRA merged), a GGUF file, or an Ollama folder."""
+    """Export a run (RUN@N: its checkpoint N): an HF folder (LoRA merged), a GGUF file, or an
+    Ollama folder."""
     from tunelab.exporters import export as export_to
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    print(export_to(run, out, to, quant, merge, overwrite))
+    print(export_to(run, out, to, quant, merge, overwrite, max_shard_size))
 
 
 @app.command()

@@ -63,6 +63,11 @@ class RunFolder:
     notes: list[str] = field(default_factory=list, repr=False)
     checkpoint: Path | None = None  # read this checkpoint's weights instead of the final ones
 
+    @property
+    def target(self) -> str:
+        """What names this run (at its checkpoint, if opened at one) to open it again."""
+        return str(self.checkpoint or self.path)
+
     @classmethod
     def create(
         cls, output: str | Path, overwrite: bool = False, protected: Iterable[Path] = ()

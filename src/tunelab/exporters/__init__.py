@@ -16,8 +16,10 @@ def export(
     quant: str | None = None,
     merge: bool | None = None,
     overwrite: bool = False,
+    max_shard_size: str | None = None,
 ) -> Path:
-    """Export a run to `out` in the format `to`; `quant` is for GGUF (f16 unless given)."""
+    """Export a run to `out` in the format `to`; `quant` is for GGUF (f16 unless given),
+    `max_shard_size` (e.g. "2GB") for an HF folder's weight files."""
     if to not in TARGETS:
         raise TunelabError(f"--to {to} is not one of {', '.join(TARGETS)}.")
     if to == "hf":
@@ -27,7 +29,10 @@ def export(
             )
         from tunelab.exporters.merge import export_run
 
-        return export_run(run_dir, out, merge=merge, overwrite=overwrite)
+        shard = check_shard_size(max_shard_size)
+        return export_run(run_dir, out, merge=merge, overwrite=overwrite, max_shard_size=shard)
+    if max_shard_size is not None:
+        raise TunelabError(f"--max-shard-size is for --to hf; --to {to} writes one file.")
     if merge is False:
         raise TunelabError(
             f"--to {to} writes a whole model, so a LoRA adapter is always merged; drop --no-merge."
@@ -40,3 +45,20 @@ def export(
 
     writer = export_gguf if to == "gguf" else export_ollama
     return writer(run_dir, out, quant or "f16", overwrite)
+
+
+def check_shard_size(size: str | None) -> int | None:
+    """A shard size ("500MB", "2GB") in bytes, checked before anything loads."""
+    if size is None:
+        return None
+    from tunelab.estimation import parse_size
+
+    try:
+        limit = parse_size(size)
+    except TunelabError:
+        raise TunelabError(
+            f"--max-shard-size {size!r} is not a size; write it like 2GB or 500MB."
+        ) from None
+    if limit < 2**20:
+        raise TunelabError(f"--max-shard-size {size} is under 1MB; give e.g. 500MB or 2GB.")
+    return limit

@@ -16,7 +16,11 @@ EXPORT_MARK = "tunelab_export.json"
 
 
 def export_run(
-    run_dir: str | Path, out: str | Path, merge: bool | None = None, overwrite: bool = False
+    run_dir: str | Path,
+    out: str | Path,
+    merge: bool | None = None,
+    overwrite: bool = False,
+    max_shard_size: int | None = None,
 ) -> Path:
     """Write the run's result to `out`.
 
@@ -39,9 +43,9 @@ def export_run(
     staging = out.with_name(f".{out.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        merged = _write_export(weights, method, merge, staging)
+        merged = _write_export(weights, method, merge, staging, max_shard_size)
         provenance = {
-            "exported_from": str(run.path.resolve()),
+            "exported_from": str(Path(run.target).resolve()),
             "method": method.name,
             "merged": merged,
             "recipe": run.read_recipe(),
@@ -83,18 +87,26 @@ def check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
             )
 
 
-def _write_export(weights: TrainedWeights, method, merge: bool | None, folder: Path) -> bool:
-    """The weights into `folder`; whether a LoRA-family adapter was merged."""
-    if weights.model is not None:
-        shutil.copytree(weights.model, folder)
-        return False
-    if merge is False or not method.mergeable:
-        shutil.copytree(weights.adapter, folder)
-        return False
+# what a checkpoint holds besides the weights: resume state, never part of an export
+RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*", "trainer_state.json",
+                "training_args.bin", "tunelab_checkpoint.json")  # fmt: skip
+
+
+def _write_export(
+    weights: TrainedWeights, method, merge: bool | None, folder: Path, shard: int | None
+) -> bool:
+    """The weights into `folder` (in files of at most `shard` bytes); whether a
+    LoRA-family adapter was merged."""
+    keep_adapter = weights.model is None and (merge is False or not method.mergeable)
+    if shard is None or keep_adapter:
+        source = weights.adapter if keep_adapter else weights.model
+        if source is not None:
+            shutil.copytree(source, folder, ignore=shutil.ignore_patterns(*RESUME_STATE))
+            return False
     chat = merged_model(weights)
-    chat.model.save_pretrained(folder)
+    chat.model.save_pretrained(folder, max_shard_size=shard or "5GB")
     chat.tokenizer.save_pretrained(folder)
-    return True
+    return weights.adapter is not None
 
 
 def merged_model(weights: TrainedWeights) -> ChatModel:
@@ -106,7 +118,7 @@ def merged_model(weights: TrainedWeights) -> ChatModel:
             f"a {method.name} run's adapter cannot be merged into the model, which this export "
             "needs; export it without --to to save the adapter."
         )
-    chat = open_chat_model(weights.run.path, with_adapter=True, quantized=False)
+    chat = open_chat_model(weights.run.target, with_adapter=True, quantized=False)
     if weights.adapter is not None:
         chat.model = chat.model.merge_and_unload()
     return chat

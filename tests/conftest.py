@@ -55,15 +55,17 @@ def tiny_sizes(tokenizer) -> dict:
     }
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real `tunelab` command in a child process."""
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `tunelab` command in a child process (in `env`, else this one's)."""
     return subprocess.run(
         [sys.executable, "-m", "tunelab", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
     )
 
 

@@ -591,6 +591,25 @@ def data_convert(
     print(out)
 
 
+@app.command()
+def download(
+    model_id: Annotated[str, typer.Argument(help="owner/name on the hub")],
+    source: Annotated[
+        str, typer.Option("--from", help="hf (or HF_ENDPOINT's mirror) or modelscope")
+    ] = "hf",
+    revision: Annotated[str | None, typer.Option(help="branch, tag or commit")] = None,
+    to: Annotated[
+        Path | None, typer.Option(help="folder to put it in (default: the hub's own cache)")
+    ] = None,
+):
+    """Download a model with the hub's own client; prints its folder, for model.path."""
+    from tunelab.models.download import download as fetch
+
+    if to is not None and to.exists() and any(to.iterdir()) and not (to / "config.json").exists():
+        raise TunelabError(f"--to {to} holds other files; give an empty or new folder.")
+    print(fetch(model_id, source, revision, to))
+
+
 recipe_app = typer.Typer(help="Bring recipes from other tools.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
@@ -616,7 +635,6 @@ def recipe_import(
 
 def main() -> None:
     """Console entry point."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tunelab.quiet import quiet_imports
 

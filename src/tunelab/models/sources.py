@@ -46,27 +46,23 @@ def _gguf(spec: str) -> ModelSource | None:
     return ModelSource(spec, path.parent, path.name)
 
 
-def _cached_hub_id(spec: str) -> ModelSource | None:
+def _hub_id(spec: str) -> ModelSource | None:
+    """owner/name on the Hugging Face Hub (or HF_ENDPOINT's mirror): the cached copy, else a
+    download; `modelscope:owner/name` from ModelScope."""
+    from tunelab.models.download import MODELSCOPE_PREFIX, cached_snapshot, download
+
+    if spec.startswith(MODELSCOPE_PREFIX):
+        return ModelSource(spec, download(spec.removeprefix(MODELSCOPE_PREFIX), "modelscope"))
     if spec.count("/") != 1 or Path(spec).exists():
         return None
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        folder = snapshot_download(spec, local_files_only=True)
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        raise TunelabError(
-            f"model `{spec}` is not in the local Hugging Face cache and tunelab never downloads "
-            f"at run time; fetch it first with `hf download {spec}` or set model.path to a folder."
-        ) from None
-    return ModelSource(spec, Path(folder))
+    return ModelSource(spec, cached_snapshot(spec) or download(spec))
 
 
 RESOLVERS: list[Callable[[str], ModelSource | None]] = [
     _builtin,
     _local_folder,
     _gguf,
-    _cached_hub_id,
+    _hub_id,
 ]
 
 
@@ -80,5 +76,5 @@ def resolve_model(spec: str, trust_remote_code: bool = False) -> ModelSource:
             return source
     raise TunelabError(
         f"model.path `{spec}` is not the built-in `{BUILTIN_ALIAS}`, a local folder, a .gguf file, "
-        "or a hub id (owner/name); check the path."
+        "or a hub id (owner/name, or modelscope:owner/name); check the path."
     )

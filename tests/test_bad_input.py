@@ -320,6 +320,12 @@ CASES = {
         "d.jsonl:2 field `conversation[0].output`",
         "missing",
     ),
+    "xtuner-nested-missing-output": (
+        "d.jsonl",
+        jsonl({"input": {"conversation": [{"input": "q"}]}}),
+        "d.jsonl:1 field `input.conversation[0].output`",
+        "missing",
+    ),
     "xtuner-late-system": (
         "d.jsonl",
         jsonl(

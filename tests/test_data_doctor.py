@@ -30,6 +30,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_csv_parquet_arrow_and_xtuner_read_the_same(tmp_path):
+    """Tables and XTuner's conversation lists, top-level or nested under `input`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -50,12 +51,15 @@ def test_csv_parquet_arrow_and_xtuner_read_the_same(tmp_path):
         {"conversation": [{"input": r["instruction"], "output": r["output"]}]} for r in RECORDS[:5]
     ]
     (tmp_path / "x.jsonl").write_text("\n".join(json.dumps(x) for x in xtuner), encoding="utf-8")
+    nested = "\n".join(json.dumps({"input": x}) for x in xtuner)  # input: {conversation: [...]}
+    (tmp_path / "n.jsonl").write_text(nested, encoding="utf-8")
     results = {}
-    for name in ("d.parquet", "d.arrow", "d.csv", "x.jsonl"):
+    for name in ("d.parquet", "d.arrow", "d.csv", "x.jsonl", "n.jsonl"):
         convs, report = load_conversations(DataConfig(train=[str(tmp_path / name)]))
         results[name] = [c.as_dicts() for c in convs]
         assert report.sources[0]["evidence"].startswith("detected")
     assert results["d.parquet"] == results["d.arrow"] == results["d.csv"] == results["x.jsonl"]
+    assert results["n.jsonl"] == results["x.jsonl"]
 
 
 def test_transforms_report_counts(tmp_path):

@@ -266,15 +266,19 @@ def _parts(parts: list, location: Location, where: str) -> tuple[str, str | None
 
 
 def from_xtuner(record: dict, location: Location, columns: Columns) -> Conversation:
-    """XTuner's `conversation`: a list of {system?, input, output} turns."""
+    """XTuner's `conversation`: a list of {system?, input, output} turns, at the top of the
+    record or nested as `input: {conversation: [...]}`."""
+    outer = "conversation"
+    if "conversation" not in record and isinstance(record.get("input"), dict):
+        record, outer = record["input"], "input.conversation"
     turns = record.get("conversation")
     if turns is None:
-        raise RowError(location, "conversation", "missing; every record needs it")
+        raise RowError(location, outer, "missing; every record needs it")
     if not isinstance(turns, list) or not turns:
-        raise RowError(location, "conversation", "must be a non-empty list of turns")
+        raise RowError(location, outer, "must be a non-empty list of turns")
     messages: list[Message] = []
     for turn, item in enumerate(turns):
-        where = f"conversation[{turn}]"
+        where = f"{outer}[{turn}]"
         if not isinstance(item, dict):
             raise RowError(location, where, f"must be an object, found {type(item).__name__}")
         system = _text(item, "system", location, required=False)
@@ -315,8 +319,12 @@ FORMATS: list[Format] = [
     Format(
         "xtuner",
         from_xtuner,
-        lambda r: isinstance(r.get("conversation"), list),
-        "a `conversation` list (XTuner)",
+        lambda r: (
+            isinstance(r.get("conversation"), list)
+            or isinstance(r.get("input"), dict)
+            and isinstance(r["input"].get("conversation"), list)
+        ),
+        "a `conversation` list (XTuner), or one nested as `input: {conversation: [...]}`",
     ),
     Format(
         "alpaca",

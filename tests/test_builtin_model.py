@@ -10,6 +10,7 @@ from tests.conftest import REPO, run_cli
 from tunelab.demo import identity_probes, mentions
 
 
+@pytest.mark.slow  # the demo's own targets (below) check the same, and more
 def test_short_identity_tune_changes_the_answer(tmp_path):
     import tunelab
 

@@ -186,11 +186,18 @@ def test_estimate_counts_the_samples_a_turn_by_turn_template_makes(tmp_path, tin
     raw["model"]["template"] = "qwen3"
     raw["data"]["train"] = [str(tmp_path / "data.jsonl")]
     recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    done = run_cli("estimate", str(recipe), "--json")
-    assert done.returncode == 0, done.stderr
-    data = json.loads(done.stdout)["data"]
+    import io
+
+    from rich.console import Console
+
+    import tunelab
+    from tunelab.estimate_view import show_estimate
+
+    (result,) = tunelab.estimate(recipe)
+    data = result.as_dict()["data"]
     assert (data["conversations"], data["samples"], data["turn_samples"]) == (6, 12, 6)
     assert (data["steps_per_epoch"], data["steps"]) == (3, 6) and data["seconds"] > 0
-    shown = run_cli("estimate", str(recipe))
-    assert "12 samples from 6 conversations, 6 of them extra" in shown.stdout, shown.stdout
-    assert "3 optimizer steps an epoch, 6 in all" in shown.stdout
+    shown = io.StringIO()
+    show_estimate(Console(file=shown, width=200), result)
+    assert "12 samples from 6 conversations, 6 of them extra" in shown.getvalue()
+    assert "3 optimizer steps an epoch, 6 in all" in shown.getvalue()

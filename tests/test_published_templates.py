@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tunelab.data.conversation import Conversation, Message, RowError
-from tunelab.data.render import IGNORE_INDEX, ConversationRenderer, shape_calls
+from tunelab.data.render import IGNORE_INDEX, ConversationRenderer
+from tunelab.data.template_shape import shape_calls
 from tunelab.templates import BUILTIN_TEMPLATES, builtin_template
 
 
@@ -272,7 +273,7 @@ TOOL_CONVERSATIONS = {
 def _template_refuses(renderer, messages: list[Message]) -> bool:
     """Whether the template itself refuses the conversation, with the call's arguments as an
     object or as JSON text, and tool results as it shows them (its own raise_exception)."""
-    plain = renderer.with_tool_results_shown([m.as_dict() for m in messages])
+    plain = renderer.shape.with_tool_results_shown([m.as_dict() for m in messages])
     for arguments_as_text in (False, True):
         try:
             renderer.render_text(shape_calls(plain, arguments_as_text), tools=json.loads(TOOLS))
@@ -320,8 +321,8 @@ def test_only_templates_with_their_own_refusal_refuse_tool_turns(renderers):
     showing tool results as user turns, and those that refuse the conversation anyway."""
     if FOLDER is None:
         pytest.skip("trl (its chat_templates/) is not installed")
-    own = [t for t in TEMPLATES if renderers[t].call_arguments_as_text is not None]
-    folded = [t for t in TEMPLATES if not renderers[t].template_shows_tool_results]
+    own = [t for t in TEMPLATES if renderers[t].shape.call_arguments_as_text is not None]
+    folded = [t for t in TEMPLATES if not renderers[t].shape.shows_tool_results]
     refusing = [
         t
         for t in TEMPLATES

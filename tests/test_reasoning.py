@@ -52,7 +52,7 @@ def test_a_template_that_renders_reasoning_gets_it_as_a_field(tmp_path, qwen3): 
 
 def test_a_template_without_a_place_for_it_gets_a_think_block(tmp_path, builtin_tokenizer):
     renderer = ConversationRenderer(builtin_tokenizer, builtin_tokenizer.chat_template)
-    assert not renderer.template_reads_reasoning
+    assert not renderer.shape.reads_reasoning
     sample = renderer.render(_load(tmp_path))
     runs = [builtin_tokenizer.decode(run) for run in _trained_runs(sample)]
     assert runs[1] == "<think>\nAdd them.\n</think>\n\nIt is four.<|im_end|>"

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from jinja2 import TemplateError
 
 from tunelab.data.conversation import Conversation, Message, RowError
+from tunelab.data.template_shape import TemplateShape
 from tunelab.data.tool_calls import calls_from_openai
 
 IGNORE_INDEX = -100
 RENDERING = 2  # bumped whenever the same data and template render to other samples (cache key)
-TOOL_RESULT_PREFIX = "Tool result:\n"
-TOOLS_PREAMBLE = "You can call these tools; answer with a JSON function call to use one:\n"
 
 
 @dataclass
@@ -52,23 +51,11 @@ class ConversationRenderer:
         self.template = template
         self.max_length = max_length
         self.template_args = dict(template_args or {})  # e.g. enable_thinking
-        self._arguments_as_text: bool | None | str = "unknown"
-        self._shows_tool_results: bool | None = None
-        self._takes_system: bool | None = None
+        self.shape = TemplateShape(template, self.render_text)  # what it takes, probed once
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
         # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
         # the same sample, and memory stays bounded by the cutoff instead of the record.
         self.cut_chars = None if cut_for is None else (cut_for + 16) * longest_token(tokenizer)
-
-    @property
-    def template_reads_reasoning(self) -> bool:
-        """Whether the template renders a message's `reasoning_content` itself."""
-        return "reasoning_content" in self.template
-
-    @property
-    def template_takes_tools(self) -> bool:
-        """Whether the template renders a `tools` list itself."""
-        return "tools" in self.template
 
     def render_text(
         self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None
@@ -83,102 +70,9 @@ class ConversationRenderer:
             **self.template_args,
         )
 
-    @property
-    def call_arguments_as_text(self) -> bool | None:
-        """How this template takes tool calls: arguments as an object (False), as JSON text
-        (True, as DeepSeek's templates want), or not at all (None: the template ignores a
-        turn's `tool_calls`, so the calls are written into its content); probed once."""
-        if self._arguments_as_text == "unknown":
-            self._arguments_as_text = None
-            if "tool_calls" in self.template:
-                shapes = (False, True)
-                self._arguments_as_text = next(
-                    (shape for shape in shapes if self._renders_probe_call(shape)), None
-                )
-        return self._arguments_as_text
-
-    def _renders_probe_call(self, arguments_as_text: bool) -> bool:
-        call = {"type": "function", "function": {"name": "probe_call", "arguments": {"x": 7}}}
-        probe = [
-            {"role": "user", "content": "Go."},
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-        ]
-        try:
-            text = self.render_text(shape_calls(probe, arguments_as_text))
-        except Exception:  # the template's own refusal of this shape
-            return False
-        return "probe_call" in text and "7" in text
-
-    @property
-    def template_shows_tool_results(self) -> bool:
-        """Whether the template renders a `tool` message (Phi-3's drops it silently, Cohere's
-        and Gemma's refuse it); probed once."""
-        if self._shows_tool_results is None:
-            as_text = self.call_arguments_as_text  # results may need the call they answer
-            call = {"type": "function", "function": {"name": "probe_call", "arguments": {}}}
-            probe = [
-                {"role": "user", "content": "Go."},
-                {"role": "assistant", "content": ""}
-                | ({"tool_calls": [call]} if as_text is not None else {"content": "Calling."}),
-                {"role": "tool", "content": "probe_result_7"},
-            ]
-            try:
-                text = self.render_text(shape_calls(probe, bool(as_text)))
-                self._shows_tool_results = "probe_result_7" in text
-            except Exception:  # no tool turns; a user turn holds the result instead
-                self._shows_tool_results = False
-        return self._shows_tool_results
-
-    def with_tool_results_shown(self, messages: list[dict]) -> list[dict]:
-        """The messages, with each tool result as a user turn when the template would drop
-        it, so that the model still sees what its call returned."""
-        if not any(m["role"] == "tool" for m in messages) or self.template_shows_tool_results:
-            return messages
-        return [
-            {"role": "user", "content": TOOL_RESULT_PREFIX + m["content"]}
-            if m["role"] == "tool"
-            else m
-            for m in messages
-        ]
-
     def messages_and_tools(self, conversation: Conversation) -> tuple[list[dict], list | None]:
-        """The messages to render, with tool schemas given to the template or, if it has no
-        place for them, written into the system prompt so the model still sees them."""
-        # never dropped: written into the answer for a template with no field of its own
-        calls = any(m.tool_calls for m in conversation.messages)
-        as_text = self.call_arguments_as_text if calls else None
-        messages = conversation.as_dicts(self.template_reads_reasoning, as_text is not None)
-        if self.cut_chars:
-            messages = [cut_message(m, self.cut_chars) for m in messages]
-        if as_text:
-            messages = shape_calls(messages, as_text)
-        messages = self.with_tool_results_shown(messages)
-        if not conversation.tools:
-            return messages, None
-        tools = json.loads(conversation.tools)
-        if self.template_takes_tools:
-            return messages, tools
-        listing = TOOLS_PREAMBLE + json.dumps(tools, ensure_ascii=False, indent=1)
-        first = messages[0]
-        if first["role"] == "system":
-            messages[0] = {**first, "content": first["content"] + "\n\n" + listing}
-        elif self.template_takes_system:
-            messages.insert(0, {"role": "system", "content": listing})
-        else:  # Gemma 1 refuses a system turn: the listing opens the first user turn
-            at = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
-            messages[at] = {**messages[at], "content": listing + "\n\n" + messages[at]["content"]}
-        return messages, None
-
-    @property
-    def template_takes_system(self) -> bool:
-        """Whether the template renders a system turn rather than refusing it; probed once."""
-        if self._takes_system is None:
-            probe = [{"role": "system", "content": "probe_7"}, {"role": "user", "content": "Go."}]
-            try:
-                self._takes_system = "probe_7" in self.render_text(probe)
-            except Exception:
-                self._takes_system = False
-        return self._takes_system
+        """The messages to render and the tool schemas for the template (see TemplateShape)."""
+        return self.shape.messages(conversation, self.cut_chars)
 
     def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Token ids of a conversation ready for the model's next answer (for generation).
@@ -461,24 +355,6 @@ def edges_are_clean(offsets, spans: list[tuple[int, int]]) -> bool:
     return all(start in starts and end in ends for start, end in spans if end > start)
 
 
-def shape_calls(messages: list[dict], arguments_as_text: bool) -> list[dict]:
-    """The messages with their tool calls' arguments as JSON text, when the template wants."""
-    if not arguments_as_text:
-        return messages
-    return [
-        {**m, "tool_calls": [_arguments_as_text(c) for c in m["tool_calls"]]}
-        if m.get("tool_calls")
-        else m
-        for m in messages
-    ]
-
-
-def _arguments_as_text(call: dict) -> dict:
-    function = call["function"]
-    text = json.dumps(function["arguments"], ensure_ascii=False)
-    return {**call, "function": {**function, "arguments": text}}
-
-
 def require_reasoning(conversation: Conversation, messages: list[dict], turn: int, trained: str):
     """Refuse a turn whose reasoning the template does not write (never dropped silently)."""
     if reasoning_of(messages[turn]) not in trained:
@@ -521,14 +397,6 @@ def template_refusal(conversation: Conversation, exc: Exception) -> RowError:
         f"the chat template refuses this conversation ({reason}); fix the row or choose "
         "another model.template",
     )
-
-
-def cut_message(message: dict, keep: int) -> dict:
-    """The message with its content cut to `keep` characters at each end."""
-    content = message["content"]
-    if not isinstance(content, str) or len(content) <= 2 * keep:
-        return message
-    return {**message, "content": content[:keep] + content[-keep:]}
 
 
 def longest_token(tokenizer) -> int:

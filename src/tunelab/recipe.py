@@ -338,10 +338,19 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     return recipe
 
 
+# keys that only a LLaMA-Factory training file has: two of them make a file one
+LLAMAFACTORY_KEYS = {
+    "model_name_or_path", "finetuning_type", "cutoff_len", "stage", "lora_target", "dataset",
+}  # fmt: skip
+
+
+def looks_like_llamafactory(raw: object) -> bool:
+    """Whether a parsed YAML file is a LLaMA-Factory training file, not a tunelab recipe."""
+    return isinstance(raw, dict) and len(LLAMAFACTORY_KEYS & set(raw)) >= 2
+
+
 def refuse_foreign(raw: dict, path: Path) -> None:
     """A LLaMA-Factory training file given as a recipe: say how to convert it."""
-    from tunelab.recipe_import import looks_like_llamafactory
-
     if looks_like_llamafactory(raw):
         raise TunelabError(
             f"{path} is a LLaMA-Factory training file, not a tunelab recipe; convert it with "

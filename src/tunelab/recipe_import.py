@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.recipe import load_recipe, looks_like_llamafactory, read_yaml
 
-# keys that only a LLaMA-Factory file has: two of them make a file one
-MARKERS = {"model_name_or_path", "finetuning_type", "cutoff_len", "stage", "lora_target", "dataset"}
 SCHEDULERS = {"cosine", "linear", "constant", "constant_with_warmup"}
 IGNORED = {  # settled by tunelab itself: why each has no key of its own
     "do_train": "tunelab train always trains",
@@ -42,11 +41,6 @@ class Imported:
     recipe: dict[str, Any]
     mapped: list[tuple[str, str]] = field(default_factory=list)  # (file key, recipe key)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (file key, why)
-
-
-def looks_like_llamafactory(raw: object) -> bool:
-    """Whether a parsed YAML file is a LLaMA-Factory training file, not a tunelab recipe."""
-    return isinstance(raw, dict) and len(MARKERS & set(raw)) >= 2
 
 
 def import_llamafactory(raw: dict[str, Any], origin: str) -> Imported:
@@ -208,8 +202,6 @@ def import_file(path: Path, out: Path) -> Imported:
     """Read a LLaMA-Factory training file, check the recipe it becomes, and write that recipe
     to `out` (never over an existing file)."""
     import yaml
-
-    from tunelab.recipe import load_recipe, read_yaml
 
     if out.exists():
         raise TunelabError(f"--out {out} exists; give a new file name.")

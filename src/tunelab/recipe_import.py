@@ -66,8 +66,8 @@ def import_llamafactory(raw: dict[str, Any], origin: str) -> Imported:
         elif key == "deepspeed":
             out.dropped.append((key, f"{value}: several processes are not in tunelab yet"))
         elif key == "resume_from_checkpoint":
-            if value:
-                out.dropped.append((key, "resume with tunelab train RECIPE --resume"))
+            why = "resume with tunelab train RECIPE --resume" if value else "not set"
+            out.dropped.append((key, why))
         elif "vision" in key or "image" in key or "video" in key or "audio" in key:
             out.dropped.append((key, "tunelab trains text models; media inputs are not read"))
         else:

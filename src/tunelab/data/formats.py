@@ -324,7 +324,7 @@ FORMATS: list[Format] = [
             or isinstance(r.get("input"), dict)
             and isinstance(r["input"].get("conversation"), list)
         ),
-        "a `conversation` list (XTuner), or one nested as `input: {conversation: [...]}`",
+        "a `conversation` list (XTuner), at the top or under `input`",
     ),
     Format(
         "alpaca",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tunelab.data.conversation import Conversation
 from tunelab.data.load import DataReport, load_conversations
+from tunelab.data.preference import KTO, PAIR, read_preferences
 from tunelab.data.registry import RegistryEntry, lookup, read_registry
 from tunelab.data.render import IGNORE_INDEX, RenderedSample
 from tunelab.errors import TunelabError
@@ -83,6 +84,9 @@ def _registry_target(path: Path, model: str | None) -> Target:
         except TunelabError as problem:
             entries.append({"name": name, "status": "missing file", "problem": str(problem)})
             continue
+        if entry.kind in (PAIR, KTO):
+            entries.append(_preference_entry(entry))
+            continue
         if entry.kind != "sft":
             entries.append({"name": name, "status": f"{entry.kind} data (not SFT), not checked"})
             continue
@@ -92,6 +96,15 @@ def _registry_target(path: Path, model: str | None) -> Target:
     return Target(
         str(path), config, None, model or "smollm2-135m-instruct", registry_entries=entries
     )
+
+
+def _preference_entry(entry: RegistryEntry) -> dict:
+    """A preference or KTO entry, every row checked as such."""
+    rows, bad = read_preferences(entry.file, entry.kind, entry.columns)
+    what = "pairs" if entry.kind == PAIR else "rated answers"
+    extra = f" ({sum(r.label for r in rows)} desirable)" if entry.kind == KTO else ""
+    status = f"{entry.kind}: {len(rows)} {what}{extra}, {len(bad)} bad"
+    return {"name": entry.name, "status": status, "bad_rows": bad}
 
 
 @dataclass
@@ -108,7 +121,8 @@ class CheckResult:
     @property
     def problems(self) -> int:
         missing = sum(1 for e in self.registry_entries if e["status"] == "missing file")
-        return len(self.report.bad_rows) + missing + len(self.empty_sources)
+        preference = sum(len(e.get("bad_rows", [])) for e in self.registry_entries)
+        return len(self.report.bad_rows) + missing + preference + len(self.empty_sources)
 
 
 def check(target: Target) -> CheckResult:

@@ -150,7 +150,7 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
                 f"unknown role {tag!r}; expected one of {known}",
             )
         messages.append(
-            _turn(item, roles[tag], tag == columns.function_tag, columns, location, where)
+            read_turn(item, roles[tag], tag == columns.function_tag, columns, location, where)
         )
     if messages[0].role == "system" and columns.system in record and record[columns.system]:
         raise RowError(location, columns.system, "given twice: as a field and as the first turn")
@@ -162,7 +162,7 @@ def from_sharegpt(record: dict, location: Location, columns: Columns) -> Convers
     )
 
 
-def _turn(
+def read_turn(
     item: dict, role: str, is_call: bool, columns: Columns, location: Location, where: str
 ) -> Message:
     """One turn: its text, reasoning and tool calls (a function_call turn is all call)."""

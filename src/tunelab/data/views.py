@@ -21,6 +21,9 @@ def show_check(console: Console, target: Target, result: CheckResult) -> None:
             if entry not in hub:
                 table.add_row(entry["name"], entry.get("problem") or entry["status"])
         console.print(table)
+        for entry in target.registry_entries:
+            for row in entry.get("bad_rows", []):
+                console.print(f"  [red]{escape(entry['name'])}[/]: {escape(row)}", soft_wrap=True)
         if hub:
             console.print(
                 f"{len(hub)} entries point to model hubs and were not checked (no downloads)"

@@ -1,0 +1,116 @@
+"""Preference and KTO data: every layout read, bad rows located, pairs rendered as served."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+from tests.test_published_templates import FOLDER, TAG, _source
+from tunelab.data.doctor import check, open_target
+from tunelab.data.preference import read_preferences, render_preference
+from tunelab.data.render import ConversationRenderer
+
+LF = SHARED_DATA / "llamafactory"
+needs_data = pytest.mark.skipif(not LF.is_dir(), reason="../shared/data not present")
+SHAREGPT = {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
+
+
+@needs_data
+def test_llamafactory_preference_and_kto_demos_read_whole():
+    pairs, bad = read_preferences(LF / "dpo_en_demo.json", "preference", SHAREGPT)
+    assert len(pairs) == 300 and not bad
+    first = json.loads((LF / "dpo_en_demo.json").read_text())[0]
+    assert pairs[0].chosen.content == first["chosen"]["value"]
+    assert pairs[0].rejected.content == first["rejected"]["value"]
+    assert [m.role for m in pairs[0].prompt.messages] == ["user"]
+    kto_columns = {"messages": "messages", "kto_tag": "label", "role_tag": "role",
+                   "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}  # fmt: skip
+    rated, bad = read_preferences(LF / "kto_en_demo.json", "kto", kto_columns)
+    assert len(rated) == 300 and not bad and sum(r.label for r in rated) == 150
+    newer, bad = read_preferences(LF / "v1_dpo_demo.jsonl", "preference")  # chosen_messages
+    assert len(newer) == 10 and not bad and newer[0].prompt.messages[0].role == "system"
+
+
+@needs_data
+def test_data_check_on_a_registry_checks_preference_entries_as_such(tmp_path):
+    target = open_target(LF / "dataset_info.json")
+    statuses = {e["name"]: e["status"] for e in target.registry_entries}
+    assert statuses["dpo_en_demo"] == "preference: 300 pairs, 0 bad"
+    assert statuses["kto_en_demo"] == "kto: 300 rated answers (150 desirable), 0 bad"
+    result = check(target)
+    assert all(not e.get("bad_rows") for e in result.registry_entries)
+
+
+BAD = {
+    "missing-rejected": (
+        {"instruction": "Pick one.", "chosen": "A"},
+        "d.jsonl:1 field `rejected`: missing; a preference row needs a chosen and a rejected answer",
+    ),
+    "identical-answers": (
+        {"prompt": "Pick one.", "chosen": "A", "rejected": "A"},
+        "d.jsonl:1 field `rejected`: is the same answer as the chosen one",
+    ),
+    "prompt-ends-with-answer": (
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+         "chosen": {"from": "gpt", "value": "b"}, "rejected": {"from": "gpt", "value": "c"}},
+        "d.jsonl:1 field `rejected`: its prompt must end with the user's turn",
+    ),
+    "answer-not-text": (
+        {"prompt": "q", "chosen": 3, "rejected": "b"},
+        "d.jsonl:1 field `chosen`: must be text or a message, found int",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_preference_rows_are_one_located_sentence(tmp_path, case):
+    record, expected = BAD[case]
+    good = {"prompt": "Pick one.", "chosen": "A", "rejected": "B"}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps(good) + "\n", encoding="utf-8")
+    rows, bad = read_preferences(path, "preference")
+    assert len(rows) == 1 and len(bad) == 1 and bad[0].startswith(str(tmp_path / expected)), bad
+
+
+@pytest.mark.parametrize(
+    "label, expected",
+    [("yes", "found str 'yes'"), (None, "found missing"), (1, "found int 1")],
+)
+def test_a_kto_tag_that_is_not_a_boolean_is_refused(tmp_path, label, expected):
+    record = {"prompt": "q", "completion": "a"} | ({} if label is None else {"label": label})
+    path = tmp_path / "k.jsonl"
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    rows, bad = read_preferences(path, "kto")
+    assert not rows and bad == [
+        f"{path}:1 field `label`: must be true or false (desirable or not), {expected}"
+    ]
+
+
+@needs_data
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize(
+    "template", ["qwen2_5", "llama3_1", "deepseek_r1_distill", "qwen3", "gemma3", "phi3", "gptoss"]
+)
+def test_a_pair_renders_its_prompt_as_served_and_each_answer_through_its_stop(
+    builtin_tokenizer, template
+):
+    source = _source(template)
+    tokenizer = copy.deepcopy(builtin_tokenizer)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": sorted(set(TAG.findall(source)))},
+        replace_extra_special_tokens=False,
+    )
+    renderer = ConversationRenderer(tokenizer, source)
+    pairs, _ = read_preferences(LF / "dpo_en_demo.json", "preference", SHAREGPT)
+    row = pairs[1]
+    sample = render_preference(renderer, row)
+    served = renderer.prompt_ids([m.as_dict() for m in row.prompt.messages])
+    assert sample.prompt_ids == served
+    special = set(tokenizer.all_special_ids)
+    assert sample.chosen_ids[-1] in special and sample.rejected_ids[-1] in special
+    chosen, rejected = tokenizer.decode(sample.chosen_ids), tokenizer.decode(sample.rejected_ids)
+    assert row.chosen.content[:40] in chosen and row.rejected.content[:40] in rejected
+    assert row.prompt.messages[-1].content[:40] not in chosen  # the prompt is not an answer

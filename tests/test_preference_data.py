@@ -114,3 +114,46 @@ def test_a_pair_renders_its_prompt_as_served_and_each_answer_through_its_stop(
     chosen, rejected = tokenizer.decode(sample.chosen_ids), tokenizer.decode(sample.rejected_ids)
     assert row.chosen.content[:40] in chosen and row.rejected.content[:40] in rejected
     assert row.prompt.messages[-1].content[:40] not in chosen  # the prompt is not an answer
+
+
+def test_preference_accuracy_scores_answers_as_served(tmp_path, tiny_model_dir):
+    """`tunelab eval --task preference`: each answer's summed log-probability after the prompt,
+    checked against a forward pass over the template's own rendering; bad pairs refused."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.conftest import run_cli
+
+    pairs = [
+        {"prompt": [{"role": "user", "content": f"What is {i} plus 1?"}],
+         "chosen": [{"role": "assistant", "content": f"It is {i + 1}."}],
+         "rejected": [{"role": "assistant", "content": "I do not know, sorry."}]}
+        for i in range(4)
+    ]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in pairs), encoding="utf-8")
+    done = run_cli("eval", str(tiny_model_dir), "--task", "preference", "--data", str(path),
+                   "--json", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    items = [json.loads(x) for x in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]
+    assert summary["items"] == 4 == len(items)
+    assert summary["accuracy"]["score"] == sum(i["correct"] for i in items) / 4
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for pair, item in zip(pairs, items):
+        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True)
+        prompt = list(prompt["input_ids"])
+        for side in ("chosen", "rejected"):
+            answer = tokenizer(pair[side][0]["content"] + "<|im_end|>", add_special_tokens=False)
+            ids = torch.tensor([prompt + answer["input_ids"]])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+            want = torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt) :, None]).sum()
+            assert abs(item[f"{side}_logprob"] - want.item()) < 1e-3, side
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
+    bad = run_cli("eval", str(tiny_model_dir), "--task", "preference", "--data",
+                  str(tmp_path / "bad.jsonl"))  # fmt: skip
+    assert bad.returncode == 2 and "bad.jsonl:1 field `rejected`: missing" in bad.stderr

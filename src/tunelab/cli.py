@@ -322,7 +322,11 @@ def demo(
 def evaluate(
     target: Annotated[str, typer.Argument(help="run folder, exported folder, or model")],
     task: Annotated[
-        str, typer.Option(help="gsm8k (exact match on question/answer jsonl)")
+        str,
+        typer.Option(
+            help="gsm8k (exact match on question/answer jsonl) or preference (chosen over "
+            "rejected on held-out pairs)"
+        ),
     ] = "gsm8k",
     data: Annotated[Path | None, typer.Option(help="questions to score (.jsonl)")] = None,
     shots: Annotated[int, typer.Option(min=0, max=64, help="worked examples in each prompt")] = 5,
@@ -358,10 +362,16 @@ def evaluate(
         return
     from tunelab.evaluation.runner import evaluate_gsm8k
 
-    if task != "gsm8k":
-        raise TunelabError(f"--task {task} is not known; tunelab has gsm8k.")
+    if task not in ("gsm8k", "preference"):
+        raise TunelabError(f"--task {task} is not known; tunelab has gsm8k and preference.")
     if data is None:
-        raise TunelabError("--data is required: a .jsonl file of question/answer records.")
+        what = "question/answer records" if task == "gsm8k" else "preference pairs"
+        raise TunelabError(f"--data is required: a file of {what}.")
+    if task == "preference":
+        from tunelab.evaluation.preference import evaluate_preference
+
+        _show_preference(evaluate_preference(target, data, limit, out), as_json)
+        return
     options = _task_options(
         data,
         shots,
@@ -390,6 +400,17 @@ def _show_eval(summary: dict, as_json: bool) -> None:
     )
     print(f"strict-match     {strict['score']:.4f} ± {strict['stderr']:.4f}")
     print(f"flexible-extract {flexible['score']:.4f} ± {flexible['stderr']:.4f}")
+
+
+def _show_preference(summary: dict, as_json: bool) -> None:
+    summary.pop("records")
+    if as_json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    accuracy, margin = summary["accuracy"], summary["mean_margin"]
+    err.print(f"{summary['items']} pairs", highlight=False)
+    print(f"preference accuracy {accuracy['score']:.4f} ± {accuracy['stderr']:.4f}")
+    print(f"mean margin         {margin['score']:.4f} ± {margin['stderr']:.4f} (log-prob)")
 
 
 def _task_options(

@@ -123,6 +123,7 @@ def test_preference_accuracy_scores_answers_as_served(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.conftest import run_cli
+    from tunelab.evaluation.preference import evaluate_preference
 
     pairs = [
         {"prompt": [{"role": "user", "content": f"What is {i} plus 1?"}],
@@ -132,10 +133,7 @@ def test_preference_accuracy_scores_answers_as_served(tmp_path, tiny_model_dir):
     ]  # fmt: skip
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(p) for p in pairs), encoding="utf-8")
-    done = run_cli("eval", str(tiny_model_dir), "--task", "preference", "--data", str(path),
-                   "--json", "--out", str(tmp_path / "out"))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    summary = evaluate_preference(str(tiny_model_dir), path, out=tmp_path / "out")
     items = [json.loads(x) for x in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]
     assert summary["items"] == 4 == len(items)
     assert summary["accuracy"]["score"] == sum(i["correct"] for i in items) / 4

@@ -6,9 +6,12 @@ import hashlib
 import json
 import shutil
 
+import pytest
 import yaml
 
+import tunelab
 from tests.conftest import run_cli
+from tunelab.errors import TunelabError
 
 
 def custom_code_model(tmp_path, tiny_model_dir):
@@ -56,9 +59,8 @@ def test_custom_code_runs_only_when_the_recipe_asks(tmp_path, tiny_model_dir):
     model, marker = custom_code_model(tmp_path, tiny_model_dir)
     recipe = recipe_for(tmp_path, model)
 
-    refused = run_cli("train", recipe)
-    assert refused.returncode == 2 and "model.trust_remote_code: true" in refused.stderr
-    assert str(model) in refused.stderr and "Traceback" not in refused.stderr
+    with pytest.raises(TunelabError, match=f"{model} needs code .* model.trust_remote_code: true"):
+        tunelab.train(recipe)  # (the CLI prints this one line: test_faults.py)
     assert not marker.exists() and not (tmp_path / "run").exists()
 
     trained = run_cli("train", recipe, "model.trust_remote_code=true")
@@ -77,6 +79,6 @@ def test_custom_code_runs_only_when_the_recipe_asks(tmp_path, tiny_model_dir):
     assert marker.exists()
 
     marker.unlink()
-    bare = run_cli("chat", str(model), "-p", "hi", "--max-new-tokens", "4")
-    assert bare.returncode == 2 and "model.trust_remote_code" in bare.stderr
+    with pytest.raises(TunelabError, match="model.trust_remote_code"):
+        tunelab.chat(model, "hi", max_new_tokens=4)  # a bare folder: no recipe asked
     assert not marker.exists()

@@ -129,9 +129,17 @@ def test_estimate_cli(tmp_path, tiny_model_dir):
     assert result["total_bytes"] == sum(result["parts"].values())
     assert result["fits"] is True
 
-    shown = run_cli("estimate", str(recipe), "--device", "cuda", "--gpu-memory", "1GB")
-    assert shown.returncode == 0, shown.stderr
-    assert "does not fit" in shown.stdout and "CUDA context" in shown.stdout
+    import io
+
+    from rich.console import Console
+
+    import tunelab
+    from tunelab.estimate_view import show_estimate
+
+    (on_card,) = tunelab.estimate(recipe, device="cuda", gpu_memory="1GB")
+    shown = io.StringIO()
+    show_estimate(Console(file=shown, width=200), on_card)
+    assert "does not fit" in shown.getvalue() and "CUDA context" in shown.getvalue()
 
     bad = run_cli("estimate", str(recipe), "--device", "tpu")
     assert bad.returncode == 2 and "cpu or cuda" in bad.stderr and "Traceback" not in bad.stderr
@@ -158,9 +166,9 @@ def test_estimate_covers_every_stage(tmp_path, tiny_model_dir):
     raw = yaml.safe_load(recipe.read_text())
     raw["stages"] = [{"name": "small"}, {"name": "wide", "train": {"batch_size": 8}}]
     recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    done = run_cli("estimate", str(recipe), "--json")
-    assert done.returncode == 0, done.stderr
-    first, second = json.loads(done.stdout)
+    import tunelab
+
+    first, second = (e.as_dict() for e in tunelab.estimate(recipe))
     assert (first["batch_size"], second["batch_size"]) == (4, 8)
     assert second["tokens_per_step"] > first["tokens_per_step"]
     assert second["total_bytes"] > first["total_bytes"]

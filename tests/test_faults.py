@@ -221,6 +221,7 @@ def test_a_damaged_cache_entry_is_rebuilt_and_said(tmp_path, tiny_model_dir, mon
     assert json.loads((run / "summary.json").read_text())["samples"] == 12
 
 
+@pytest.mark.slow  # test_no_module_reads_pickles checks the code in the default suite
 def test_a_pickle_in_the_cache_is_never_loaded(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"

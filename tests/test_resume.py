@@ -174,12 +174,15 @@ def test_watching_a_run_samples_validation_tensorboard_plot(tmp_path, tiny_model
     assert "Count to 3 ->" in result.stderr  # shown in the console too
     # the answers while training come from the same engine as `tunelab chat`
     # (step 0 is the base model: a new LoRA adds nothing until it trains)
-    for step, base in ((0, ["--base"]), (10, [])):
+    import tunelab
+
+    for step, base in ((0, True), (10, False)):
         for prompt in ("Count to 3", "Count to 5"):
-            chat = run_cli("chat", str(run), "-p", prompt, "--max-new-tokens", "64", *base)
+            answer = tunelab.chat(run, prompt, base=base, max_new_tokens=64)
             sample = next(s for s in samples if s["step"] == step and s["prompt"] == prompt)
-            assert chat.returncode == 0, chat.stderr
-            assert chat.stdout.strip() == sample["answer"]
+            assert answer.strip() == sample["answer"]
+    chat = run_cli("chat", str(run), "-p", "Count to 5", "--max-new-tokens", "64")  # the CLI too
+    assert chat.returncode == 0 and chat.stdout.strip() == samples[-1]["answer"], chat.stderr
     assert all(s["answer"] for s in samples if s["step"] == 0)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_loss" in r]

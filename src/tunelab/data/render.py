@@ -284,7 +284,7 @@ class ConversationRenderer:
             wholes = [p for _, pieces in planned if isinstance(pieces, list) for p in pieces]
             wholes = [p for p in wholes if len(p) == 2]
             encoded = self._encode([text for text, _ in wholes], offsets=True)
-            kept = {}
+            kept = {}  # id(spans) of each whole text whose token edges are clean -> (ids, labels)
             for (_text, spans), ids, offsets in zip(wholes, *encoded):
                 if edges_are_clean(offsets, spans):
                     kept[id(spans)] = (ids, mask_labels(ids, offsets, spans))

@@ -248,6 +248,14 @@ def test_a_finished_run_continues_for_more_steps_as_if_never_stopped(tmp_path, t
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 11))
 
+    by_epoch = write_recipe(
+        tmp_path, tiny_model_dir, "epochs", max_steps=None, epochs=1, save_every=4
+    )
+    tunelab.train(by_epoch)  # 24 rows at batch 4: 6 steps an epoch, the last one checkpointed
+    tunelab.train(by_epoch, ["train.epochs=2"], resume=True)
+    done = json.loads((tmp_path / "epochs" / "summary.json").read_text())
+    assert (done["steps"], done["resumed_from"]) == (12, "checkpoint-6")
+
     plain = write_recipe(tmp_path, tiny_model_dir, "plain", max_steps=3, save_every=None)
     tunelab.train(plain)
     with pytest.raises(TunelabError, match="finished without a whole checkpoint of its last step"):

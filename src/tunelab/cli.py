@@ -370,7 +370,7 @@ def evaluate(
     if task == "preference":
         from tunelab.evaluation.preference import evaluate_preference
 
-        _show_preference(evaluate_preference(target, data, limit, out), as_json)
+        _show_eval(evaluate_preference(target, data, limit, out), as_json)
         return
     options = _task_options(
         data,
@@ -388,9 +388,16 @@ def evaluate(
 
 
 def _show_eval(summary: dict, as_json: bool) -> None:
+    """A task's summary: JSON, or its scores (stdout) and what was scored (stderr)."""
     summary.pop("records")
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    if summary["task"] == "preference":
+        accuracy, margin = summary["accuracy"], summary["mean_margin"]
+        err.print(f"{summary['items']} pairs", highlight=False)
+        print(f"preference accuracy {accuracy['score']:.4f} ± {accuracy['stderr']:.4f}")
+        print(f"mean margin         {margin['score']:.4f} ± {margin['stderr']:.4f} (log-prob)")
         return
     strict, flexible = summary["strict_match"], summary["flexible_extract"]
     err.print(
@@ -400,17 +407,6 @@ def _show_eval(summary: dict, as_json: bool) -> None:
     )
     print(f"strict-match     {strict['score']:.4f} ± {strict['stderr']:.4f}")
     print(f"flexible-extract {flexible['score']:.4f} ± {flexible['stderr']:.4f}")
-
-
-def _show_preference(summary: dict, as_json: bool) -> None:
-    summary.pop("records")
-    if as_json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-        return
-    accuracy, margin = summary["accuracy"], summary["mean_margin"]
-    err.print(f"{summary['items']} pairs", highlight=False)
-    print(f"preference accuracy {accuracy['score']:.4f} ± {accuracy['stderr']:.4f}")
-    print(f"mean margin         {margin['score']:.4f} ± {margin['stderr']:.4f} (log-prob)")
 
 
 def _task_options(

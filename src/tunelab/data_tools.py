@@ -88,7 +88,8 @@ def _count(tokenizer, text: str) -> int:
 
 def recipe_data(recipe, source, config=None):
     """(tokenizer, template, prepared data) for a recipe's model, as training gets them: its
-    template and template arguments, records bounded by the model's context."""
+    template and template arguments, records bounded by the model's context; preference
+    samples for a preference objective."""
     from tunelab.data.pipeline import prepare_data
     from tunelab.models.load import load_config, load_tokenizer
     from tunelab.templates import resolve_template
@@ -96,6 +97,20 @@ def recipe_data(recipe, source, config=None):
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
     config = config if config is not None else load_config(source)
+    if recipe.train.objective != "sft":
+        from tunelab.data.preference_pipeline import prepare_preferences
+
+        data = prepare_preferences(
+            recipe.data,
+            recipe.source_dir,
+            tokenizer,
+            template,
+            recipe.train.seed,
+            recipe.train.objective,
+            getattr(config, "max_position_embeddings", None),
+            recipe.model.template_args,
+        )
+        return tokenizer, template, data
     data = prepare_data(
         recipe.data,
         recipe.source_dir,

@@ -408,6 +408,45 @@ def worst_case_batch(samples, batch_size: int, packed: bool = True) -> tuple[int
     return tokens, sum(s.trained_tokens for s in longest)
 
 
+def worst_case_pairs(samples, batch_size: int) -> int:
+    """Tokens of a preference run's largest step: its `batch_size` longest rows, each answer
+    after the prompt, all padded to the longest (as TRL's trainers batch them)."""
+
+    def longest(sample) -> int:
+        return len(sample.prompt_ids) + max(len(a) for a in sample.answers)
+
+    rows = sorted(samples, key=longest, reverse=True)[:batch_size]
+    return sum(len(s.answers) for s in rows) * longest(rows[0]) if rows else 0
+
+
+def largest_step(recipe, data, packed: bool) -> tuple[int, int | None]:
+    """(tokens, positions with logits: None for all) of the largest step the data can make."""
+    if recipe.train.objective != "sft":
+        return worst_case_pairs(data.train, recipe.train.batch_size), None
+    tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
+    return tokens, trained if packed else None
+
+
+def reference_bytes(recipe, prof: Profile) -> int:
+    """What a preference run's reference costs: none for orpo and simpo or precomputed
+    log-probs, a copy of the adapter (LoRA family), else a frozen copy of the weights."""
+    if recipe.train.objective in ("sft", "orpo", "simpo"):
+        return 0
+    if recipe.preference.reference == "precompute":
+        return 0
+    adapter = recipe.method.type in ("lora", "dora", "qlora")
+    return prof.trainable_bytes if adapter else prof.weight_bytes
+
+
+def add_reference(result: Estimate, recipe, prof: Profile) -> Estimate:
+    """The reference's bytes as their own part of a preference run's estimate."""
+    extra = reference_bytes(recipe, prof)
+    if extra:
+        result.parts["reference"] = extra
+        result.total_bytes += extra
+    return result
+
+
 def machine_memory() -> int:
     """This machine's physical memory in bytes."""
     import os
@@ -468,21 +507,22 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     plan = plan_run(recipe, torch.device(device), load=False)
     config = load_config(plan.source)
     _, _, data = recipe_data(recipe, plan.source, config)
-    packed = plan.trained_logits_only
-    tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
-    dtype = plan.dtype
+    tokens, logit_tokens = largest_step(recipe, data, plan.trained_logits_only)
+    prof = profile(config, recipe.method, plan.dtype)
     result = estimate_for(
         config,
         recipe.method,
-        dtype,
+        plan.dtype,
         device,
         batch_size=recipe.train.batch_size,
         length=data.max_length,
         checkpointing=recipe.train.gradient_checkpointing,
         tokens_per_step=tokens,
-        logit_tokens=trained if packed else None,
+        logit_tokens=logit_tokens,
         budget=budget,
+        prof=prof,
     )
+    add_reference(result, recipe, prof)
     result.data = DataCount.of(data, recipe.train)
     return result
 

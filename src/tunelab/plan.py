@@ -57,7 +57,9 @@ def plan_run(recipe: Recipe, device: torch.device | None = None, load: bool = Tr
         dtype = torch.bfloat16  # what a CUDA card with bf16 gets (planned without one here)
     else:
         dtype = pick_dtype(recipe.model.dtype, device)
-    batching = choose_batching(recipe.data.packing, recipe.train.group_by_length, method.family)
+    batching = choose_batching(
+        recipe.data.packing, recipe.train.group_by_length, method.family, recipe.train.objective
+    )
     kernels = choose_kernels(recipe.train.fused_kernels, device, dtype)
     options = method.load_options(recipe.method, device) if load else {}
     if kernels.flash_attention:
@@ -81,14 +83,21 @@ class Batching:
         return f"batches: {shape}{grouped}{f' ({self.reason})' if self.reason else ''}"
 
 
-def choose_batching(packing: bool, group_by_length: bool | None, method_family: str) -> Batching:
+def choose_batching(
+    packing: bool, group_by_length: bool | None, method_family: str, objective: str = "sft"
+) -> Batching:
     """Packed unless switched off or the method prepends learned tokens (prompt family).
 
     Prompt-learning adapters add virtual tokens with their own attention mask and positions,
-    which a packed row cannot carry, so those runs use padded batches.
+    which a packed row cannot carry, so those runs use padded batches. Preference objectives
+    run on TRL's trainers, which pad each answer after its prompt and order their own batches.
     """
     reason = ""
     packed = packing
+    if objective != "sft":
+        return Batching(
+            False, False, f"TRL's {objective} trainer pads each answer after its prompt"
+        )
     if packing and method_family == "prompt":
         packed, reason = False, "prompt-learning methods need padded batches"
     elif not packing:

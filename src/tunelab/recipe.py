@@ -169,6 +169,11 @@ class MethodConfig(Section):
 
 
 class TrainConfig(Section):
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+        "sft",
+        description="sft: learn the answers; dpo, orpo, simpo: prefer the chosen answer of a "
+        "pair over the rejected one; kto: answers rated desirable or not (see `preference`)",
+    )
     epochs: float = Field(3, gt=0, le=10_000, description="passes over the training data")
     max_steps: int | None = Field(
         None, gt=0, le=BIG, description="stop after this many optimizer steps"
@@ -226,6 +231,41 @@ class TrainConfig(Section):
     tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
 
 
+class PreferenceConfig(Section):
+    """Settings of the preference objectives (train.objective dpo, orpo, simpo or kto)."""
+
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="dpo, kto: how far the model may move from the reference (higher: less); "
+        "orpo: weight of the odds-ratio term; simpo: reward scale (2-2.5 is usual)",
+    )
+    loss: Literal["sigmoid", "hinge", "ipo", "robust"] = Field(
+        "sigmoid",
+        description="dpo: sigmoid (DPO), hinge (SLiC), ipo (IPO), robust (noisy labels, "
+        "with label_smoothing)",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="dpo: share of pairs assumed to be labelled the wrong way"
+    )
+    reference: Literal["auto", "precompute"] = Field(
+        "auto",
+        description="dpo, kto: auto takes the reference's log-probs as training goes (LoRA: "
+        "the base with the adapter off, no second copy; full: a frozen copy in memory); "
+        "precompute scores every pair once before training, with no copy kept",
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, le=100, description="simpo: target reward margin between chosen and rejected"
+    )
+    desirable_weight: float = Field(
+        1.0, gt=0, le=100, description="kto: loss weight of desirable answers"
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, le=100, description="kto: loss weight of undesirable answers"
+    )
+
+
 class TaskOptions(Section):
     """A scored task (GSM8K-style exact match): the same options for `tunelab eval`,
     `tunelab compare --task` and a recipe's `evaluate` section."""
@@ -280,6 +320,10 @@ class Recipe(Section):
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig,
+        description="beta, loss and reference of the preference objectives",
+    )
     output: str = Field(
         "runs/run", min_length=1, description="run folder for everything the run writes"
     )

@@ -35,6 +35,7 @@ class ResolvedSource:
     columns: dict = field(default_factory=dict)
     origin: str = "file"  # file, registry or builtin
     limit: int | None = None
+    kind: str | None = None  # a registry entry's kind (sft, preference, kto); None: a file
 
 
 @dataclass
@@ -99,26 +100,39 @@ def builtin_data_path(name: str) -> Path:
     return Path(str(resources.files("tunelab.data.builtin").joinpath(BUILTIN_DATA[name])))
 
 
-def resolve_source(source: DataSource, config: DataConfig, base_dir: Path | None) -> ResolvedSource:
-    """Find what a data entry names: a file, a registry entry, or a built-in set (in that order)."""
-    resolved = _resolve(source, config, base_dir)
+def data_kinds(objective: str) -> tuple[str, ...]:
+    """The registry entry kinds a training objective reads: SFT conversations, preference
+    pairs, or (kto) rated answers and pairs."""
+    return {"sft": ("sft",), "kto": ("preference", "kto")}.get(objective, ("preference",))
+
+
+def resolve_source(
+    source: DataSource,
+    config: DataConfig,
+    base_dir: Path | None,
+    kinds: tuple[str, ...] = ("sft",),
+) -> ResolvedSource:
+    """Find what a data entry names: a file, a registry entry, or a built-in set (in that order).
+
+    A registry entry must be of one of `kinds` (sft; preference and kto for those objectives).
+    """
+    resolved = _resolve(source, config, base_dir, kinds)
     resolved.limit = source.limit
     return resolved
 
 
-def _resolve(source: DataSource, config: DataConfig, base_dir: Path | None) -> ResolvedSource:
+def _resolve(source: DataSource, config: DataConfig, base_dir, kinds) -> ResolvedSource:
     for candidate in _candidate_paths(source.path, base_dir):
         if candidate.is_file():
             return ResolvedSource(source.path, candidate, source.format, dict(source.columns))
     if config.registry:
         registry = find_path(config.registry, base_dir)
         entry = lookup(registry, source.path)
-        if entry.kind != "sft":
-            raise TunelabError(
-                f"data set `{source.path}` in {registry} is {entry.kind} data, not supervised "
-                "fine-tuning conversations; pick an SFT entry for data.train."
-            )
-        return ResolvedSource(entry.name, entry.file, entry.format_name, entry.columns, "registry")
+        if entry.kind not in kinds:
+            raise TunelabError(_wrong_kind(source.path, registry, entry.kind, kinds))
+        return ResolvedSource(
+            entry.name, entry.file, entry.format_name, entry.columns, "registry", kind=entry.kind
+        )
     if source.path in BUILTIN_DATA:
         return ResolvedSource(
             source.path, builtin_data_path(source.path), source.format, dict(source.columns)
@@ -129,6 +143,20 @@ def _resolve(source: DataSource, config: DataConfig, base_dir: Path | None) -> R
     raise TunelabError(
         f"data set `{source.path}` is not a file ({tried}), not a built-in name "
         f"({', '.join(BUILTIN_DATA)}), and no data.registry is set.{hint}"
+    )
+
+
+def _wrong_kind(name: str, registry: Path, kind: str, kinds: tuple[str, ...]) -> str:
+    if kinds == ("sft",):
+        return (
+            f"data set `{name}` in {registry} is {kind} data, not supervised fine-tuning "
+            "conversations; pick an SFT entry for data.train, or train it with a preference "
+            "objective (train.objective: dpo, orpo, simpo or kto)."
+        )
+    return (
+        f"data set `{name}` in {registry} is {kind} data; train.objective "
+        f"{'kto takes rated answers or pairs' if 'kto' in kinds else 'needs preference pairs'}, "
+        "so pick such an entry (ranking: true, or a kto_tag column)."
     )
 
 

@@ -229,6 +229,20 @@ class PreferenceSample:
     rejected_ids: list[int] | None = None
     label: bool | None = None
     location: str | None = None
+    truncated: bool = False
+
+    @property
+    def answers(self) -> list[list[int]]:
+        return [a for a in (self.chosen_ids, self.rejected_ids) if a is not None]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(len(a) for a in self.answers)
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Every token the model reads for this row: the prompt before each answer."""
+        return [t for a in self.answers for t in (*self.prompt_ids, *a)]
 
 
 def render_preference(renderer, row: PreferenceRow) -> PreferenceSample:

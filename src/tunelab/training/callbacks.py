@@ -43,8 +43,24 @@ class StepTimer(TrainerCallback):
         return (self.train_end or time.perf_counter()) - (self.train_begin or self.started_at)
 
 
+# Trainer log keys that a metrics line holds under its own names, or that are bookkeeping
+OWN_KEYS = {"loss", "learning_rate", "grad_norm", "epoch", "eval_loss", "num_input_tokens_seen",
+            "train_tokens_per_second", "eval_runtime", "eval_samples_per_second",
+            "eval_steps_per_second", "train_runtime", "num_tokens"}  # fmt: skip
+
+
+def _extra(logs: dict) -> dict:
+    """The objective's own metrics (e.g. rewards/margins of a preference run), rounded."""
+    return {
+        key: round(value, 6)
+        for key, value in logs.items()
+        if key not in OWN_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
 class MetricsWriter(TrainerCallback):
-    """Appends one JSON line per logged step (loss, lr, grad norm, tokens) and per validation."""
+    """Appends one JSON line per logged step (loss, lr, grad norm, tokens, and whatever else the
+    objective logs, such as a preference run's rewards) and per validation."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -67,6 +83,7 @@ class MetricsWriter(TrainerCallback):
                 "lr": logs.get("learning_rate"),
                 "grad_norm": logs.get("grad_norm"),
                 "tokens": int(state.num_input_tokens_seen),
+                **_extra(logs),
             }
             self.losses.append(logs["loss"])
         elif "eval_loss" in logs:
@@ -74,6 +91,7 @@ class MetricsWriter(TrainerCallback):
                 "step": state.global_step,
                 "epoch": round(state.epoch or 0.0, 4),
                 "eval_loss": logs["eval_loss"],
+                **_extra(logs),
             }
             self.eval_losses.append(logs["eval_loss"])
             self.last_eval_step = state.global_step

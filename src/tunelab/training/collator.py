@@ -99,16 +99,25 @@ def trained_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=Non
 
 class LargestBatch:
     """Wraps a collator and remembers its largest batch: tokens held (padding included) and the
-    positions that get logits, for comparing measured memory with the estimate afterwards."""
+    positions that get logits, for comparing measured memory with the estimate afterwards; and
+    counts the real (non-padding) tokens of every batch.
+
+    A batch may hold several sequences to run (a preference pair's `chosen_input_ids` and
+    `rejected_input_ids`, KTO's `KL_input_ids`): every `*input_ids` but the prompt's counts.
+    """
 
     def __init__(self, collate):
         self.collate = collate
         self.tokens = 0
         self.logit_tokens = 0
+        self.seen = 0
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.collate(features)
-        tokens = int(batch["input_ids"].numel())
+        keys = [k for k in batch if k.endswith("input_ids") and not k.startswith("prompt")]
+        tokens = sum(int(batch[k].numel()) for k in keys)
+        masks = [batch.get(k.replace("input_ids", "attention_mask")) for k in keys]
+        self.seen += sum(int(m.sum()) if m is not None else 0 for m in masks)
         if tokens > self.tokens:
             self.tokens = tokens
             keep = batch.get("logits_to_keep")

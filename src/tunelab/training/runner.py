@@ -34,6 +34,7 @@ from tunelab.run import (
     RunFolder,
     describe_environment,
 )
+from tunelab.training import preference
 from tunelab.training.callbacks import (
     ConsoleView,
     EventSource,
@@ -250,14 +251,19 @@ def _train_one(
     plan = plan_run(recipe)
     config = load_config(plan.source)
     check_method(config, recipe.method)
+    preference.check_objective(recipe)
     tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
     for note in plan.notes():
         console.print(note, highlight=False)
     memory_estimate = _memory_estimate(recipe, plan, config, data, console)
     model = _load_model(recipe, plan, init_from, console)
+    reference = None
+    if preference.needs_reference_copy(recipe, plan.method):
+        reference = preference.reference_copy(model)
+        console.print("reference: a frozen copy of the starting weights", highlight=False)
     renderer = ConversationRenderer(tokenizer, template, template_args=recipe.model.template_args)
     watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
-    trainer = _build_trainer(recipe, run, model, tokenizer, data, watchers.all, plan)
+    trainer = _build_trainer(recipe, run, model, tokenizer, data, watchers.all, plan, reference)
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
     try:
@@ -438,10 +444,10 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, config, console: Conso
 def _memory_estimate(recipe, plan: RunPlan, config, data, console):
     """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
     came from (None if the model cannot be traced)."""
-    from tunelab.estimation import estimate_for, profile, worst_case_batch
+    from tunelab.estimation import add_reference, estimate_for, largest_step, profile
 
-    packed, dtype, device = plan.trained_logits_only, plan.dtype, plan.device
-    tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
+    dtype, device = plan.dtype, plan.device
+    tokens, logit_tokens = largest_step(recipe, data, plan.trained_logits_only)
     try:
         prof = profile(config, recipe.method, dtype)
     except TunelabError as error:
@@ -456,9 +462,10 @@ def _memory_estimate(recipe, plan: RunPlan, config, data, console):
         length=data.max_length,
         checkpointing=recipe.train.gradient_checkpointing,
         tokens_per_step=tokens,
-        logit_tokens=trained if packed else None,
+        logit_tokens=logit_tokens,
         prof=prof,
     )
+    add_reference(result, recipe, prof)
     console.print(
         f"memory estimate: {result.total_bytes / 2**30:.2f} GiB peak "
         f"({result.tokens_per_step:,} tokens in the largest step)",
@@ -470,7 +477,7 @@ def _memory_estimate(recipe, plan: RunPlan, config, data, console):
 def _memory_side_by_side(recipe, device, before, largest, measured: int) -> dict | None:
     """The estimate made before the run, and the same estimate for the largest batch that
     actually ran (random batches rarely meet the data's worst case), next to the measured peak."""
-    from tunelab.estimation import estimate
+    from tunelab.estimation import add_reference, estimate
 
     if before is None:
         return None
@@ -485,6 +492,7 @@ def _memory_side_by_side(recipe, device, before, largest, measured: int) -> dict
         tokens_per_step=largest.tokens,
         logit_tokens=largest.logit_tokens,
     )
+    add_reference(ran, recipe, prof)
     return {
         "estimated_bytes": planned.total_bytes,
         "estimated_parts": planned.parts,
@@ -638,17 +646,43 @@ def _tensorboard(run: RunFolder, recipe: Recipe, console: Console) -> list:
             os.environ["TENSORBOARD_LOGGING_DIR"] = previous
 
 
-def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan):
+def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan, reference=None):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    arguments = _training_arguments(recipe, run, plan, bool(data.eval))
+    if recipe.train.objective != "sft":
+        trainer = preference.build(recipe, arguments, model, reference, tokenizer, data, callbacks)
+    else:
+        batching, kernels = plan.batching, plan.kernels
+        # With packed rows the lm_head runs only where the next token is trained (not on
+        # prompts); liger's fused loss already avoids materialising the logits.
+        logits_only = batching.packed and not kernels.liger and _keeps_logits(model)
+        collate = make_collator(batching, tokenizer.pad_token_id, trained_logits_only=logits_only)
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**arguments),
+            data_collator=LargestBatch(collate),
+            compute_loss_func=trained_positions_loss if logits_only else None,
+            train_dataset=SampleDataset(data.train),
+            eval_dataset=SampleDataset(data.eval) if data.eval else None,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    return trainer
+
+
+def _training_arguments(recipe, run, plan: RunPlan, validate: bool) -> dict:
+    """The TrainingArguments every run shares, whatever its objective."""
     cfg = recipe.train
     batching, kernels = plan.batching, plan.kernels
-    if data.eval:
+    if validate:
         eval_strategy, eval_steps = ("steps", cfg.eval_every) if cfg.eval_every else ("epoch", None)
     else:
         eval_strategy, eval_steps = "no", None
-    args = TrainingArguments(
+    return dict(
         output_dir=str(run.checkpoints_dir / STAGING),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
@@ -674,28 +708,10 @@ def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan
         logging_nan_inf_filter=False,  # a diverging loss is shown, and stops the run
         include_num_input_tokens_seen="all" if batching.packed else "non_padding",
         train_sampling_strategy="group_by_length" if batching.group_by_length else "random",
-        use_liger_kernel=kernels.liger,
+        use_liger_kernel=kernels.liger and cfg.objective == "sft",
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
-    # With packed rows the lm_head runs only where the next token is trained (not on prompts);
-    # liger's fused loss already avoids materialising the logits, so it keeps its own path.
-    trained_logits_only = batching.packed and not kernels.liger and _keeps_logits(model)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        data_collator=LargestBatch(
-            make_collator(batching, tokenizer.pad_token_id, trained_logits_only=trained_logits_only)
-        ),
-        compute_loss_func=trained_positions_loss if trained_logits_only else None,
-        train_dataset=SampleDataset(data.train),
-        eval_dataset=SampleDataset(data.eval) if data.eval else None,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    for noisy in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(noisy)
-    return trainer
 
 
 def _keeps_logits(model) -> bool:

@@ -1,0 +1,237 @@
+"""From a recipe's data section to preference samples: read pairs (or rated answers), check
+them row by row, render them with the model's chat template, cut them, split them.
+
+The same data settings as SFT apply where they mean something for a pair: registry entries,
+limits, `system`, `replace`, `reasoning`, `max_length` (auto or fixed), `val_ratio`, `eval`
+and `on_bad_row`. Rendering a few thousand pairs takes seconds, so nothing is cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.data.conversation import Conversation, RowError
+from tunelab.data.load import DataReport, data_kinds, raise_for_bad_rows, resolve_source
+from tunelab.data.preference import (
+    KTO,
+    PAIR,
+    PreferenceRow,
+    PreferenceSample,
+    detect_kind,
+    read_preferences,
+    render_preference,
+)
+from tunelab.data.readers import read_records
+from tunelab.data.render import IGNORE_INDEX, ConversationRenderer, RenderedSample, truncate
+from tunelab.data.stats import suggest_max_length
+from tunelab.data.transforms import (
+    add_default_system,
+    drop_reasoning,
+    replace_placeholders,
+    split_indices,
+)
+from tunelab.errors import TunelabError
+from tunelab.recipe import DataConfig, DataSource
+
+PAIRED = ("dpo", "orpo", "simpo")
+
+
+@dataclass
+class PreparedPreferences:
+    """Training-ready preference samples and everything said about them."""
+
+    train: list[PreferenceSample]
+    eval: list[PreferenceSample] | None
+    report: DataReport
+    max_length: int
+    max_length_note: str
+    kind: str  # preference (pairs) or kto (rated answers)
+    cache_notes: list[str] = field(default_factory=list)
+    stop_token_trained: int = 0  # samples whose (chosen) answer ends with a special token
+
+
+def prepare_preferences(
+    config: DataConfig,
+    base_dir: Path | None,
+    tokenizer,
+    template: str,
+    seed: int,
+    objective: str,
+    context: int | None = None,
+    template_args: dict | None = None,
+) -> PreparedPreferences:
+    """Everything a preference trainer needs from the data section (`objective`: dpo, orpo,
+    simpo or kto)."""
+    renderer = ConversationRenderer(tokenizer, template, template_args=template_args)
+    thinking = (template_args or {}).get("enable_thinking")
+    train, report = _rendered_split(config, base_dir, "train", renderer, objective, thinking)
+    max_length, note = _max_length(config, train, context)
+    train = _cut_all(train, max_length, report, config.on_bad_row)
+    notes = [f"train data: {len(train)} {_noun(objective)} rendered with the chat template"]
+    evaluation = None
+    if config.eval:
+        held_out, held_report = _rendered_split(
+            config, base_dir, "eval", renderer, objective, thinking
+        )
+        evaluation = _cut_all(held_out, max_length, held_report, config.on_bad_row)
+    elif config.val_ratio:
+        if len(train) < 2:
+            raise TunelabError("data.val_ratio needs at least 2 training samples to split.")
+        train_index, eval_index = split_indices(len(train), config.val_ratio, seed)
+        train, evaluation = [train[i] for i in train_index], [train[i] for i in eval_index]
+        notes.append(
+            f"validation split: {len(evaluation)} of {len(train) + len(evaluation)} "
+            f"{_noun(objective)} held out (seed {seed})"
+        )
+    report.truncated = sum(s.truncated for s in train)
+    kind = KTO if objective == "kto" else PAIR
+    prepared = PreparedPreferences(train, evaluation, report, max_length, note, kind, notes)
+    stops = set(tokenizer.all_special_ids)
+    prepared.stop_token_trained = sum(bool(s.chosen_ids) and s.chosen_ids[-1] in stops
+                                      for s in train)  # fmt: skip
+    return prepared
+
+
+def _noun(objective: str) -> str:
+    return "rated answers" if objective == "kto" else "preference pairs"
+
+
+def _rendered_split(
+    config: DataConfig, base_dir, split: str, renderer, objective: str, thinking
+) -> tuple[list[PreferenceSample], DataReport]:
+    """Every row of a split read, transformed and rendered; bad rows in the report."""
+    report = DataReport()
+    rows: list[PreferenceRow] = []
+    for source in config.sources(split):
+        rows += _read_source(source, config, base_dir, objective, report)
+    if objective == "kto":
+        rows = [rated for row in rows for rated in unpaired(row)]
+    report.placeholders_replaced = _transform(rows, config, thinking, report)
+    samples = []
+    for row in rows:
+        try:
+            samples.append(render_preference(renderer, row))
+        except RowError as exc:
+            report.bad_rows.append(str(exc))
+    raise_for_bad_rows(report, config.on_bad_row, split)
+    if not samples:
+        raise TunelabError(f"the {split} data has no usable {_noun(objective)}.")
+    return samples, report
+
+
+def _read_source(
+    source: DataSource, config: DataConfig, base_dir, objective: str, report: DataReport
+) -> list[PreferenceRow]:
+    resolved = resolve_source(source, config, base_dir, data_kinds(objective))
+    kind = resolved.kind or _file_kind(resolved.file, objective)
+    rows, bad = read_preferences(resolved.file, kind, resolved.columns, resolved.limit)
+    report.bad_rows += bad
+    report.sources.append(
+        {
+            "name": resolved.name,
+            "file": str(resolved.file),
+            "format": kind,
+            "evidence": "the registry entry" if resolved.kind else "detected from the first record",
+            "read": len(rows) + len(bad),
+            "kept": len(rows),
+            "bad": len(bad),
+        }
+    )
+    return rows
+
+
+def _file_kind(file: Path, objective: str) -> str:
+    """Pairs or rated answers, from the first record's keys; refused if the objective cannot
+    train on it."""
+    for location, record in read_records(file):
+        kind = detect_kind(record) if not isinstance(record, RowError) else None
+        if kind is None:
+            keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+            raise TunelabError(
+                f"{location}: train.objective {objective} needs preference data, but this "
+                f"record has neither `chosen` and `rejected` answers nor a true/false `label` "
+                f"(its keys: {keys}); check data.train or the objective."
+            )
+        if kind == KTO and objective in PAIRED:
+            raise TunelabError(
+                f"{file} holds answers rated true/false (KTO data), but train.objective "
+                f"{objective} needs chosen/rejected pairs; use train.objective: kto."
+            )
+        return kind
+    raise TunelabError(f"{file} holds no records.")
+
+
+def unpaired(row: PreferenceRow) -> list[PreferenceRow]:
+    """A pair as two rated answers (the chosen one desirable), as KTO takes it."""
+    if row.rejected is None:
+        return [row]
+    return [
+        PreferenceRow(row.prompt, row.chosen, None, True),
+        PreferenceRow(row.prompt, row.rejected, None, False),
+    ]
+
+
+def _transform(rows: list[PreferenceRow], config: DataConfig, thinking, report) -> int:
+    """`data.system`, `data.replace` and `data.reasoning` on every prompt and answer."""
+    prompts = list({id(row.prompt): row.prompt for row in rows}.values())  # KTO rows share one
+    report.system_added = add_default_system(prompts, config.system)
+    answers = [Conversation([a for a in (row.chosen, row.rejected) if a]) for row in rows]
+    replaced = replace_placeholders(prompts, config.replace)
+    replaced += replace_placeholders(answers, config.replace)
+    strip = config.reasoning == "strip" or (config.reasoning == "auto" and thinking is False)
+    report.reasoning_dropped = drop_reasoning(answers) if strip else 0
+    report.reasoning_turns = sum(m.has_reasoning for a in answers for m in a.messages)
+    return replaced
+
+
+def _as_sequences(sample: PreferenceSample) -> list[RenderedSample]:
+    """Prompt + each answer, as SFT samples (for the cutoff rule)."""
+    return [
+        RenderedSample(sample.prompt_ids + answer, [IGNORE_INDEX] * len(sample.prompt_ids) + answer)
+        for answer in (sample.chosen_ids, sample.rejected_ids)
+        if answer is not None
+    ]
+
+
+def _max_length(config: DataConfig, samples, context: int | None) -> tuple[int, str]:
+    if config.max_length != "auto":
+        return config.max_length, f"max_length {config.max_length} (from the recipe)"
+    sequences = [seq for sample in samples for seq in _as_sequences(sample)]
+    length = suggest_max_length(sequences)
+    if context and length > context:
+        return context, f"max_length auto: {context} (the model's context)"
+    return length, (
+        f"max_length auto: {length} (smallest multiple of 64 losing under 1% of the answers' "
+        "tokens)"
+    )
+
+
+def cut_pair(sample: PreferenceSample, limit: int) -> PreferenceSample:
+    """Prompt + answer within `limit` tokens for each answer, the prompt the same for both: the
+    cut SFT makes (answer end first, else the middle of a long prompt), sized by the longer
+    answer."""
+    answers = [a for a in (sample.chosen_ids, sample.rejected_ids) if a is not None]
+    longest = max(answers, key=len)
+    if len(sample.prompt_ids) + len(longest) <= limit:
+        return sample
+    labels = [IGNORE_INDEX] * len(sample.prompt_ids) + longest
+    short = truncate(sample.prompt_ids + longest, labels, limit)
+    first = next((i for i, label in enumerate(short.labels) if label != IGNORE_INDEX), limit)
+    prompt, room = short.input_ids[:first], limit - first
+    cut = [a[:room] if a is not None else None for a in (sample.chosen_ids, sample.rejected_ids)]
+    return PreferenceSample(prompt, cut[0], cut[1], sample.label, sample.location, truncated=True)
+
+
+def _cut_all(samples, limit: int, report: DataReport, on_bad_row: str) -> list:
+    kept = []
+    for sample in samples:
+        short = cut_pair(sample, limit)
+        if not short.chosen_ids or (short.rejected_ids is not None and not short.rejected_ids):
+            problem = f"{sample.location}: no answer token is left after truncation to {limit}"
+            if on_bad_row == "error":
+                raise TunelabError(f"{problem}; raise data.max_length.")
+            report.bad_rows.append(problem)
+            continue
+        kept.append(short)
+    return kept

@@ -155,7 +155,7 @@ def _wrong_kind(name: str, registry: Path, kind: str, kinds: tuple[str, ...]) ->
         )
     return (
         f"data set `{name}` in {registry} is {kind} data; train.objective "
-        f"{'kto takes rated answers or pairs' if 'kto' in kinds else 'needs preference pairs'}, "
+        f"{'kto takes rated answers or pairs' if 'kto' in kinds else 'dpo, orpo and simpo need preference pairs'}, "
         "so pick such an entry (ranking: true, or a kto_tag column)."
     )
 

@@ -192,7 +192,7 @@ def detect_kind(record: object) -> str | None:
     """Whether a record is a preference pair or a KTO row, from its keys (None: neither)."""
     if not isinstance(record, dict):
         return None
-    if "chosen" in record and "rejected" in record:
+    if ("chosen" in record and "rejected" in record) or "chosen_messages" in record:
         return PAIR
     if isinstance(record.get("label"), bool) or "kto_tag" in record:
         return KTO

@@ -141,25 +141,31 @@ def _read_source(
     return rows
 
 
-def _file_kind(file: Path, objective: str) -> str:
-    """Pairs or rated answers, from the first record's keys; refused if the objective cannot
-    train on it."""
-    for location, record in read_records(file):
-        kind = detect_kind(record) if not isinstance(record, RowError) else None
-        if kind is None:
-            keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-            raise TunelabError(
-                f"{location}: train.objective {objective} needs preference data, but this "
-                f"record has neither `chosen` and `rejected` answers nor a true/false `label` "
-                f"(its keys: {keys}); check data.train or the objective."
-            )
-        if kind == KTO and objective in PAIRED:
-            raise TunelabError(
-                f"{file} holds answers rated true/false (KTO data), but train.objective "
-                f"{objective} needs chosen/rejected pairs; use train.objective: kto."
-            )
-        return kind
-    raise TunelabError(f"{file} holds no records.")
+def _file_kind(file: Path, objective: str, look: int = 100) -> str:
+    """Pairs or rated answers, from the keys of the first records that tell (a bad first row
+    is reported as such later); refused if the objective cannot train on it."""
+    first = None
+    for number, (location, record) in enumerate(read_records(file)):
+        kind = None if isinstance(record, RowError) else detect_kind(record)
+        first = first or (location, record)
+        if kind is not None or number + 1 >= look:
+            break
+    if first is None:
+        raise TunelabError(f"{file} holds no records.")
+    if kind is None:
+        location, record = first
+        keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+        raise TunelabError(
+            f"{location}: train.objective {objective} needs preference data, but this record "
+            f"has neither `chosen` and `rejected` answers nor a true/false `label` (its keys: "
+            f"{keys}); check data.train or the objective."
+        )
+    if kind == KTO and objective in PAIRED:
+        raise TunelabError(
+            f"{file} holds answers rated true/false (KTO data), but train.objective "
+            f"{objective} needs chosen/rejected pairs; use train.objective: kto."
+        )
+    return kind
 
 
 def unpaired(row: PreferenceRow) -> list[PreferenceRow]:

@@ -158,11 +158,18 @@ def _objective(objective: str, settings) -> tuple[type, type, dict]:
     }  # fmt: skip
 
 
+class _NoModelCard:
+    """The run folder records the run: TRL's model card is not written into checkpoints."""
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        return None
+
+
 def _dpo_trainer():
     """(Each trainer class is made on first use, so TRL loads only when it is needed.)"""
     from trl import DPOTrainer
 
-    class RenderedDPOTrainer(DPOTrainer):
+    class RenderedDPOTrainer(_NoModelCard, DPOTrainer):
         """DPO on tunelab's token ids (`prompt_ids`, `chosen_ids`, `rejected_ids`)."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -174,7 +181,7 @@ def _dpo_trainer():
 def _kto_trainer():
     from trl import KTOTrainer
 
-    class RenderedKTOTrainer(KTOTrainer):
+    class RenderedKTOTrainer(_NoModelCard, KTOTrainer):
         """KTO on tunelab's token ids (`prompt_ids`, `completion_ids`, `label`). The KL term's
         mismatched answers are made as TRL makes them: each batch's answers turned by one."""
 
@@ -208,7 +215,7 @@ def pair_features(feature: dict) -> dict:
 def _orpo_trainer():
     from trl.experimental.orpo import ORPOTrainer
 
-    class RenderedORPOTrainer(ORPOTrainer):
+    class RenderedORPOTrainer(_NoModelCard, ORPOTrainer):
         """ORPO on tunelab's token ids."""
 
         def tokenize_row(self, feature, model=None):
@@ -220,7 +227,7 @@ def _orpo_trainer():
 def _cpo_trainer():
     from trl.experimental.cpo import CPOTrainer
 
-    class RenderedCPOTrainer(CPOTrainer):
+    class RenderedCPOTrainer(_NoModelCard, CPOTrainer):
         """CPO's trainer (SimPO loss) on tunelab's token ids."""
 
         def tokenize_row(self, feature, model=None):

@@ -725,7 +725,10 @@ def _keeps_logits(model) -> bool:
 def _save_final(run: RunFolder, method: Method, model, tokenizer) -> None:
     """An adapter (peft methods) or the whole model (full, freeze), with tokenizer and template."""
     target = run.adapter_dir if method.saves_adapter else run.model_dir
-    model.save_pretrained(target)
+    if method.saves_adapter and "ref" in getattr(model, "peft_config", {}):
+        model.save_pretrained(target, selected_adapters=["default"])  # not a DPO/KTO reference
+    else:
+        model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     staging = run.checkpoints_dir / STAGING
     if staging.is_dir() and not any(staging.iterdir()):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tunelab.data.load import resolve_source
+from tunelab.data.load import data_kinds, resolve_source
 from tunelab.errors import TunelabError
-from tunelab.recipe import load_recipe, nearest_key
+from tunelab.recipe import load_recipe, nearest_key, stage_recipes
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
@@ -23,8 +23,10 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_recipe_parses_and_its_data_resolves(example):
     recipe = load_recipe(example)
-    for source in recipe.data.sources("train"):
-        assert resolve_source(source, recipe.data, recipe.source_dir).file.is_file()
+    for each in [recipe, *stage_recipes(recipe)]:
+        kinds = data_kinds(each.train.objective)
+        for source in each.data.sources("train"):
+            assert resolve_source(source, each.data, each.source_dir, kinds).file.is_file()
 
 
 def test_examples_exist():

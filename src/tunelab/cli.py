@@ -370,7 +370,7 @@ def evaluate(
     if task == "preference":
         from tunelab.evaluation.preference import evaluate_preference
 
-        _show_eval(evaluate_preference(target, data, limit, out), as_json)
+        _show_eval(evaluate_preference(target, data, limit, out, last), as_json)
         return
     options = _task_options(
         data,
@@ -410,7 +410,17 @@ def _show_eval(summary: dict, as_json: bool) -> None:
 
 
 def _task_options(
-    data, shots, fewshot_from, fewshot_limit, limit, last, seed, style, batch_size, max_new_tokens
+    data,
+    shots,
+    fewshot_from,
+    fewshot_limit,
+    limit,
+    last,
+    seed,
+    style,
+    batch_size,
+    max_new_tokens,
+    task="gsm8k",
 ):
     """The typed task options from the command line (the same class a recipe's evaluate uses)."""
     from pydantic import ValidationError
@@ -424,7 +434,7 @@ def _task_options(
         )
     try:
         return TaskOptions(
-            task="gsm8k",
+            task=task,
             data=str(data),
             shots=shots,
             fewshot_from=str(fewshot_from) if fewshot_from else None,
@@ -460,8 +470,12 @@ def compare_models(
     out: Annotated[
         Path, typer.Option(help="folder for report.md, report.html, report.json")
     ] = Path("report"),
-    task: Annotated[str | None, typer.Option(help="also score a task: gsm8k")] = None,
-    data: Annotated[Path | None, typer.Option(help="the task's questions (.jsonl)")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="also score a task: gsm8k or preference (held-out pairs)")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="the task's questions (.jsonl) or preference pairs")
+    ] = None,
     shots: Annotated[int, typer.Option(min=0, max=64, help="task shots")] = 5,
     fewshot_from: Annotated[Path | None, typer.Option(help="file the shots come from")] = None,
     fewshot_limit: Annotated[
@@ -479,13 +493,14 @@ def compare_models(
 
     task_options = None
     if task is not None:
-        if task != "gsm8k" or data is None:
+        if task not in ("gsm8k", "preference") or data is None:
             raise TunelabError(
-                "--task gsm8k needs --data, a .jsonl file of question/answer records."
+                "--task gsm8k needs --data, a .jsonl file of question/answer records; "
+                "--task preference needs --data, a file of preference pairs."
             )
         task_options = _task_options(
             data,
-            shots,
+            shots if task == "gsm8k" else 0,
             fewshot_from,
             fewshot_limit,
             limit,
@@ -494,6 +509,7 @@ def compare_models(
             "auto",
             batch_size,
             max_new_tokens,
+            task,
         )
     report = comparison.compare(
         before,
@@ -527,7 +543,7 @@ def data_check(
     found = doctor.open_target(target, model)
     result = doctor.check(found)
     show_check(err, found, result)
-    if lengths and result.conversations:
+    if lengths and (result.conversations or result.preference_rows):
         show_stats(err, length_stats(found))
     if result.problems:
         raise typer.Exit(2)

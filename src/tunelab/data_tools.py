@@ -29,6 +29,8 @@ def length_stats(target: Target, png: Path | None = None) -> dict:
 
     tokenizer, template = _tokenizer_and_template(target)
     config = target.config.model_copy(update={"on_bad_row": "skip"})
+    if target.objective != "sft":
+        return _preference_lengths(target, config, tokenizer, template, png)
     rendered = render_split(
         config,
         target.base_dir,
@@ -49,6 +51,28 @@ def length_stats(target: Target, png: Path | None = None) -> dict:
         stats["histogram"] = str(
             save_histogram(rendered.samples, png, stats["suggested_max_length"])
         )
+    return stats
+
+
+def _preference_lengths(target: Target, config, tokenizer, template, png: Path | None) -> dict:
+    """The length report of a preference recipe: each answer after its prompt is one sequence
+    (what the trainer pads and runs), the answers' tokens the trained ones."""
+    from tunelab.data.preference_pipeline import answer_sequences, prepare_preferences
+    from tunelab.data.stats import full_report, save_histogram
+
+    prepared = prepare_preferences(
+        config.model_copy(update={"max_length": "auto", "val_ratio": None, "eval": None}),
+        target.base_dir,
+        tokenizer,
+        template,
+        0,
+        target.objective,
+        template_args=target.template_args,
+    )
+    sequences = [seq for sample in prepared.train for seq in answer_sequences(sample)]
+    stats = {**full_report(sequences), "model": target.model, "objective": target.objective}
+    if png is not None:
+        stats["histogram"] = str(save_histogram(sequences, png, stats["suggested_max_length"]))
     return stats
 
 

@@ -94,10 +94,10 @@ def choose_batching(
     """
     reason = ""
     packed = packing
-    if objective != "sft":
-        return Batching(
-            False, False, f"TRL's {objective} trainer pads each answer after its prompt"
-        )
+    if objective != "sft":  # KTO's KL term pairs answers within fixed batches: never regrouped
+        grouped = objective != "kto" and group_by_length is not False
+        why = f"TRL's {objective} trainer pads each answer after its prompt"
+        return Batching(False, grouped, why)
     if packing and method_family == "prompt":
         packed, reason = False, "prompt-learning methods need padded batches"
     elif not packing:

@@ -28,3 +28,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     # Raised from peft's call site, so it is not attributed to transformers' module.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    # TRL's ORPO and CPO trainers (tunelab's orpo and simpo objectives) live in trl.experimental,
+    # which warns on import; tunelab pins the TRL version they are tested with.
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

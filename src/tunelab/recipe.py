@@ -270,10 +270,14 @@ class TaskOptions(Section):
     """A scored task (GSM8K-style exact match): the same options for `tunelab eval`,
     `tunelab compare --task` and a recipe's `evaluate` section."""
 
-    task: Literal["gsm8k"] | None = Field(
-        None, description="a scored task run on base and tuned model"
+    task: Literal["gsm8k", "preference"] | None = Field(
+        None,
+        description="a scored task run on base and tuned model: gsm8k (exact match) or "
+        "preference (chosen answer more likely than rejected, on held-out pairs)",
     )
-    data: str | None = Field(None, description="the task's question/answer .jsonl")
+    data: str | None = Field(
+        None, description="the task's question/answer .jsonl (gsm8k) or pairs file (preference)"
+    )
     shots: int = Field(5, ge=0, le=64, description="worked examples in each task prompt")
     fewshot_from: str | None = Field(None, description="file the shots are drawn from")
     fewshot_limit: int | None = Field(None, gt=0, le=BIG, description="draw shots from its first N")
@@ -289,8 +293,11 @@ class TaskOptions(Section):
     @model_validator(mode="after")
     def _task_needs_data(self):
         if self.task and not self.data:
-            raise ValueError("a task needs its data: a .jsonl file of question/answer records")
-        if self.task and self.shots and not self.fewshot_from:
+            raise ValueError(
+                "a task needs its data: a .jsonl file of question/answer records (gsm8k) or "
+                "preference pairs"
+            )
+        if self.task == "gsm8k" and self.shots and not self.fewshot_from:
             raise ValueError(
                 "shots need fewshot_from, a file the examples are drawn from (not the one scored)"
             )

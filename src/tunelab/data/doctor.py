@@ -27,6 +27,7 @@ class Target:
     registry_entries: list[dict] = field(default_factory=list)
     template_args: dict = field(default_factory=dict)
     trust_remote_code: bool = False  # the recipe's model.trust_remote_code
+    objective: str = "sft"  # the recipe's train.objective: preference ones read pairs
 
 
 def open_target(path: str | Path, model: str | None = None) -> Target:
@@ -46,6 +47,7 @@ def open_target(path: str | Path, model: str | None = None) -> Target:
             recipe.model.template,
             template_args=recipe.model.template_args,
             trust_remote_code=recipe.model.trust_remote_code,
+            objective=recipe.train.objective,
         )
     if path.name == "dataset_info.json" or _looks_like_registry(path):
         return _registry_target(path, model)
@@ -112,6 +114,7 @@ class CheckResult:
     report: DataReport
     conversations: list[Conversation]
     registry_entries: list[dict]
+    preference_rows: int = 0  # rows read as pairs or rated answers (a preference recipe)
 
     @property
     def empty_sources(self) -> list[str]:
@@ -128,6 +131,11 @@ class CheckResult:
 def check(target: Target) -> CheckResult:
     """Read every record of every source, collecting all bad rows instead of stopping."""
     config = target.config.model_copy(update={"on_bad_row": "skip"})
+    if target.objective != "sft":
+        from tunelab.data.preference_pipeline import read_split
+
+        rows, report = read_split(config, target.base_dir, "train", target.objective)
+        return CheckResult(report, [], target.registry_entries, len(rows))
     if target.registry_entries and not any(e["status"] == "sft" for e in target.registry_entries):
         return CheckResult(DataReport(), [], target.registry_entries)
     thinking = target.template_args.get("enable_thinking")

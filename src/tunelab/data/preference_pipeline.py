@@ -101,13 +101,9 @@ def _rendered_split(
     config: DataConfig, base_dir, split: str, renderer, objective: str, thinking
 ) -> tuple[list[PreferenceSample], DataReport]:
     """Every row of a split read, transformed and rendered; bad rows in the report."""
-    report = DataReport()
-    rows: list[PreferenceRow] = []
-    for source in config.sources(split):
-        rows += _read_source(source, config, base_dir, objective, report)
-    if objective == "kto":
-        rows = [rated for row in rows for rated in unpaired(row)]
+    rows, report = read_split(config, base_dir, split, objective)
     report.placeholders_replaced = _transform(rows, config, thinking, report)
+    rows = _short_answers(rows, config.max_answer_chars, report)
     samples = []
     for row in rows:
         try:
@@ -118,6 +114,20 @@ def _rendered_split(
     if not samples:
         raise TunelabError(f"the {split} data has no usable {_noun(objective)}.")
     return samples, report
+
+
+def read_split(
+    config: DataConfig, base_dir, split: str, objective: str
+) -> tuple[list[PreferenceRow], DataReport]:
+    """Every row of a split read and checked (KTO: pairs become two rated answers), with the
+    report of each source and every bad row; nothing rendered yet."""
+    report = DataReport()
+    rows: list[PreferenceRow] = []
+    for source in config.sources(split):
+        rows += _read_source(source, config, base_dir, objective, report)
+    if objective == "kto":
+        rows = [rated for row in rows for rated in unpaired(row)]
+    return rows, report
 
 
 def _read_source(
@@ -191,7 +201,21 @@ def _transform(rows: list[PreferenceRow], config: DataConfig, thinking, report) 
     return replaced
 
 
-def _as_sequences(sample: PreferenceSample) -> list[RenderedSample]:
+def _short_answers(rows: list[PreferenceRow], limit: int | None, report) -> list[PreferenceRow]:
+    """`data.max_answer_chars`: rows with an answer longer than that are dropped, and listed."""
+    if not limit:
+        return rows
+    kept = []
+    for row in rows:
+        longest = max(len(a.content) for a in (row.chosen, row.rejected) if a is not None)
+        if longest > limit:
+            report.long_answers_dropped.append(f"{row.location}: answer of {longest} characters")
+        else:
+            kept.append(row)
+    return kept
+
+
+def answer_sequences(sample: PreferenceSample) -> list[RenderedSample]:
     """Prompt + each answer, as SFT samples (for the cutoff rule)."""
     return [
         RenderedSample(sample.prompt_ids + answer, [IGNORE_INDEX] * len(sample.prompt_ids) + answer)
@@ -203,7 +227,7 @@ def _as_sequences(sample: PreferenceSample) -> list[RenderedSample]:
 def _max_length(config: DataConfig, samples, context: int | None) -> tuple[int, str]:
     if config.max_length != "auto":
         return config.max_length, f"max_length {config.max_length} (from the recipe)"
-    sequences = [seq for sample in samples for seq in _as_sequences(sample)]
+    sequences = [seq for sample in samples for seq in answer_sequences(sample)]
     length = suggest_max_length(sequences)
     if context and length > context:
         return context, f"max_length auto: {context} (the model's context)"

@@ -68,7 +68,8 @@ def show_check(console: Console, target: Target, result: CheckResult) -> None:
 
 def show_stats(console: Console, stats: dict) -> None:
     """Length percentiles, the cutoff table, and the suggestion."""
-    table = Table(title=f"token lengths of {stats['samples']} samples ({stats['model']} tokenizer)")
+    what = "sequences (each answer after its prompt)" if stats.get("objective") else "samples"
+    table = Table(title=f"token lengths of {stats['samples']} {what} ({stats['model']} tokenizer)")
     keys = ["min", "mean", "p50", "p90", "p95", "p99", "max"]
     table.add_column("")
     for key in keys:

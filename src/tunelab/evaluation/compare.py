@@ -97,6 +97,8 @@ def _probe_summary(rows: list[dict]) -> dict:
 
 
 def _task_comparison(before: str, after: str, task: TaskOptions, console) -> dict:
+    if task.task == "preference":
+        return _preference_comparison(before, after, task)
     from tunelab.evaluation.runner import evaluate_gsm8k
 
     results = {}
@@ -106,6 +108,7 @@ def _task_comparison(before: str, after: str, task: TaskOptions, console) -> dic
     a, b = results["before"], results["after"]
     return {
         "items": a["items"],
+        "scores": ["strict_match", "flexible_extract"],
         "timing": {
             side: {
                 "seconds": r["seconds"],
@@ -138,17 +141,51 @@ def _task_comparison(before: str, after: str, task: TaskOptions, console) -> dic
     }
 
 
+def _preference_comparison(before: str, after: str, task: TaskOptions) -> dict:
+    """Preference accuracy and mean margin on the same held-out pairs, before and after."""
+    from tunelab.evaluation.preference import evaluate_preference
+
+    a, b = (
+        evaluate_preference(target, Path(task.data), task.limit, last=task.last)
+        for target in (before, after)
+    )
+    unchanged = {"wrong_to_right": [], "right_to_wrong": [], "net": 0}
+    return {
+        "items": a["items"],
+        "scores": ["accuracy", "mean_margin"],
+        "accuracy": {
+            "before": a["accuracy"],
+            "after": b["accuracy"],
+            "flips": flips(a["records"], b["records"], "correct", item="location"),
+        },
+        "mean_margin": {"before": a["mean_margin"], "after": b["mean_margin"], "flips": unchanged},
+        "records": [
+            {"location": x["location"], "margin": [x["margin"], y["margin"]]}
+            for x, y in zip(a["records"], b["records"])
+        ],
+    }
+
+
+LABELS = {"strict_match": "strict-match", "flexible_extract": "flexible",
+          "accuracy": "preference accuracy", "mean_margin": "mean margin"}  # fmt: skip
+
+
 def summary_line(report: dict) -> str:
     """One sentence: what the tune gained on the target and what it cost on the probe."""
     parts = []
     task = report.get("task")
     if task:
-        for key, label in (("strict_match", "strict-match"), ("flexible_extract", "flexible")):
+        for key in task["scores"]:
             before, after = task[key]["before"]["score"], task[key]["after"]["score"]
             flip = task[key]["flips"]
+            moved = (
+                f"; {len(flip['wrong_to_right'])} wrong->right, "
+                f"{len(flip['right_to_wrong'])} right->wrong"
+                if key != "mean_margin"
+                else ""
+            )
             parts.append(
-                f"{label} {before:.3f} -> {after:.3f} ({after - before:+.3f}; "
-                f"{len(flip['wrong_to_right'])} wrong->right, {len(flip['right_to_wrong'])} right->wrong)"
+                f"{LABELS[key]} {before:.3f} -> {after:.3f} ({after - before:+.3f}{moved})"
             )
     probe = report["probe"]
     cost = f"{probe['changed']}/{probe['prompts']} probe answers changed"
@@ -197,7 +234,7 @@ def _markdown(report: dict) -> str:
         lines.append(
             f"## Task ({task['items']} items)\n\n| score | before | after | wrong->right | right->wrong |\n|---|---:|---:|---:|---:|"
         )
-        for key in ("strict_match", "flexible_extract"):
+        for key in task["scores"]:
             b, a, f = task[key]["before"], task[key]["after"], task[key]["flips"]
             lines.append(
                 f"| {key} | {b['score']:.3f} ± {b['stderr']:.3f} | {a['score']:.3f} ± {a['stderr']:.3f} "
@@ -223,7 +260,7 @@ def _html(report: dict) -> str:
         cells = "".join(
             f"<tr><td>{key}</td><td>{task[key]['before']['score']:.3f}</td><td>{task[key]['after']['score']:.3f}</td>"
             f"<td>{len(task[key]['flips']['wrong_to_right'])}</td><td>{len(task[key]['flips']['right_to_wrong'])}</td></tr>"
-            for key in ("strict_match", "flexible_extract")
+            for key in task["scores"]
         )
         task_html = (
             f"<h2>Task ({task['items']} items)</h2><table><tr><th>score</th><th>before</th><th>after</th>"

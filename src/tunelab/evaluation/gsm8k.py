@@ -141,9 +141,10 @@ def score(problem: Problem, output: str) -> dict:
     }
 
 
-def flips(before: list[dict], after: list[dict], key: str) -> dict:
-    """Items that went wrong->right and right->wrong between two runs of the same questions."""
-    if [b["question"] for b in before] != [a["question"] for a in after]:
+def flips(before: list[dict], after: list[dict], key: str, item: str = "question") -> dict:
+    """Items that went wrong->right and right->wrong between two runs of the same items
+    (named by their `item` field)."""
+    if [b[item] for b in before] != [a[item] for a in after]:
         raise TunelabError("the two evaluations are not on the same questions in the same order.")
     gained = [i for i, (b, a) in enumerate(zip(before, after)) if not b[key] and a[key]]
     lost = [i for i, (b, a) in enumerate(zip(before, after)) if b[key] and not a[key]]

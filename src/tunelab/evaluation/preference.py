@@ -24,10 +24,14 @@ def evaluate_preference(
     data: Path,
     limit: int | None = None,
     out: Path | None = None,
+    last: bool = False,
 ) -> dict:
-    """Score held-out preference pairs; returns the summary, writes items to `out`."""
+    """Score held-out preference pairs (the first `limit`, or with `last` the last ones);
+    returns the summary, writes items to `out`."""
     quiet_libraries()
-    rows, bad = read_preferences(Path(data), PAIR, limit=limit)
+    rows, bad = read_preferences(Path(data), PAIR, limit=None if last else limit)
+    if last and limit:
+        rows = rows[-limit:]
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise TunelabError(

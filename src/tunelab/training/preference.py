@@ -64,14 +64,15 @@ def dataset(samples: list[PreferenceSample], objective: str):
             {"prompt_ids": s.prompt_ids, "completion_ids": s.chosen_ids, "label": s.label}
             for s in samples
         ]
-    else:
-        rows = [
-            {"prompt_ids": s.prompt_ids, "chosen_ids": s.chosen_ids, "rejected_ids": s.rejected_ids}
-            for s in samples
-        ]
-        if objective in REFERENCE_FREE:  # their trainers read text columns before our ids
-            for row in rows:
-                row.update(prompt="", chosen="", rejected="")
+        return Dataset.from_list(rows)
+    rows = [
+        {"prompt_ids": s.prompt_ids, "chosen_ids": s.chosen_ids, "rejected_ids": s.rejected_ids,
+         "length": len(s.prompt_ids) + max(len(a) for a in s.answers)}  # for grouped batches
+        for s in samples
+    ]  # fmt: skip
+    if objective in REFERENCE_FREE:  # their trainers read text columns before our ids
+        for row in rows:
+            row.update(prompt="", chosen="", rejected="")
     return Dataset.from_list(rows)
 
 

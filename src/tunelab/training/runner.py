@@ -159,7 +159,7 @@ def _before_after(recipe: Recipe, result: TrainResult, console: Console) -> dict
                 "wrong_to_right": len(report["task"][k]["flips"]["wrong_to_right"]),
                 "right_to_wrong": len(report["task"][k]["flips"]["right_to_wrong"]),
             }
-            for k in ("strict_match", "flexible_extract")
+            for k in report["task"]["scores"]
         }
     return outcome
 

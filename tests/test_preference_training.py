@@ -216,6 +216,7 @@ def staged(root, model_dir, name):
     return path
 
 
+@pytest.mark.slow  # three runs in child processes (about 45 s); the default suite keeps its budget
 def test_sft_then_dpo_resumes_after_a_sigkill_in_the_dpo_stage(tmp_path, tiny_model_dir):
     whole = staged(tmp_path, tiny_model_dir, "whole")
     assert run_cli("train", str(whole)).returncode == 0

@@ -394,10 +394,16 @@ def _show_eval(summary: dict, as_json: bool) -> None:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     if summary["task"] == "preference":
-        accuracy, margin = summary["accuracy"], summary["mean_margin"]
         err.print(f"{summary['items']} pairs", highlight=False)
-        print(f"preference accuracy {accuracy['score']:.4f} ± {accuracy['stderr']:.4f}")
-        print(f"mean margin         {margin['score']:.4f} ± {margin['stderr']:.4f} (log-prob)")
+        for name, label in (
+            ("accuracy", "preference accuracy   "),
+            ("mean_margin", "mean margin           "),
+            ("accuracy_per_token", "per-token accuracy    "),
+            ("mean_margin_per_token", "per-token mean margin "),
+        ):
+            score = summary[name]
+            unit = " (log-prob)" if name.startswith("mean") else ""
+            print(f"{label}{score['score']:.4f} ± {score['stderr']:.4f}{unit}")
         return
     strict, flexible = summary["strict_match"], summary["flexible_extract"]
     err.print(

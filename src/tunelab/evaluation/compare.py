@@ -143,31 +143,35 @@ def _task_comparison(before: str, after: str, task: TaskOptions, console) -> dic
 
 def _preference_comparison(before: str, after: str, task: TaskOptions) -> dict:
     """Preference accuracy and mean margin on the same held-out pairs, before and after."""
-    from tunelab.evaluation.preference import evaluate_preference
+    from tunelab.evaluation.preference import SCORES, evaluate_preference
 
     a, b = (
         evaluate_preference(target, Path(task.data), task.limit, last=task.last)
         for target in (before, after)
     )
-    unchanged = {"wrong_to_right": [], "right_to_wrong": [], "net": 0}
-    return {
-        "items": a["items"],
-        "scores": ["accuracy", "mean_margin"],
-        "accuracy": {
-            "before": a["accuracy"],
-            "after": b["accuracy"],
-            "flips": flips(a["records"], b["records"], "correct", item="location"),
-        },
-        "mean_margin": {"before": a["mean_margin"], "after": b["mean_margin"], "flips": unchanged},
-        "records": [
-            {"location": x["location"], "margin": [x["margin"], y["margin"]]}
-            for x, y in zip(a["records"], b["records"])
-        ],
-    }
+    report = {"items": a["items"], "scores": list(SCORES)}
+    for name, key in SCORES.items():
+        moved = (
+            flips(a["records"], b["records"], key, item="location")
+            if name.startswith("accuracy")
+            else {"wrong_to_right": [], "right_to_wrong": [], "net": 0}
+        )
+        report[name] = {"before": a[name], "after": b[name], "flips": moved}
+    report["records"] = [
+        {
+            "location": x["location"],
+            "margin": [x["margin"], y["margin"]],
+            "margin_per_token": [x["margin_per_token"], y["margin_per_token"]],
+        }
+        for x, y in zip(a["records"], b["records"])
+    ]
+    return report
 
 
 LABELS = {"strict_match": "strict-match", "flexible_extract": "flexible",
-          "accuracy": "preference accuracy", "mean_margin": "mean margin"}  # fmt: skip
+          "accuracy": "preference accuracy", "mean_margin": "mean margin",
+          "accuracy_per_token": "per-token accuracy",
+          "mean_margin_per_token": "per-token margin"}  # fmt: skip
 
 
 def summary_line(report: dict) -> str:
@@ -181,7 +185,7 @@ def summary_line(report: dict) -> str:
             moved = (
                 f"; {len(flip['wrong_to_right'])} wrong->right, "
                 f"{len(flip['right_to_wrong'])} right->wrong"
-                if key != "mean_margin"
+                if not key.startswith("mean_margin")
                 else ""
             )
             parts.append(

@@ -1,6 +1,10 @@
 """Preference accuracy: how often a model gives the chosen answer a higher log-probability
 than the rejected one, after the prompt as served, on held-out pairs; with the mean margin.
 
+Summed log-probabilities favour the shorter answer whatever the model prefers (two answers
+hundreds of tokens apart differ by hundreds of nats), so the same two scores are also given
+per token: each answer's mean log-probability, which a preference tune can move.
+
 The answers are scored as trained: each rendered through its stop token by the model's chat
 template (`render_preference`), the log-probability summed over the answer's tokens.
 """
@@ -17,6 +21,14 @@ from tunelab.evaluation.gsm8k import mean_and_stderr
 from tunelab.evaluation.runner import write_results
 from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.quiet import quiet_libraries
+
+# summary score -> the per-pair field it averages
+SCORES = {
+    "accuracy": "correct",
+    "mean_margin": "margin",
+    "accuracy_per_token": "correct_per_token",
+    "mean_margin_per_token": "margin_per_token",
+}
 
 
 def evaluate_preference(
@@ -45,25 +57,31 @@ def evaluate_preference(
         sample = render_preference(model.renderer, row)
         chosen = answer_logprob(model, sample.prompt_ids, sample.chosen_ids)
         rejected = answer_logprob(model, sample.prompt_ids, sample.rejected_ids)
+        per_token = (
+            chosen / len(sample.chosen_ids) - rejected / len(sample.rejected_ids)
+        )  # fmt: skip
         records.append(
             {
                 "location": sample.location,
                 "chosen_logprob": chosen,
                 "rejected_logprob": rejected,
+                "chosen_tokens": len(sample.chosen_ids),
+                "rejected_tokens": len(sample.rejected_ids),
                 "margin": chosen - rejected,
                 "correct": chosen > rejected,
+                "margin_per_token": round(per_token, 6),
+                "correct_per_token": per_token > 0,
             }  # fmt: skip
         )
-    accuracy = mean_and_stderr([r["correct"] for r in records])
-    margin = mean_and_stderr([r["margin"] for r in records])
     summary = {
         "task": "preference",
         "model": model.description,
         "data": str(data),
         "items": len(records),
-        "accuracy": {"score": accuracy[0], "stderr": accuracy[1]},
-        "mean_margin": {"score": margin[0], "stderr": margin[1]},
     }
+    for name, key in SCORES.items():
+        score, stderr = mean_and_stderr([r[key] for r in records])
+        summary[name] = {"score": score, "stderr": stderr}
     if out is not None:
         write_results(Path(out), summary, records)
     summary["records"] = records

@@ -182,6 +182,21 @@ def test_objectives_refuse_what_they_cannot_train(tmp_path, tiny_model_dir):
             train({**recipe, "data": registry})
 
 
+@pytest.mark.skipif(not REGISTRY.is_file(), reason="../shared/data not present")
+def test_data_check_of_a_preference_recipe_reads_pairs_and_their_lengths():
+    from tests.conftest import REPO
+    from tunelab.data.doctor import check, open_target
+    from tunelab.data_tools import length_stats
+
+    target = open_target(REPO / "examples" / "dpo.yaml")
+    result = check(target)
+    assert result.preference_rows == 200 and result.problems == 0
+    stats = length_stats(target)
+    # 59 pairs (answers of at most 1,000 characters), each answer after its prompt
+    assert stats["samples"] == 118 and stats["objective"] == "dpo"
+    assert stats["suggested_max_length"] % 64 == 0
+
+
 def staged(root, model_dir, name):
     sft = root / "sft.jsonl"
     sft.write_text(
@@ -254,3 +269,42 @@ def test_sft_then_dpo_resumes_after_a_sigkill_in_the_dpo_stage(tmp_path, tiny_mo
     assert metrics[0][0]["rewards/margins"] == 0.0 and metrics[0][0]["loss"] == pytest.approx(
         0.6931, abs=1e-4
     )
+
+
+def short_held_out_pairs(path, longest=1000):
+    """The pairs among the last 100 of dpo_en_demo.json whose answers are at most `longest`
+    characters (19 of them): held out from examples/dpo.yaml, which trains on the first 200."""
+    rows = json.loads((SHARED_DATA / "llamafactory" / "dpo_en_demo.json").read_text())
+    held = [
+        row
+        for row in rows[200:]
+        if max(len(row["chosen"]["value"]), len(row["rejected"]["value"])) <= longest
+    ]
+    path.write_text(json.dumps(held), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow  # about 10 minutes: 15 DPO steps of the built-in model, then two evaluations
+@pytest.mark.skipif(not REGISTRY.is_file(), reason="../shared/data not present")
+def test_dpo_on_the_builtin_model_moves_held_out_preferences(tmp_path):
+    from tests.conftest import REPO
+
+    held_out = short_held_out_pairs(tmp_path / "held_out.json")
+    result = train(
+        REPO / "examples" / "dpo.yaml",
+        [
+            f"evaluate.data={held_out}",
+            "evaluate.limit=null",
+            "evaluate.last=false",
+            "train.save_every=null",
+            f"output={tmp_path / 'run'}",
+        ],
+    )
+    task = result.summary["before_after"]["task"]
+    assert task["mean_margin_per_token"]["after"] > task["mean_margin_per_token"]["before"]
+    assert task["accuracy_per_token"]["after"] >= task["accuracy_per_token"]["before"]
+    assert (
+        task["accuracy_per_token"]["right_to_wrong"] <= task["accuracy_per_token"]["wrong_to_right"]
+    )
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["rewards/margins"] == 0.0 and max(r["rewards/margins"] for r in rows) > 0.1

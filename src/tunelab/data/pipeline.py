@@ -26,7 +26,7 @@ from tunelab.data.render import (
     truncate,
 )
 from tunelab.data.stats import suggest_max_length
-from tunelab.data.transforms import split_indices
+from tunelab.data.transforms import hold_out
 from tunelab.errors import TunelabError
 from tunelab.locations import cache_dir
 from tunelab.ranks import is_main
@@ -203,13 +203,8 @@ def prepare_data(
         notes.append(_cache_note("eval", held_out))
         evaluation = _cut(held_out.samples, max_length, held_out.report, config.on_bad_row)
     elif config.val_ratio:
-        if len(train) < 2:
-            raise TunelabError("data.val_ratio needs at least 2 training samples to split.")
-        train_index, eval_index = split_indices(len(train), config.val_ratio, seed)
-        train, evaluation = [train[i] for i in train_index], [train[i] for i in eval_index]
-        notes.append(
-            f"validation split: {len(evaluation)} of {len(train) + len(evaluation)} samples held out (seed {seed})"
-        )
+        train, evaluation, split_note = hold_out(train, config.val_ratio, seed)
+        notes.append(split_note)
     report.truncated = sum(s.truncated for s in train)
     stops = set(tokenizer.all_special_ids)
     prepared = PreparedData(train, evaluation, report, max_length, note, notes, rendered.samples)

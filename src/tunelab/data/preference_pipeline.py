@@ -28,8 +28,8 @@ from tunelab.data.stats import suggest_max_length
 from tunelab.data.transforms import (
     add_default_system,
     drop_reasoning,
+    hold_out,
     replace_placeholders,
-    split_indices,
 )
 from tunelab.errors import TunelabError
 from tunelab.recipe import DataConfig, DataSource
@@ -76,14 +76,8 @@ def prepare_preferences(
         )
         evaluation = _cut_all(held_out, max_length, held_report, config.on_bad_row)
     elif config.val_ratio:
-        if len(train) < 2:
-            raise TunelabError("data.val_ratio needs at least 2 training samples to split.")
-        train_index, eval_index = split_indices(len(train), config.val_ratio, seed)
-        train, evaluation = [train[i] for i in train_index], [train[i] for i in eval_index]
-        notes.append(
-            f"validation split: {len(evaluation)} of {len(train) + len(evaluation)} "
-            f"{_noun(objective)} held out (seed {seed})"
-        )
+        train, evaluation, split_note = hold_out(train, config.val_ratio, seed, _noun(objective))
+        notes.append(split_note)
     report.truncated = sum(s.truncated for s in train)
     kind = KTO if objective == "kto" else PAIR
     prepared = PreparedPreferences(train, evaluation, report, max_length, note, kind, notes)

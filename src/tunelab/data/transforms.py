@@ -83,6 +83,18 @@ def dedupe(conversations: list[Conversation]) -> tuple[list[Conversation], list[
     return kept, dropped
 
 
+def hold_out(items: list, ratio: float, seed: int, noun: str = "samples") -> tuple[list, list, str]:
+    """`data.val_ratio`: (kept for training, held out, what was done), split with the seed."""
+    from tunelab.errors import TunelabError
+
+    if len(items) < 2:
+        raise TunelabError(f"data.val_ratio needs at least 2 training {noun} to split.")
+    train_index, eval_index = split_indices(len(items), ratio, seed)
+    train, held = [items[i] for i in train_index], [items[i] for i in eval_index]
+    note = f"validation split: {len(held)} of {len(items)} {noun} held out (seed {seed})"
+    return train, held, note
+
+
 def split_indices(count: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
     """A seeded random train/validation split of `count` items (validation gets >= 1)."""
     order = list(range(count))

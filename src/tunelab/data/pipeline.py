@@ -223,11 +223,21 @@ def ends_with_trained(sample: RenderedSample, stop_ids: set[int]) -> bool:
 def _cut(
     samples: list[RenderedSample], max_length: int, report: DataReport, on_bad_row: str
 ) -> list[RenderedSample]:
-    kept = []
-    for sample in samples:
+    def cut(sample: RenderedSample) -> RenderedSample:
         short = truncate(sample.input_ids, sample.labels, max_length)
         short.location = sample.location
-        if short.trained_tokens == 0:
+        return short
+
+    return cut_samples(samples, max_length, report, on_bad_row, cut, lambda s: s.trained_tokens > 0)
+
+
+def cut_samples(samples, max_length: int, report: DataReport, on_bad_row: str, cut, left) -> list:
+    """Each sample cut to `max_length` by `cut`; one with no answer token `left` is a bad row
+    (on_bad_row: error stops, skip drops it and says where)."""
+    kept = []
+    for sample in samples:
+        short = cut(sample)
+        if not left(short):
             problem = f"{sample.location}: no answer token is left after truncation to {max_length}"
             if on_bad_row == "error":
                 raise TunelabError(f"{problem}; raise data.max_length.")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunelab.data.conversation import Conversation, RowError
 from tunelab.data.load import DataReport, data_kinds, raise_for_bad_rows, resolve_source
+from tunelab.data.pipeline import cut_samples
 from tunelab.data.preference import (
     KTO,
     PAIR,
@@ -248,14 +249,11 @@ def cut_pair(sample: PreferenceSample, limit: int) -> PreferenceSample:
 
 
 def _cut_all(samples, limit: int, report: DataReport, on_bad_row: str) -> list:
-    kept = []
-    for sample in samples:
-        short = cut_pair(sample, limit)
-        if not short.chosen_ids or (short.rejected_ids is not None and not short.rejected_ids):
-            problem = f"{sample.location}: no answer token is left after truncation to {limit}"
-            if on_bad_row == "error":
-                raise TunelabError(f"{problem}; raise data.max_length.")
-            report.bad_rows.append(problem)
-            continue
-        kept.append(short)
-    return kept
+    return cut_samples(
+        samples,
+        limit,
+        report,
+        on_bad_row,
+        lambda sample: cut_pair(sample, limit),
+        lambda short: all(short.answers),
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import tunelab
 from tests.conftest import REPO, run_cli
 from tests.test_hardening import DATA, snapshot
 from tests.test_resume import KILLER
@@ -42,6 +43,12 @@ def write_recipe(root: Path, model: Path, output: Path, **train) -> Path:
     return path
 
 
+def train_here(recipe: Path) -> None:
+    """A finished run to start from, trained in this process (a child costs seconds of imports;
+    the command itself is what each test then runs)."""
+    tunelab.train(recipe)
+
+
 def one_line(result) -> str:
     return " ".join((result.stdout + result.stderr).split())
 
@@ -59,7 +66,7 @@ def test_second_writer_is_refused_with_the_holders_pid_and_a_dead_holders_lock_i
 ):
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path, tiny_model_dir, run, max_steps=1)
-    assert run_cli("train", str(recipe)).returncode == 0
+    train_here(recipe)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True
     )
@@ -103,7 +110,7 @@ def test_two_trainings_started_on_one_folder_leave_one_consistent_run(tmp_path, 
 def test_overwrite_that_fails_before_training_puts_the_old_run_back(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path, tiny_model_dir, run, max_steps=1)
-    assert run_cli("train", str(recipe)).returncode == 0
+    train_here(recipe)
     before = snapshot(run)
     (tmp_path / "d.jsonl").write_text(DATA + '{"instruction": "no answer"}\n', encoding="utf-8")
     failed = run_cli("train", str(recipe), "--overwrite")
@@ -209,7 +216,7 @@ def test_a_damaged_cache_entry_is_rebuilt_and_said(tmp_path, tiny_model_dir, mon
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path, tiny_model_dir, run, max_steps=1)
-    assert run_cli("train", str(recipe)).returncode == 0
+    train_here(recipe)
     [entry] = (tmp_path / "cache" / "data").glob("*.safetensors")
     raw = bytearray(entry.read_bytes())
     raw[-40:] = bytes(40)  # token ids of the last samples overwritten

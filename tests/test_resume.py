@@ -11,6 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+import tunelab
 from tests.conftest import run_cli
 
 DATA = [
@@ -61,7 +62,7 @@ def adapter_weights(run):
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
     whole = write_recipe(tmp_path, tiny_model_dir, "whole")
-    assert run_cli("train", str(whole)).returncode == 0
+    tunelab.train(whole)  # in this process: the resumed run is the command's
 
     broken = write_recipe(tmp_path, tiny_model_dir, "broken")
     killed = subprocess.run(
@@ -134,7 +135,7 @@ def test_batch_8_equals_batch_1_times_accumulation_8(tmp_path, tiny_model_dir):
         data = yaml.safe_load(recipe.read_text())
         data["method"]["dropout"] = 0.0
         recipe.write_text(yaml.safe_dump(data))
-        assert run_cli("train", str(recipe)).returncode == 0
+        tunelab.train(recipe)
         runs[name] = [
             json.loads(x)["loss"]
             for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()

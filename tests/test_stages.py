@@ -93,7 +93,7 @@ def test_stage_two_continues_stage_one_adapter_with_a_fresh_schedule(tmp_path, t
 
 def test_resume_across_stages_matches_uninterrupted(tmp_path, tiny_model_dir):
     whole = staged_recipe(tmp_path, tiny_model_dir, "whole")
-    assert run_cli("train", str(whole)).returncode == 0
+    tunelab.train(whole)  # in this process: the resumed run is the command's
     broken = staged_recipe(tmp_path, tiny_model_dir, "broken")
     # Stage 1 has 6 steps; the kill comes at step 3 of stage 2 (after its checkpoint-2).
     killer = KILLER.replace(

@@ -121,6 +121,21 @@ def recipe_data(recipe, source, config=None):
     tokenizer = load_tokenizer(source)
     template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
     config = config if config is not None else load_config(source)
+    context = getattr(config, "max_position_embeddings", None)
+    if recipe.train.objective == "grpo":
+        from tunelab.data.prompt_pipeline import prepare_prompts
+
+        room = context - recipe.grpo.max_completion_length if context else None
+        data = prepare_prompts(
+            recipe.data,
+            recipe.source_dir,
+            tokenizer,
+            template,
+            recipe.train.seed,
+            room,
+            recipe.model.template_args,
+        )
+        return tokenizer, template, data
     if recipe.train.objective != "sft":
         from tunelab.data.preference_pipeline import prepare_preferences
 
@@ -131,7 +146,7 @@ def recipe_data(recipe, source, config=None):
             template,
             recipe.train.seed,
             recipe.train.objective,
-            getattr(config, "max_position_embeddings", None),
+            context,
             recipe.model.template_args,
         )
         return tokenizer, template, data
@@ -141,7 +156,7 @@ def recipe_data(recipe, source, config=None):
         tokenizer,
         template,
         recipe.train.seed,
-        getattr(config, "max_position_embeddings", None),
+        context,
         recipe.model.template_args,
     )
     return tokenizer, template, data

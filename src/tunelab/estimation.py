@@ -62,6 +62,15 @@ class Profile:
     adapter_outputs: int  # summed output width of the LoRA-wrapped linears (0 without LoRA)
     vocab_size: int
     hidden_size: int
+    kv_bytes_per_token: int = 0  # the key/value cache of all layers, while generating
+
+
+def kv_bytes_per_token(config, size: int) -> int:
+    """Bytes the generation cache keeps per token: a key and a value per layer and kv head."""
+    heads = getattr(config, "num_attention_heads", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * size
 
 
 @dataclass
@@ -78,10 +87,11 @@ class DataCount:
     seconds: float | None = None  # the whole run on this CPU, at the measured matmul rate
 
     @classmethod
-    def of(cls, data, train) -> DataCount:
+    def of(cls, data, train, repeat: int = 1) -> DataCount:
         """The count for prepared data under a recipe's `train` settings, as the Trainer
-        batches it (the last batch and accumulation round may be short)."""
-        batches = math.ceil(len(data.train) / train.batch_size)
+        batches it (the last batch and accumulation round may be short); `repeat`: rows
+        each sample becomes (grpo: the answers sampled per prompt)."""
+        batches = math.ceil(len(data.train) * repeat / train.batch_size)
         per_epoch = max(math.ceil(batches / train.grad_accum), 1)
         steps = math.ceil(per_epoch * train.epochs)
         return cls(
@@ -226,6 +236,7 @@ def profile(config, method: MethodConfig, dtype: torch.dtype) -> Profile:
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         adapter_outputs=counts["adapter_outputs"],
+        kv_bytes_per_token=kv_bytes_per_token(config, size),
     )
 
 
@@ -421,6 +432,9 @@ def worst_case_pairs(samples, batch_size: int) -> int:
 
 def largest_step(recipe, data, packed: bool) -> tuple[int, int | None]:
     """(tokens, positions with logits: None for all) of the largest step the data can make."""
+    if recipe.train.objective == "grpo":  # the longest prompt, each answer as long as allowed
+        longest = max(len(s.prompt_ids) for s in data.train)
+        return recipe.train.batch_size * (longest + recipe.grpo.max_completion_length), None
     if recipe.train.objective != "sft":
         return worst_case_pairs(data.train, recipe.train.batch_size), None
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
@@ -428,22 +442,33 @@ def largest_step(recipe, data, packed: bool) -> tuple[int, int | None]:
 
 
 def reference_bytes(recipe, prof: Profile) -> int:
-    """What a preference run's reference costs: none for orpo and simpo or precomputed
-    log-probs, a copy of the adapter (LoRA family), else a frozen copy of the weights."""
-    if recipe.train.objective in ("sft", "orpo", "simpo"):
+    """What a preference or grpo run's reference costs: none for orpo and simpo, precomputed
+    log-probs or grpo without a KL term, a copy of the adapter (LoRA family), else a frozen
+    copy of the weights."""
+    objective = recipe.train.objective
+    if objective in ("sft", "orpo", "simpo"):
         return 0
-    if recipe.preference.reference == "precompute":
+    if objective == "grpo" and recipe.grpo.beta == 0:
+        return 0
+    if objective != "grpo" and recipe.preference.reference == "precompute":
         return 0
     adapter = recipe.method.type in ("lora", "dora", "qlora")
     return prof.trainable_bytes if adapter else prof.weight_bytes
 
 
-def add_reference(result: Estimate, recipe, prof: Profile) -> Estimate:
-    """The reference's bytes as their own part of a preference run's estimate."""
-    extra = reference_bytes(recipe, prof)
-    if extra:
-        result.parts["reference"] = extra
-        result.total_bytes += extra
+def add_objective_parts(result: Estimate, recipe, prof: Profile) -> Estimate:
+    """What an objective adds to the estimate, each as its own part: a preference or grpo
+    run's reference, and grpo's generation (the key/value cache of every sampled answer and
+    the fp32 logits of one decoding step)."""
+    extra = {"reference": reference_bytes(recipe, prof)}
+    if recipe.train.objective == "grpo":
+        batch = recipe.train.batch_size
+        cache = prof.kv_bytes_per_token * result.tokens_per_step
+        extra["generation"] = cache + 2 * batch * prof.vocab_size * 4
+    for name, value in extra.items():
+        if value:
+            result.parts[name] = value
+            result.total_bytes += value
     return result
 
 
@@ -522,8 +547,9 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
         budget=budget,
         prof=prof,
     )
-    add_reference(result, recipe, prof)
-    result.data = DataCount.of(data, recipe.train)
+    add_objective_parts(result, recipe, prof)
+    repeat = recipe.grpo.generations if recipe.train.objective == "grpo" else 1
+    result.data = DataCount.of(data, recipe.train, repeat)
     return result
 
 

@@ -94,6 +94,8 @@ def choose_batching(
     """
     reason = ""
     packed = packing
+    if objective == "grpo":  # each prompt's group of answers is sampled and padded together
+        return Batching(False, False, "TRL's grpo trainer pads the answers sampled per prompt")
     if objective != "sft":  # KTO's KL term pairs answers within fixed batches: never regrouped
         grouped = objective != "kto" and group_by_length is not False
         why = f"TRL's {objective} trainer pads each answer after its prompt"

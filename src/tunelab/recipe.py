@@ -169,10 +169,11 @@ class MethodConfig(Section):
 
 
 class TrainConfig(Section):
-    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
         "sft",
         description="sft: learn the answers; dpo, orpo, simpo: prefer the chosen answer of a "
-        "pair over the rejected one; kto: answers rated desirable or not (see `preference`)",
+        "pair over the rejected one; kto: answers rated desirable or not (see `preference`); "
+        "grpo: sample answers to each prompt and learn from their rewards (see `grpo`)",
     )
     epochs: float = Field(3, gt=0, le=10_000, description="passes over the training data")
     max_steps: int | None = Field(
@@ -266,6 +267,107 @@ class PreferenceConfig(Section):
     )
 
 
+class RewardConfig(Section):
+    """One reward of a grpo run: a built-in one by `name`, or a function by `function`."""
+
+    name: Literal["gsm8k", "format", "length"] | None = Field(
+        None,
+        description="gsm8k: 1 when the answer's number equals the reference (as `tunelab "
+        "eval` scores it); format: 1 when the answer has the template's reasoning/answer "
+        "shape and ended with its stop token; length: 0 up to max_tokens, then falling to -1 "
+        "at the completion limit",
+    )
+    function: str | None = Field(
+        None,
+        description="your own reward: `file.py:function` (beside the recipe) or "
+        "`module:function`, called as TRL calls reward functions (prompts, completions, "
+        "completion_ids and every data column as keyword lists); it runs because the recipe "
+        "names it, and the run records its file and hash",
+    )
+    weight: float = Field(1.0, ge=-1000, le=1000, description="weight in the summed reward")
+    match: Literal["strict", "flexible"] = Field(
+        "flexible",
+        description="gsm8k: strict reads the number after `#### `, flexible the last number",
+    )
+    max_tokens: int | None = Field(
+        None, gt=0, le=65_536, description="length: tokens allowed before the penalty starts"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, str):  # `gsm8k` or `my_rewards.py:score`
+            return {"function": value} if ":" in value else {"name": value}
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.name is None) == (self.function is None):
+            raise ValueError("give either name (gsm8k, format, length) or function, not both")
+        if self.function is not None and not _is_function_reference(self.function):
+            raise ValueError(
+                f"function {self.function!r} should read file.py:function or module:function"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """How the run's metrics and samples name this reward."""
+        if self.name == "gsm8k":
+            return f"gsm8k_{self.match}"
+        return self.name or self.function.rsplit(":", 1)[1]
+
+
+def _is_function_reference(text: str) -> bool:
+    where, _, function = text.rpartition(":")
+    return bool(where.strip()) and function.isidentifier()
+
+
+class GrpoConfig(Section):
+    """Settings of train.objective grpo: sampling, the loss, and the rewards."""
+
+    rewards: list[RewardConfig] = Field(
+        default_factory=list,
+        description="the rewards summed (with their weights) into each answer's reward: "
+        "gsm8k, format, length, or file.py:function / module:function",
+    )
+    generations: int = Field(
+        4, ge=2, le=1024, description="answers sampled for each prompt (a group)"
+    )
+    max_completion_length: int = Field(
+        256, gt=0, le=65_536, description="longest sampled answer in tokens"
+    )
+    temperature: float = Field(1.0, gt=0, le=10, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling share")
+    beta: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="weight of the KL term to the starting model (0: no reference kept; "
+        "LoRA: the adapter switched off, full: a copy of the weights)",
+    )
+    loss: Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo"] = Field(
+        "dapo",
+        description="how token losses are averaged: dapo (over the batch's tokens), grpo (per "
+        "answer, then answers), dr_grpo (by a constant), bnpo, cispo, sapo",
+    )
+    importance_sampling: Literal["token", "sequence"] = Field(
+        "token", description="ratio per token (GRPO) or per answer (GSPO)"
+    )
+    epsilon: float = Field(0.2, gt=0, le=10, description="clipping range of the ratio")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="advantages divided by the reward spread of the group, of the batch, or "
+        "not at all (Dr. GRPO)",
+    )
+    mask_truncated: bool = Field(
+        False, description="leave answers cut at max_completion_length out of the loss"
+    )
+    vllm: Literal["auto", "off"] = Field(
+        "auto", description="auto: generate with vLLM (colocated) on a CUDA GPU when installed"
+    )
+
+
 class TaskOptions(Section):
     """A scored task (GSM8K-style exact match): the same options for `tunelab eval`,
     `tunelab compare --task` and a recipe's `evaluate` section."""
@@ -331,6 +433,10 @@ class Recipe(Section):
         default_factory=PreferenceConfig,
         description="beta, loss and reference of the preference objectives",
     )
+    grpo: GrpoConfig = Field(
+        default_factory=GrpoConfig,
+        description="sampling, loss and rewards of train.objective grpo",
+    )
     output: str = Field(
         "runs/run", min_length=1, description="run folder for everything the run writes"
     )
@@ -346,6 +452,15 @@ class Recipe(Section):
     # Where the recipe came from, so relative data paths can be resolved beside it.
     source_dir: Path | None = Field(None, exclude=True, repr=False)
     source_file: Path | None = Field(None, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _grpo_needs_rewards(self):
+        if self.train.objective == "grpo" and not self.grpo.rewards:
+            raise ValueError(
+                "train.objective grpo learns from rewards; list them in grpo.rewards, e.g. "
+                "rewards: [gsm8k, format]"
+            )
+        return self
 
     @field_validator("output")
     @classmethod

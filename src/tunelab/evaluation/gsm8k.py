@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.reasoning import split_reasoning
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -139,6 +140,17 @@ def score(problem: Problem, output: str) -> dict:
         "strict_correct": strict == problem.gold,
         "flexible_correct": flexible == problem.gold,
     }
+
+
+def judge(problem: Problem, output: str, opened: bool = False) -> dict:
+    """The verdict on one generated output, for `tunelab eval` and the gsm8k reward alike: both
+    extractions read the answer after any reasoning (`opened`: the prompt already opened the
+    reasoning block), up to where a next `Question:` would begin; the reasoning is kept beside."""
+    reasoning, answer = split_reasoning(output, opened)
+    record = score(problem, answer.split("Question:")[0])
+    if reasoning is not None:
+        record["reasoning"] = reasoning
+    return record
 
 
 def flips(before: list[dict], after: list[dict], key: str, item: str = "question") -> dict:

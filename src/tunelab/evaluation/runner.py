@@ -13,15 +13,14 @@ from tunelab.errors import TunelabError
 from tunelab.evaluation.gsm8k import (
     PLAIN_STOPS,
     chat_prompt,
+    judge,
     mean_and_stderr,
     pick_shots,
     plain_prompt,
     read_problems,
-    score,
 )
 from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.quiet import quiet_libraries
-from tunelab.reasoning import split_reasoning
 from tunelab.recipe import TaskOptions
 
 
@@ -49,7 +48,7 @@ def evaluate_gsm8k(
         model, prompts, style, batch_size, max_new_tokens, console
     )
     records = [
-        _scored(problem, output, model.opens_thinking(prompt))
+        judge(problem, output, model.opens_thinking(prompt))
         for problem, output, prompt in zip(problems, outputs, prompts)
     ]
     strict = mean_and_stderr([r["strict_correct"] for r in records])
@@ -83,15 +82,6 @@ def _prompts(model: ChatModel, problems, examples, style: str) -> list[list[int]
     return [
         tokenizer(plain_prompt(p, examples), add_special_tokens=True)["input_ids"] for p in problems
     ]
-
-
-def _scored(problem, output: str, opened: bool) -> dict:
-    """Scored on the answer after any reasoning; the reasoning is kept beside it."""
-    reasoning, answer = split_reasoning(output, opened)
-    record = score(problem, answer)
-    if reasoning is not None:
-        record["reasoning"] = reasoning
-    return record
 
 
 def _generate_all(model, prompts, style, batch_size, max_new_tokens, console):

@@ -111,9 +111,11 @@ def keep_rows_up_to(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def _preference_metrics(logs: dict) -> dict:
-    """A preference run's reward margin and accuracy, for the progress line."""
-    names = {"rewards/margins": "margin", "rewards/accuracies": "accuracy"}
+def _objective_metrics(logs: dict) -> dict:
+    """A preference run's reward margin and accuracy, a grpo run's mean reward and its spread,
+    for the progress line."""
+    names = {"rewards/margins": "margin", "rewards/accuracies": "accuracy", "reward": "reward",
+             "reward_std": "spread"}  # fmt: skip
     return {short: logs[key] for key, short in names.items() if key in logs}
 
 
@@ -141,7 +143,7 @@ class EventSource(TrainerCallback):
                 grad_norm=logs.get("grad_norm"),
                 tokens=int(state.num_input_tokens_seen),
                 epoch=round(state.epoch or 0.0, 4),
-                **_preference_metrics(logs),
+                **_objective_metrics(logs),
             )
         elif "eval_loss" in logs:
             self.events.emit("eval", state.global_step, eval_loss=logs["eval_loss"])
@@ -196,7 +198,9 @@ class ConsoleView:
         if not self.console.is_terminal and _is_report_step(event.step, data["max_steps"]):
             # A live bar only draws on a terminal; logs get a line every ~5% instead.
             rewards = "".join(
-                f"  {name} {data[name]:.3f}" for name in ("margin", "accuracy") if name in data
+                f"  {name} {data[name]:.3f}"
+                for name in ("margin", "accuracy", "reward", "spread")
+                if name in data
             )
             self.console.print(
                 f"step {event.step}/{data['max_steps']}  loss {data['loss']:.4f}{rewards}  "

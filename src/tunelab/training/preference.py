@@ -19,12 +19,15 @@ from tunelab.training.collator import LargestBatch
 
 REFERENCE_FREE = ("orpo", "simpo")  # no reference model at all
 PAIRED = ("dpo", "orpo", "simpo")
+OBJECTIVES = (*PAIRED, "kto")
 
 
 def check_objective(recipe) -> None:
     """Methods a preference objective can train: weights or a LoRA-family adapter."""
     objective, method = recipe.train.objective, recipe.method.type
-    if objective != "sft" and method in ("ptuning", "prefix", "prompt"):
+    if objective not in OBJECTIVES:
+        return
+    if method in ("ptuning", "prefix", "prompt"):
         raise TunelabError(
             f"train.objective {objective} needs weights or a LoRA adapter to train, and "
             f"method.type {method} learns virtual tokens, which TRL's preference trainers do "
@@ -41,7 +44,7 @@ def needs_reference_copy(recipe, method) -> bool:
     """Whether the run keeps a frozen copy of the model as reference: full and freeze tuning
     with dpo or kto (an adapter is switched off instead; precompute scores pairs first)."""
     return (
-        recipe.train.objective not in ("sft", *REFERENCE_FREE)
+        recipe.train.objective in ("dpo", "kto")
         and not method.saves_adapter
         and recipe.preference.reference == "auto"
     )

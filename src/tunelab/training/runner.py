@@ -29,12 +29,13 @@ from tunelab.run import (
     ENVIRONMENT_FILE,
     METRICS_FILE,
     MODEL_DIR,
+    REWARDS_FILE,
     SAMPLES_FILE,
     SUMMARY_FILE,
     RunFolder,
     describe_environment,
 )
-from tunelab.training import preference
+from tunelab.training import grpo, preference
 from tunelab.training.callbacks import (
     ConsoleView,
     EventSource,
@@ -252,6 +253,7 @@ def _train_one(
     config = load_config(plan.source)
     check_method(config, recipe.method)
     preference.check_objective(recipe)
+    grpo.check_grpo(recipe)
     tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
     for note in plan.notes():
         console.print(note, highlight=False)
@@ -305,6 +307,8 @@ def _train_and_save(
     summary = _summary(recipe, trainer, output, watchers, data, plan)
     summary.update(eval_loss=eval_loss, resumed_from=checkpoint.name if checkpoint else None)
     summary["remote_code"] = remote_code_files(plan.source)  # what ran because it was asked
+    if recipe.train.objective == "grpo":
+        summary.update(run.read_json(REWARDS_FILE))  # the sampling engine and each reward
     return summary
 
 
@@ -413,7 +417,7 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, config, console: Conso
     for note in [*data.cache_notes, data.max_length_note]:
         console.print(note, highlight=False)
     untaught = len(data.train) - data.stop_token_trained
-    if untaught:
+    if untaught and getattr(data, "kind", None) != "prompts":  # (grpo samples its answers)
         console.print(
             f"[yellow]{untaught} of {len(data.train)} training samples do not train a stop token "
             "at the end of their answer[/] (cut by max_length, or the template closes turns "
@@ -444,7 +448,7 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, config, console: Conso
 def _memory_estimate(recipe, plan: RunPlan, config, data, console):
     """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
     came from (None if the model cannot be traced)."""
-    from tunelab.estimation import add_reference, estimate_for, largest_step, profile
+    from tunelab.estimation import add_objective_parts, estimate_for, largest_step, profile
 
     dtype, device = plan.dtype, plan.device
     tokens, logit_tokens = largest_step(recipe, data, plan.trained_logits_only)
@@ -465,7 +469,7 @@ def _memory_estimate(recipe, plan: RunPlan, config, data, console):
         logit_tokens=logit_tokens,
         prof=prof,
     )
-    add_reference(result, recipe, prof)
+    add_objective_parts(result, recipe, prof)
     console.print(
         f"memory estimate: {result.total_bytes / 2**30:.2f} GiB peak "
         f"({result.tokens_per_step:,} tokens in the largest step)",
@@ -477,11 +481,13 @@ def _memory_estimate(recipe, plan: RunPlan, config, data, console):
 def _memory_side_by_side(recipe, device, before, largest, measured: int) -> dict | None:
     """The estimate made before the run, and the same estimate for the largest batch that
     actually ran (random batches rarely meet the data's worst case), next to the measured peak."""
-    from tunelab.estimation import add_reference, estimate
+    from tunelab.estimation import add_objective_parts, estimate
 
     if before is None:
         return None
     planned, prof = before
+    # GRPO's batches are made by its own sampler: its planned largest step stands for them
+    tokens = getattr(largest, "tokens", planned.tokens_per_step)
     ran = estimate(
         prof,
         recipe.method.type,
@@ -489,16 +495,16 @@ def _memory_side_by_side(recipe, device, before, largest, measured: int) -> dict
         planned.length,
         recipe.train.gradient_checkpointing,
         device.type,
-        tokens_per_step=largest.tokens,
-        logit_tokens=largest.logit_tokens,
+        tokens_per_step=tokens,
+        logit_tokens=getattr(largest, "logit_tokens", None),
     )
-    add_reference(ran, recipe, prof)
+    add_objective_parts(ran, recipe, prof)
     return {
         "estimated_bytes": planned.total_bytes,
         "estimated_parts": planned.parts,
         "tokens_in_largest_step": planned.tokens_per_step,
         "measured_bytes": measured,
-        "tokens_in_largest_step_run": largest.tokens,
+        "tokens_in_largest_step_run": tokens,
         "estimated_bytes_for_largest_step_run": ran.total_bytes,
         "measured_over_estimated": round(measured / ran.total_bytes, 3),
     }
@@ -651,7 +657,9 @@ def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     arguments = _training_arguments(recipe, run, plan, bool(data.eval))
-    if recipe.train.objective != "sft":
+    if recipe.train.objective == "grpo":
+        trainer = _grpo_trainer(recipe, run, arguments, model, tokenizer, data, callbacks)
+    elif recipe.train.objective != "sft":
         trainer = preference.build(recipe, arguments, model, reference, tokenizer, data, callbacks)
     else:
         batching, kernels = plan.batching, plan.kernels
@@ -672,6 +680,15 @@ def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     return trainer
+
+
+def _grpo_trainer(recipe, run: RunFolder, arguments: dict, model, tokenizer, data, callbacks):
+    """GRPO's trainer with the recipe's rewards (what each one is goes into rewards.json)."""
+    rewards = grpo.rewards_for(recipe, data, tokenizer, model, tokenizer.chat_template)
+    if run.writer:
+        run.write_json(REWARDS_FILE, {"generation": grpo.engine(recipe), "rewards": rewards.record})
+    log = grpo.CompletionLog(run.file(SAMPLES_FILE), recipe.train.sample_every)
+    return grpo.build(recipe, arguments, model, tokenizer, data, callbacks, rewards, log)
 
 
 def _training_arguments(recipe, run, plan: RunPlan, validate: bool) -> dict:

@@ -261,3 +261,15 @@ def test_a_finished_run_continues_for_more_steps_as_if_never_stopped(tmp_path, t
     tunelab.train(plain)
     with pytest.raises(TunelabError, match="finished without a whole checkpoint of its last step"):
         tunelab.train(plain, ["train.max_steps=6"], resume=True)
+
+
+def test_a_run_saved_before_a_recipe_section_existed_still_resumes(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, "older", max_steps=2)
+    tunelab.train(recipe)
+    saved = tmp_path / "older" / "recipe.yaml"
+    written = yaml.safe_load(saved.read_text())
+    for section in ("grpo", "preference"):  # as a run of an earlier version wrote it
+        written.pop(section)
+    saved.write_text(yaml.safe_dump(written))
+    result = tunelab.train(recipe, ["train.max_steps=3"], resume=True)
+    assert result.summary["steps"] == 3 and result.summary["resumed_from"] == "checkpoint-2"

@@ -567,7 +567,8 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
 def check_same_recipe(run: RunFolder, recipe: Recipe) -> None:
     """A run resumes only with the recipe (and overrides) it started with; a finished one
     (without stages) may also be given more epochs or steps, to continue it."""
-    saved, now = run.read_recipe(), recipe.model_dump(mode="json")
+    # read through Recipe, so a section added since the run started counts as its defaults
+    saved, now = run.recipe().model_dump(mode="json"), recipe.model_dump(mode="json")
     if run.summary() is not None and not recipe.stages:
         length = {key: now["train"][key] for key in ("epochs", "max_steps")}
         saved = {**saved, "train": {**saved.get("train", {}), **length}}

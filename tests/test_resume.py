@@ -103,6 +103,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
     steps_b = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps_b] == list(range(1, 11))
     assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(steps_a, steps_b))
+    # tokens per second of the resumed process count only the tokens it trained on
+    after_checkpoint = b["tokens"] - steps_b[3]["tokens"]
+    assert b["tokens_per_second"] * b["train_seconds"] == pytest.approx(after_checkpoint, rel=0.01)
 
 
 def test_resume_needs_a_checkpoint_and_the_same_recipe(tmp_path, tiny_model_dir):

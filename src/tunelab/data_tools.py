@@ -29,6 +29,8 @@ def length_stats(target: Target, png: Path | None = None) -> dict:
 
     tokenizer, template = _tokenizer_and_template(target)
     config = target.config.model_copy(update={"on_bad_row": "skip"})
+    if target.objective == "grpo":
+        return _prompt_lengths(target, config, tokenizer, template, png)
     if target.objective != "sft":
         return _preference_lengths(target, config, tokenizer, template, png)
     rendered = render_split(
@@ -73,6 +75,20 @@ def _preference_lengths(target: Target, config, tokenizer, template, png: Path |
     stats = {**full_report(sequences), "model": target.model, "objective": target.objective}
     if png is not None:
         stats["histogram"] = str(save_histogram(sequences, png, stats["suggested_max_length"]))
+    return stats
+
+
+def _prompt_lengths(target: Target, config, tokenizer, template, png: Path | None) -> dict:
+    """The length report of a grpo recipe: each prompt as rendered (answers are sampled)."""
+    from tunelab.data.prompt_pipeline import prepare_prompts
+    from tunelab.data.stats import full_report, save_histogram
+
+    prepared = prepare_prompts(
+        config, target.base_dir, tokenizer, template, 0, template_args=target.template_args
+    )
+    stats = {**full_report(prepared.train), "model": target.model, "objective": "grpo"}
+    if png is not None:
+        stats["histogram"] = str(save_histogram(prepared.train, png, stats["suggested_max_length"]))
     return stats
 
 

@@ -114,7 +114,7 @@ class CheckResult:
     report: DataReport
     conversations: list[Conversation]
     registry_entries: list[dict]
-    preference_rows: int = 0  # rows read as pairs or rated answers (a preference recipe)
+    preference_rows: int = 0  # rows read as pairs, rated answers or prompts (not SFT)
 
     @property
     def empty_sources(self) -> list[str]:
@@ -131,6 +131,13 @@ class CheckResult:
 def check(target: Target) -> CheckResult:
     """Read every record of every source, collecting all bad rows instead of stopping."""
     config = target.config.model_copy(update={"on_bad_row": "skip"})
+    if target.objective == "grpo":  # prompts, with the columns rewards read
+        from tunelab.data.prompt_pipeline import read_prompts
+
+        report = DataReport()
+        rows = [row for source in config.sources("train")
+                for row in read_prompts(source, config, target.base_dir, report)]  # fmt: skip
+        return CheckResult(report, [], target.registry_entries, len(rows))
     if target.objective != "sft":
         from tunelab.data.preference_pipeline import read_split
 

@@ -23,9 +23,11 @@ class StepTimer(TrainerCallback):
         self.train_begin: float | None = None
         self.first_step_end: float | None = None
         self.train_end: float | None = None
+        self.tokens_before = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_begin = time.perf_counter()
+        self.tokens_before = int(state.num_input_tokens_seen)  # a resumed run's earlier tokens
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.first_step_end is None:
@@ -127,7 +129,12 @@ class EventSource(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.events.emit("started", state.global_step, max_steps=state.max_steps)
+            self.events.emit(
+                "started",
+                state.global_step,
+                max_steps=state.max_steps,
+                tokens=int(state.num_input_tokens_seen),  # seen before a resume
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:  # one process tells the run
@@ -158,6 +165,7 @@ class ConsoleView:
         self.progress: Progress | None = None
         self.task = None
         self.begin = time.perf_counter()
+        self.tokens_before = 0  # tokens a resumed run had seen before this process
 
     def __call__(self, event: RunEvent) -> None:
         handler = getattr(self, f"_on_{event.kind}", None)
@@ -166,6 +174,7 @@ class ConsoleView:
 
     def _on_started(self, event: RunEvent) -> None:
         self.begin = time.perf_counter()
+        self.tokens_before = event.data.get("tokens", 0)
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -190,7 +199,7 @@ class ConsoleView:
     def _on_step(self, event: RunEvent) -> None:
         data = event.data
         elapsed = time.perf_counter() - self.begin
-        tps = data["tokens"] / max(elapsed, 1e-9)
+        tps = (data["tokens"] - self.tokens_before) / max(elapsed, 1e-9)
         if self.progress is not None:
             self.progress.update(
                 self.task, completed=event.step, loss=data["loss"], lr=data["lr"] or 0.0, tps=tps

@@ -770,7 +770,8 @@ def _summary(recipe, trainer, output, watchers: Watchers, data, plan: RunPlan) -
         "time_to_first_step_seconds": round(timer.time_to_first_step, 3),
         "total_seconds": round(time.perf_counter() - timer.started_at, 3),
         "tokens": tokens,
-        "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 2),
+        # this process's tokens over its time (a resumed run counted the rest before)
+        "tokens_per_second": round((tokens - timer.tokens_before) / max(train_seconds, 1e-9), 2),
         "peak_memory_bytes": peak_memory_bytes(device),
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "device": device.type,

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
-from safetensors.torch import load_file
 
-from tests.conftest import REPO, run_cli
-from tests.test_resume import KILLER
+from tests.conftest import REPO
+from tests.test_resume import killed_at, resumed_like_whole
 from tunelab import train
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
@@ -218,29 +215,8 @@ def test_sft_then_grpo_resumes_after_a_sigkill_in_the_grpo_stage(tmp_path, tiny_
     whole = staged(tmp_path, tiny_model_dir, "whole")
     train(whole)
     broken = staged(tmp_path, tiny_model_dir, "broken")
-    killer = KILLER.replace(
-        "state.global_step == int(sys.argv[2])",
-        "state.global_step == int(sys.argv[2]) and 'stage-2' in args.output_dir",
-    )
-    killed = subprocess.run(
-        [sys.executable, "-c", killer, str(broken), "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == -9, killed.stderr
-    resumed = run_cli("train", str(broken), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "finished earlier; skipped" in resumed.stderr and "checkpoint-2" in resumed.stderr
-    adapters = [
-        load_file(str(tmp_path / run / "stage-2-grpo" / "adapter" / "adapter_model.safetensors"))
-        for run in ("whole", "broken")
-    ]
-    assert max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0]) < 1e-5
-    metrics = [
-        [json.loads(x) for x in (tmp_path / run / "stage-2-grpo" / "metrics.jsonl").read_text().splitlines()]
-        for run in ("whole", "broken")
-    ]  # fmt: skip
+    killed_at(broken, 3, stage="stage-2")
+    metrics = resumed_like_whole(tmp_path, "stage-2-grpo")
     assert [r["step"] for r in metrics[1]] == [1, 2, 3, 4]
     for a, b in zip(*metrics):
         assert abs(a["reward"] - b["reward"]) < 1e-6 and abs(a["loss"] - b["loss"]) < 1e-5

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from tests.conftest import SHARED_DATA, run_cli
-from tests.test_resume import KILLER
+from tests.test_resume import killed_at, resumed_like_whole
 from tunelab import train
 from tunelab.data.preference import read_preferences, render_preference
 from tunelab.data.render import ConversationRenderer
@@ -236,29 +233,8 @@ def test_sft_then_dpo_resumes_after_a_sigkill_in_the_dpo_stage(tmp_path, tiny_mo
     whole = staged(tmp_path, tiny_model_dir, "whole")
     assert run_cli("train", str(whole)).returncode == 0
     broken = staged(tmp_path, tiny_model_dir, "broken")
-    killer = KILLER.replace(
-        "state.global_step == int(sys.argv[2])",
-        "state.global_step == int(sys.argv[2]) and 'stage-2' in args.output_dir",
-    )
-    killed = subprocess.run(
-        [sys.executable, "-c", killer, str(broken), "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == -9, killed.stderr
-    resumed = run_cli("train", str(broken), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "finished earlier; skipped" in resumed.stderr and "checkpoint-2" in resumed.stderr
-    adapters = [
-        load_file(str(tmp_path / run / "stage-2-dpo" / "adapter" / "adapter_model.safetensors"))
-        for run in ("whole", "broken")
-    ]
-    assert max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0]) < 1e-5
-    metrics = [
-        [json.loads(x) for x in (tmp_path / run / "stage-2-dpo" / "metrics.jsonl").read_text().splitlines()]
-        for run in ("whole", "broken")
-    ]  # fmt: skip
+    killed_at(broken, 3, stage="stage-2")
+    metrics = resumed_like_whole(tmp_path, "stage-2-dpo")
     assert [r["step"] for r in metrics[1]] == list(range(1, 7))
     for a, b in zip(*metrics):
         assert (

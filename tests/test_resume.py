@@ -33,6 +33,42 @@ tunelab.train(sys.argv[1], callbacks=[KillAfter()])
 """
 
 
+def resumed_like_whole(root, stage: str) -> list[list[dict]]:
+    """Resume the staged run `root/broken` with the command (its first stage done, the second
+    from checkpoint-2); its `stage` must end with the adapter of the uninterrupted `root/whole`.
+    Both runs' metrics of that stage, whole first."""
+    resumed = run_cli("train", str(root / "broken.yaml"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finished earlier; skipped" in resumed.stderr and "checkpoint-2" in resumed.stderr
+    adapters = [
+        load_file(str(root / run / stage / "adapter" / "adapter_model.safetensors"))
+        for run in ("whole", "broken")
+    ]
+    assert max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0]) < 1e-5
+    return [
+        [json.loads(x) for x in (root / run / stage / "metrics.jsonl").read_text().splitlines()]
+        for run in ("whole", "broken")
+    ]
+
+
+def killed_at(recipe, step: int, stage: str | None = None) -> None:
+    """Train `recipe` in a child process killed by SIGKILL when `step` ends (in the stage
+    whose folder name holds `stage`, if given)."""
+    killer = KILLER
+    if stage:
+        killer = KILLER.replace(
+            "state.global_step == int(sys.argv[2])",
+            f"state.global_step == int(sys.argv[2]) and {stage!r} in args.output_dir",
+        )
+    killed = subprocess.run(
+        [sys.executable, "-c", killer, str(recipe), str(step)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr
+
+
 def write_recipe(root, tiny_model_dir, name, **train):
     (root / "data.json").write_text(json.dumps(DATA), encoding="utf-8")
     recipe = {

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
 import yaml
@@ -13,7 +11,7 @@ from transformers import TrainerCallback
 
 import tunelab
 from tests.conftest import run_cli
-from tests.test_resume import DATA, KILLER
+from tests.test_resume import DATA, killed_at
 
 
 def staged_recipe(root, tiny_model_dir, name, method="lora"):
@@ -96,17 +94,7 @@ def test_resume_across_stages_matches_uninterrupted(tmp_path, tiny_model_dir):
     tunelab.train(whole)  # in this process: the resumed run is the command's
     broken = staged_recipe(tmp_path, tiny_model_dir, "broken")
     # Stage 1 has 6 steps; the kill comes at step 3 of stage 2 (after its checkpoint-2).
-    killer = KILLER.replace(
-        "state.global_step == int(sys.argv[2])",
-        "state.global_step == int(sys.argv[2]) and 'stage-2' in args.output_dir",
-    )
-    killed = subprocess.run(
-        [sys.executable, "-c", killer, str(broken), "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == -9, killed.stderr
+    killed_at(broken, 3, stage="stage-2")
     assert (tmp_path / "broken" / "stage-1-small" / "summary.json").is_file()
     resumed = run_cli("train", str(broken), "--resume")
     assert resumed.returncode == 0, resumed.stderr

@@ -150,6 +150,7 @@ def recipe_data(recipe, source, config=None):
             recipe.train.seed,
             room,
             recipe.model.template_args,
+            recipe.grpo.max_completion_length,
         )
         return tokenizer, template, data
     if recipe.train.objective != "sft":

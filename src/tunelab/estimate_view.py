@@ -67,7 +67,8 @@ def show_data_count(console: Console, data: DataCount) -> None:
         f"data: {data.samples:,} samples from {data.conversations:,} conversations{extra}; "
         f"{data.tokens_per_epoch:,} tokens an epoch; {data.steps_per_epoch:,} optimizer steps "
         f"an epoch, {data.steps:,} in all"
-        + (f"; about {_duration(data.seconds)} on this CPU" if data.seconds else ""),
+        + (f"; about {_duration(data.seconds)} on this CPU" if data.seconds else "")
+        + ("; sampling the answers adds to the time" if data.sampled else ""),
         highlight=False,
     )
 

@@ -85,12 +85,14 @@ class DataCount:
     steps_per_epoch: int
     steps: int  # optimizer steps of the whole run (epochs or max_steps)
     seconds: float | None = None  # the whole run on this CPU, at the measured matmul rate
+    sampled: bool = False  # grpo: the answers are sampled first, which `seconds` leaves out
 
     @classmethod
-    def of(cls, data, train, repeat: int = 1) -> DataCount:
+    def of(cls, data, train, repeat: int = 1, answer_tokens: int = 0) -> DataCount:
         """The count for prepared data under a recipe's `train` settings, as the Trainer
         batches it (the last batch and accumulation round may be short); `repeat`: rows
-        each sample becomes (grpo: the answers sampled per prompt)."""
+        each sample becomes (grpo: the answers sampled per prompt, each at most
+        `answer_tokens` long)."""
         batches = math.ceil(len(data.train) * repeat / train.batch_size)
         per_epoch = max(math.ceil(batches / train.grad_accum), 1)
         steps = math.ceil(per_epoch * train.epochs)
@@ -98,9 +100,10 @@ class DataCount:
             conversations=data.report.kept,
             samples=len(data.train),
             turn_samples=data.report.turn_samples,
-            tokens_per_epoch=sum(len(s.input_ids) for s in data.train),
+            tokens_per_epoch=repeat * sum(len(s.input_ids) + answer_tokens for s in data.train),
             steps_per_epoch=per_epoch,
             steps=min(steps, train.max_steps) if train.max_steps else steps,
+            sampled=repeat > 1,
         )
 
     @property
@@ -548,8 +551,11 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
         prof=prof,
     )
     add_objective_parts(result, recipe, prof)
-    repeat = recipe.grpo.generations if recipe.train.objective == "grpo" else 1
-    result.data = DataCount.of(data, recipe.train, repeat)
+    if recipe.train.objective == "grpo":
+        cfg = recipe.grpo
+        result.data = DataCount.of(data, recipe.train, cfg.generations, cfg.max_completion_length)
+    else:
+        result.data = DataCount.of(data, recipe.train)
     return result
 
 

@@ -68,9 +68,12 @@ def prepare_prompts(
     seed: int,
     room: int | None = None,
     template_args: dict | None = None,
+    answer_tokens: int = 0,
 ) -> PreparedPrompts:
     """Every prompt of the data section rendered; `room` is how long a prompt may be (the
-    model's context less the longest answer), a fixed `data.max_length` bounds it too."""
+    model's context less the longest answer), a fixed `data.max_length` bounds it too.
+    `max_length` is the longest sequence a step can hold: the longest prompt and an answer of
+    `answer_tokens`."""
     renderer = ConversationRenderer(tokenizer, template, template_args=template_args)
     limit = config.max_length if isinstance(config.max_length, int) else None
     limit = min(x for x in (limit, room) if x) if (limit or room) else None
@@ -84,8 +87,11 @@ def prepare_prompts(
         notes.append(split_note)
     longest = max(len(s.prompt_ids) for s in train)
     note = f"prompts: up to {longest} tokens" + (f" (limit {limit})" if limit else "")
+    if answer_tokens:
+        note += f", answers up to {answer_tokens}"
     notes.insert(0, f"train data: {len(train)} prompts rendered with the chat template")
-    return PreparedPrompts(train, evaluation, report, longest, note, cache_notes=notes)
+    length = longest + answer_tokens
+    return PreparedPrompts(train, evaluation, report, length, note, cache_notes=notes)
 
 
 def _split(config: DataConfig, base_dir, split: str, renderer, limit: int | None):

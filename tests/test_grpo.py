@@ -11,6 +11,7 @@ from tests.conftest import REPO
 from tests.test_resume import killed_at, resumed_like_whole
 from tunelab import train
 from tunelab.data.render import ConversationRenderer
+from tunelab.data_tools import recipe_data
 from tunelab.errors import TunelabError
 from tunelab.evaluation.gsm8k import Problem, judge
 from tunelab.evaluation.runner import evaluate_gsm8k
@@ -105,6 +106,38 @@ def test_the_reward_reads_the_answer_after_a_prompt_that_opened_the_reasoning(th
     completions = ["maybe 4, no: 5\n</think>\n\nIt is 6", "hmm 6? no\n</think>\n\nIt is 5"]
     rewards = gsm8k_reward("flexible")([prompt] * 2, completions, ["#### 5"] * 2)
     assert rewards == [0.0, 1.0]
+
+
+def test_the_format_reward_follows_the_template_shape(thinker_dir, tiny_model_dir):
+    from tunelab.rewards import RewardContext, format_reward
+
+    tokenizer = load_tokenizer(resolve_model(str(thinker_dir)))
+    renderer = ConversationRenderer(tokenizer, tokenizer.chat_template)
+    prompt = tokenizer.decode(renderer.prompt_ids([{"role": "user", "content": "2 + 3?"}]))
+    stop = tokenizer.eos_token_id
+    reasons = format_reward(RewardContext({stop}, True, 16))
+    texts = ["so 5\n</think>\n\n5", "so 5\n</think>\n\n5", "5 without thinking", "so 5 ..."]
+    ids = [[7, stop], [7, 8], [7, stop], [7, 9]]  # the second and fourth were cut off
+    assert reasons([prompt] * 4, texts, ids) == [1.0, 0.0, 0.0, 0.0]
+    plain = format_reward(RewardContext({stop}, False, 16))  # e.g. SmolLM2's ChatML
+    assert plain(["q"] * 3, ["5", "<think>x</think>5", ""], [[7, stop]] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_data_check_and_estimate_of_a_grpo_recipe(tmp_path, tiny_model_dir):
+    from tunelab.data import doctor
+    from tunelab.estimation import estimate_recipe
+
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(grpo_recipe(tmp_path, tiny_model_dir)), encoding="utf-8")
+    recipe = load_recipe(path)
+    result = doctor.check(doctor.open_target(str(path), None))
+    assert result.preference_rows == 4 and not result.problems
+    estimate = estimate_recipe(recipe, "cpu")
+    _, _, data = recipe_data(recipe, resolve_model(str(tiny_model_dir)))
+    longest = max(len(s.prompt_ids) for s in data.train)
+    assert estimate.tokens_per_step == 4 * (longest + 8)  # each answer as long as allowed
+    assert estimate.parts["generation"] > 0 and "reference" not in estimate.parts
+    assert estimate.data.steps_per_epoch == 2 and estimate.data.sampled  # 4 prompts x 2 answers
 
 
 def test_a_grpo_run_keeps_rewards_samples_and_metrics(tmp_path, tiny_model_dir, monkeypatch):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from tests.conftest import run_cli
 from tests.test_faults import write_recipe
 
 
@@ -55,3 +56,92 @@ def test_torchrun_two_processes_leave_one_consistent_run(tmp_path, tiny_model_di
             summary["steps"] == 4 and (folder / "adapter" / "adapter_model.safetensors").is_file()
         )
     assert not list(tmp_path.glob(".run.replaced-*"))
+
+
+def ddp_recipe(root, model_dir, name, batch_size, **train):
+    """The resume tests' data and LoRA settings, no dropout, as `name`."""
+    import yaml
+
+    from tests.test_resume import write_recipe
+
+    path = write_recipe(root, model_dir, name, batch_size=batch_size, **train)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["method"]["dropout"] = 0.0  # each process draws its own masks
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def losses(folder):
+    return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nproc_2_gives_the_losses_of_one_process_with_the_same_global_batch(
+    tmp_path, tiny_model_dir
+):
+    import tunelab
+
+    one = ddp_recipe(tmp_path, tiny_model_dir, "one", 4, max_steps=6, save_every=None)
+    tunelab.train(one)
+    two = ddp_recipe(tmp_path, tiny_model_dir, "two", 2, max_steps=6, save_every=None)
+    result = run_cli("train", str(two), "--nproc", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [str(tmp_path / "two")] and "Traceback" not in result.stderr
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+    a, b = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two"))
+    assert b["world_size"] == 2 and len(b["peak_memory_bytes_per_rank"]) == 2
+    assert b["tokens"] == a["tokens"]  # every process's tokens, counted once
+    assert json.loads((tmp_path / "two" / "distributed.json").read_text()) == {
+        "strategy": "ddp",
+        "world_size": 2,
+        "backend": "gloo",
+    }
+
+
+@pytest.mark.slow  # five launches of two processes (about 60 s)
+def test_ddp_killed_then_resumed_with_nproc_ends_as_uninterrupted(tmp_path, tiny_model_dir):
+    from tests.test_resume import KILLER, adapter_weights
+
+    whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", 2)
+    assert run_cli("train", str(whole), "--nproc", "2").returncode == 0
+    broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", 2)
+    (tmp_path / "killer.py").write_text(KILLER, encoding="utf-8")
+    killed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         "2", str(tmp_path / "killer.py"), str(broken), "5"],  # each process dies at step 5
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert killed.returncode != 0 and not (tmp_path / "broken" / "summary.json").exists()
+    alone = run_cli("train", str(broken), "--resume")
+    assert alone.returncode == 2 and "trained by 2 process(es)" in alone.stderr
+    assert "Resume with --nproc 2" in alone.stderr and "Traceback" not in alone.stderr
+    resumed = run_cli("train", str(broken), "--resume", "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "broken") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
+    a, b = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "broken")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow  # test_fsdp_is_refused_on_cpu_processes checks the rule in the default suite
+def test_fsdp_on_cpu_processes_is_one_clear_sentence(tmp_path, tiny_model_dir):
+    recipe = ddp_recipe(tmp_path, tiny_model_dir, "fsdp", 2, max_steps=2)
+    result = run_cli("train", str(recipe), "train.distributed=fsdp", "--nproc", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "use train.distributed ddp on CPUs" in lines[0], lines
+
+
+def test_fsdp_is_refused_on_cpu_processes(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+
+    from tunelab.errors import TunelabError
+    from tunelab.recipe import load_recipe
+    from tunelab.training.distributed import check_distributed
+
+    recipe = load_recipe(ddp_recipe(tmp_path, tiny_model_dir, "f", 2), ["train.distributed=fsdp"])
+    check_distributed(recipe)  # one process: nothing to shard, nothing refused
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if torch.cuda.is_available():
+        check_distributed(recipe)
+    else:
+        with pytest.raises(TunelabError, match="use train.distributed ddp on CPUs"):
+            check_distributed(recipe)

@@ -52,10 +52,22 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="continue the run from its newest complete checkpoint")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1, help="train as N processes (torchrun; one per GPU, or CPU cores shared)"
+        ),
+    ] = 1,
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
     from tunelab.ranks import is_main
     from tunelab.training.runner import train as run_training
+
+    if nproc > 1:
+        from tunelab.training.distributed import launch
+
+        flags = ["--overwrite"] * overwrite + ["--resume"] * resume
+        raise typer.Exit(launch(nproc, [str(recipe), *(overrides or []), *flags]))
 
     result = run_training(recipe, overrides or [], overwrite=overwrite, resume=resume, console=err)
     if is_main():  # launched as several processes, the run is told once

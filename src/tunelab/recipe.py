@@ -230,6 +230,15 @@ class TrainConfig(Section):
         "schedule still starts fresh) instead of a fresh optimizer",
     )
     tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
+    distributed: Literal["none", "ddp", "fsdp"] = Field(
+        "none",
+        description="with several processes (`--nproc N`, torchrun, accelerate launch): none "
+        "and ddp keep a whole copy of the model on each (data parallel); fsdp shards weights, "
+        "gradients and optimizer state across them (FSDP2); one process ignores it",
+    )
+    offload: bool = Field(
+        False, description="fsdp: keep the sharded weights and optimizer state in CPU memory"
+    )
 
 
 class PreferenceConfig(Section):

@@ -37,6 +37,7 @@ DATA_REPORT_FILE = "data_report.json"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 SAMPLES_FILE = "samples.jsonl"
+DISTRIBUTED_FILE = "distributed.json"  # how the processes shared the training
 REWARDS_FILE = "rewards.json"  # a grpo run: its sampling engine and what each reward is
 CHECKPOINTS_DIR = "checkpoints"
 

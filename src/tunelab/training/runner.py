@@ -26,6 +26,7 @@ from tunelab.recipe import Recipe, TaskOptions, load_recipe, stage_recipes
 from tunelab.run import (
     ADAPTER_DIR,
     DATA_REPORT_FILE,
+    DISTRIBUTED_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
     MODEL_DIR,
@@ -35,7 +36,7 @@ from tunelab.run import (
     RunFolder,
     describe_environment,
 )
-from tunelab.training import grpo, preference
+from tunelab.training import distributed, grpo, preference
 from tunelab.training.callbacks import (
     ConsoleView,
     EventSource,
@@ -99,6 +100,7 @@ def train(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     protected = preflight(recipe)  # every input readable, none inside the run folder
+    distributed.check_distributed(recipe)
     if recipe.stages:
         result = _train_stages(recipe, overwrite, resume, console, callbacks, protected)
     else:
@@ -552,6 +554,7 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
         run = RunFolder.reopen(recipe.output)
         try:
             check_same_recipe(run, recipe)
+            distributed.check_same_processes(run, recipe)
         except TunelabError:
             run.release()
             raise
@@ -559,6 +562,7 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
         run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
+        run.write_json(DISTRIBUTED_FILE, distributed.settings(recipe))
     for note in run.notes:
         console.print(note, highlight=False)
     return run
@@ -729,6 +733,7 @@ def _training_arguments(recipe, run, plan: RunPlan, validate: bool) -> dict:
         use_liger_kernel=kernels.liger and cfg.objective == "sft",
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        **distributed.training_arguments(recipe),
     )
 
 
@@ -760,7 +765,8 @@ def _summary(recipe, trainer, output, watchers: Watchers, data, plan: RunPlan) -
     timer, metrics, device = watchers.timer, watchers.metrics, plan.device
     trainable, total = count_parameters(trainer.model)
     train_seconds = timer.train_seconds
-    tokens = int(state.num_input_tokens_seen)
+    tokens = int(state.num_input_tokens_seen)  # all processes' tokens
+    per_rank = distributed.gather(peak_memory_bytes(device))
     return {
         "steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 4),
@@ -772,7 +778,9 @@ def _summary(recipe, trainer, output, watchers: Watchers, data, plan: RunPlan) -
         "tokens": tokens,
         # this process's tokens over its time (a resumed run counted the rest before)
         "tokens_per_second": round((tokens - timer.tokens_before) / max(train_seconds, 1e-9), 2),
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": max(per_rank),
+        "peak_memory_bytes_per_rank": per_rank,
+        "world_size": len(per_rank),
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "device": device.type,
         "trainable_parameters": trainable,

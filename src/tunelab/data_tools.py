@@ -81,14 +81,15 @@ def _preference_lengths(target: Target, config, tokenizer, template, png: Path |
 def _prompt_lengths(target: Target, config, tokenizer, template, png: Path | None) -> dict:
     """The length report of a grpo recipe: each prompt as rendered (answers are sampled)."""
     from tunelab.data.prompt_pipeline import prepare_prompts
-    from tunelab.data.stats import full_report, save_histogram
+    from tunelab.data.stats import length_stats as lengths
+    from tunelab.data.stats import save_histogram
 
     prepared = prepare_prompts(
         config, target.base_dir, tokenizer, template, 0, template_args=target.template_args
     )
-    stats = {**full_report(prepared.train), "model": target.model, "objective": "grpo"}
+    stats = {**lengths(prepared.train), "model": target.model, "objective": "grpo"}
     if png is not None:
-        stats["histogram"] = str(save_histogram(prepared.train, png, stats["suggested_max_length"]))
+        stats["histogram"] = str(save_histogram(prepared.train, png))
     return stats
 
 

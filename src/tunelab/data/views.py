@@ -68,7 +68,10 @@ def show_check(console: Console, target: Target, result: CheckResult) -> None:
 
 def show_stats(console: Console, stats: dict) -> None:
     """Length percentiles, the cutoff table, and the suggestion."""
-    what = "sequences (each answer after its prompt)" if stats.get("objective") else "samples"
+    what = {"grpo": "prompts (answers are sampled)"}.get(
+        stats.get("objective"),
+        "sequences (each answer after its prompt)" if stats.get("objective") else "samples",
+    )
     table = Table(title=f"token lengths of {stats['samples']} {what} ({stats['model']} tokenizer)")
     keys = ["min", "mean", "p50", "p90", "p95", "p99", "max"]
     table.add_column("")
@@ -77,6 +80,8 @@ def show_stats(console: Console, stats: dict) -> None:
     for part in ("prompt", "answer", "total"):
         table.add_row(part, *(str(stats[part].get(k, "")) for k in keys))
     console.print(table)
+    if "cutoffs" not in stats:  # prompts: nothing is trained, nothing to cut
+        return
     cutoffs = Table(title="cost of each cutoff")
     for column in ("max_length", "samples truncated", "trained tokens lost"):
         cutoffs.add_column(column, justify="right")

@@ -271,3 +271,17 @@ def test_grpo_on_the_builtin_model_raises_the_reward_on_arithmetic(tmp_path):
     ]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     assert last > first + 0.1, rewards
+
+
+@pytest.mark.gpu  # run with `pytest -m gpu` on a machine with a CUDA GPU
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_grpo_on_a_gpu_samples_with_the_engine_it_says(tmp_path, tiny_model_dir):
+    """vLLM colocated when it is installed, else transformers' generate; either way the run
+    trains, and summary.json names the engine that sampled."""
+    import importlib.util
+
+    result = train(grpo_recipe(tmp_path, tiny_model_dir, max_steps=2))
+    engine = "vLLM (colocated)" if importlib.util.find_spec("vllm") else "transformers generate"
+    assert result.summary["generation"] == engine and result.summary["device"] == "cuda"
+    metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all("reward" in m for m in metrics)

@@ -145,3 +145,17 @@ def test_fsdp_is_refused_on_cpu_processes(tmp_path, tiny_model_dir, monkeypatch)
     else:
         with pytest.raises(TunelabError, match="use train.distributed ddp on CPUs"):
             check_distributed(recipe)
+
+
+def test_the_estimate_gives_each_process_its_memory_by_strategy(tmp_path, tiny_model_dir):
+    from tunelab.estimation import estimate_recipe
+    from tunelab.recipe import load_recipe
+
+    recipe = load_recipe(ddp_recipe(tmp_path, tiny_model_dir, "e", 2), ["method.type=full"])
+    one, four = estimate_recipe(recipe, "cpu"), estimate_recipe(recipe, "cpu", processes=4)
+    assert one.per_process is None and four.per_process["ddp"] == one.total_bytes
+    sharded = sum(one.parts[k] for k in ("weights", "gradients", "optimizer"))
+    layer = one.parts["weights"] // 2  # the tiny model has 2 decoder layers
+    assert four.per_process["fsdp"] == one.total_bytes - sharded + sharded // 4 + layer
+    assert four.per_process["fsdp"] < four.per_process["ddp"]
+    assert one.data.steps_per_epoch == 12 and four.data.steps_per_epoch == 3  # 24 rows, batch 2

@@ -88,6 +88,9 @@ def estimate(
         str | None, typer.Option(help="memory to fit into on a CPU (default: this machine's RAM)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="processes to train as: each one's memory by strategy")
+    ] = 1,
 ):
     """Peak memory by part before anything loads, and what would fit (method, batch, length)."""
     from tunelab.estimate_view import show_estimate
@@ -95,7 +98,7 @@ def estimate(
     from tunelab.recipe import load_recipe, stage_recipes
 
     config = load_recipe(recipe, overrides or [])
-    results = estimate_run(config, device, gpu_memory, memory)
+    results = estimate_run(config, device, gpu_memory, memory, nproc)
     stages = stage_recipes(config) if config.stages else [config]
     if as_json:
         payload = [r.as_dict() for r in results] if config.stages else results[0].as_dict()

@@ -45,6 +45,13 @@ def show_estimate(console: Console, result: Estimate) -> None:
             f"measured fp32 matmul rate of {result.matmul_flops_per_second / 1e9:.0f} GFLOP/s)",
             highlight=False,
         )
+    if result.per_process:
+        console.print(
+            "each process: "
+            + ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in result.per_process.items())
+            + " (train.distributed; batch_size is per process)",
+            highlight=False,
+        )
     if result.data:
         show_data_count(console, result.data)
     if result.budget_bytes is not None:

@@ -88,12 +88,14 @@ class DataCount:
     sampled: bool = False  # grpo: the answers are sampled first, which `seconds` leaves out
 
     @classmethod
-    def of(cls, data, train, repeat: int = 1, answer_tokens: int = 0) -> DataCount:
+    def of(
+        cls, data, train, repeat: int = 1, answer_tokens: int = 0, processes: int = 1
+    ) -> DataCount:
         """The count for prepared data under a recipe's `train` settings, as the Trainer
         batches it (the last batch and accumulation round may be short); `repeat`: rows
         each sample becomes (grpo: the answers sampled per prompt, each at most
-        `answer_tokens` long)."""
-        batches = math.ceil(len(data.train) * repeat / train.batch_size)
+        `answer_tokens` long); `processes` each take a batch per step."""
+        batches = math.ceil(len(data.train) * repeat / (train.batch_size * processes))
         per_epoch = max(math.ceil(batches / train.grad_accum), 1)
         steps = math.ceil(per_epoch * train.epochs)
         return cls(
@@ -132,6 +134,7 @@ class Estimate:
     fits: bool | None = None
     suggestions: list[str] = field(default_factory=list)
     data: DataCount | None = None  # the recipe's training data, when it was read
+    per_process: dict[str, int] | None = None  # several processes: peak bytes of each, by strategy
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -475,6 +478,19 @@ def add_objective_parts(result: Estimate, recipe, prof: Profile) -> Estimate:
     return result
 
 
+SHARDED = ("weights", "gradients", "optimizer")  # what FSDP divides among the processes
+
+
+def per_process_bytes(result: Estimate, processes: int, layers: int) -> dict[str, int]:
+    """Each process's peak under each strategy, `train.batch_size` being per process: ddp
+    keeps everything on every process; fsdp keeps 1/N of weights, gradients and optimizer
+    state, plus one decoder layer's weights gathered at a time."""
+    whole = result.total_bytes
+    sharded = sum(result.parts.get(k, 0) for k in SHARDED)
+    gathered = result.parts.get("weights", 0) // max(layers, 1)
+    return {"ddp": whole, "fsdp": whole - sharded + sharded // processes + gathered}
+
+
 def machine_memory() -> int:
     """This machine's physical memory in bytes."""
     import os
@@ -487,8 +503,10 @@ def estimate_run(
     device: str | None = None,
     gpu_memory: str | None = None,
     memory: str | None = None,
+    processes: int = 1,
 ) -> list[Estimate]:
-    """One estimate per stage (one for a recipe without stages), what `tunelab estimate` shows.
+    """One estimate per stage (one for a recipe without stages), what `tunelab estimate` shows
+    (`processes`: each one's peak by strategy, and the steps of all of them together).
 
     The budget is the card's memory (cuda; `gpu_memory` for a card that is not here) or the
     machine's RAM (`memory` overrides it); on a CPU the time per step comes from a measured
@@ -511,7 +529,7 @@ def estimate_run(
     else:
         budget = parse_size(memory) if memory else machine_memory()
     stages = stage_recipes(recipe) if recipe.stages else [recipe]
-    results = [estimate_recipe(stage, device, budget) for stage in stages]
+    results = [estimate_recipe(stage, device, budget, processes) for stage in stages]
     if device == "cpu":
         rate = cpu_matmul_rate()
         for result in results:
@@ -525,7 +543,9 @@ def estimate_run(
     return results
 
 
-def estimate_recipe(recipe, device: str | None = None, budget: int | None = None) -> Estimate:
+def estimate_recipe(
+    recipe, device: str | None = None, budget: int | None = None, processes: int = 1
+) -> Estimate:
     """The estimate for a recipe: config and tokenizer are read, the data is tokenized (or taken
     from the cache) to find the longest batch; no weights are loaded."""
     from tunelab.data_tools import recipe_data
@@ -553,9 +573,13 @@ def estimate_recipe(recipe, device: str | None = None, budget: int | None = None
     add_objective_parts(result, recipe, prof)
     if recipe.train.objective == "grpo":
         cfg = recipe.grpo
-        result.data = DataCount.of(data, recipe.train, cfg.generations, cfg.max_completion_length)
+        result.data = DataCount.of(
+            data, recipe.train, cfg.generations, cfg.max_completion_length, processes
+        )
     else:
-        result.data = DataCount.of(data, recipe.train)
+        result.data = DataCount.of(data, recipe.train, processes=processes)
+    if processes > 1:
+        result.per_process = per_process_bytes(result, processes, prof.layers)
     return result
 
 

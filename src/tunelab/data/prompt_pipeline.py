@@ -10,6 +10,7 @@ fields (text, numbers, booleans) become columns too, under their own names.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,9 +99,9 @@ def _split(config: DataConfig, base_dir, split: str, renderer, limit: int | None
     """(samples, report, notes) of one split: read, checked, rendered, over-long ones left out."""
     report, samples = DataReport(), []
     for source in config.sources(split):
-        for location, messages, columns in read_prompts(source, config, base_dir, report):
+        for conversation, columns in read_prompts(source, config, base_dir, report):
             try:
-                samples.append(_rendered(renderer, messages, columns, location))
+                samples.append(_rendered(renderer, conversation, columns))
             except RowError as exc:
                 report.bad_rows.append(str(exc))
     raise_for_bad_rows(report, config.on_bad_row, split)
@@ -118,10 +119,12 @@ def _split(config: DataConfig, base_dir, split: str, renderer, limit: int | None
     return samples, report, notes
 
 
-def _rendered(renderer, messages: list[Message], columns: dict, location) -> PromptSample:
-    conversation = Conversation(messages, location)
+def _rendered(renderer, conversation: Conversation, columns: dict) -> PromptSample:
+    """The prompt as served: its messages and tool schemas, ready for the next answer."""
+    location = conversation.location
+    tools = json.loads(conversation.tools) if conversation.tools else None
     try:
-        ids = renderer.prompt_ids([m.as_dict() for m in conversation.messages])
+        ids = renderer.prompt_ids([m.as_dict() for m in conversation.messages], tools)
     except Exception as exc:  # the template itself refuses the conversation
         raise RowError(location, None, f"the chat template refuses it: {exc}") from None
     text = renderer.tokenizer.decode(ids, skip_special_tokens=False)
@@ -129,17 +132,17 @@ def _rendered(renderer, messages: list[Message], columns: dict, location) -> Pro
 
 
 def read_prompts(source: DataSource, config: DataConfig, base_dir, report: DataReport):
-    """(location, prompt messages, columns) of each good record of one source."""
+    """(prompt conversation, columns) of each good record of one source."""
     resolved = resolve_source(source, config, base_dir)
     first = next((r for _, r in read_records(resolved.file) if isinstance(r, dict)), None)
     if first is not None and "prompt" in first and "completion" not in first:
         rows = list(_trl_layout(resolved, report))
     else:
         rows = list(_conversation_layout(resolved, report))
-    conversations = [Conversation(messages, location) for location, messages, _ in rows]
+    conversations = [conversation for conversation, _ in rows]
     report.placeholders_replaced += replace_placeholders(conversations, config.replace)
     report.system_added += add_default_system(conversations, config.system)
-    return [(c.location, c.messages, columns) for c, (_, _, columns) in zip(conversations, rows)]
+    return rows
 
 
 def _trl_layout(resolved, report: DataReport):
@@ -155,7 +158,9 @@ def _trl_layout(resolved, report: DataReport):
             bad += 1
             continue
         kept += 1
-        yield location, messages, _plain_columns(record, skip=("prompt",))
+        tools = record.get("tools")
+        tools = json.dumps(tools) if isinstance(tools, list) else tools
+        yield Conversation(messages, location, tools), _plain_columns(record, skip=("prompt",))
     _source_line(report, resolved, "prompt", "detected: the first record has `prompt`", kept, bad)
 
 
@@ -172,8 +177,12 @@ def _prompt_messages(record, location: Location) -> list[Message]:
             messages = [message_from_dict(m) for m in prompt]
         except (KeyError, TypeError, ValueError) as exc:
             raise RowError(location, "prompt", f"a message is malformed ({exc})") from None
-        if messages[-1].role != "user":
-            raise RowError(location, "prompt", "must end with a user turn, the one to answer")
+        if messages[-1].role not in ("user", "tool"):
+            raise RowError(
+                location,
+                "prompt",
+                "must end with a user turn (or a tool result), the one to answer",
+            )
         return messages
     raise RowError(location, "prompt", "must be non-empty text or a list of messages")
 
@@ -191,16 +200,18 @@ def _conversation_layout(resolved, report: DataReport):
         answers = [i for i, m in enumerate(messages) if m.role == "assistant"]
         last = answers[-1] if answers else len(messages)
         prompt = messages[:last]
-        if not prompt or prompt[-1].role != "user":
-            report.bad_rows.append(
-                str(RowError(conversation.location, None, "has no user turn to answer"))
-            )
+        if not prompt or prompt[-1].role not in ("user", "tool"):
+            ends = prompt[-1].role if prompt else "nothing"
+            report.bad_rows.append(str(RowError(conversation.location, None, (
+                f"the prompt before its last answer ends with {ends}; it must end with a user "
+                "turn (or a tool result) to answer")))
+            )  # fmt: skip
             continue
         record = records.get(str(conversation.location), {})
         columns = _plain_columns(record)
         if last < len(messages):
             columns.setdefault("answer", messages[last].content)
-        yield conversation.location, prompt, columns
+        yield Conversation(prompt, conversation.location, conversation.tools), columns
 
 
 def _plain_columns(record, skip: tuple[str, ...] = ()) -> dict:

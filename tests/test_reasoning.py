@@ -129,7 +129,7 @@ def test_data_check_and_stats_report_reasoning(tmp_path):
 
 def test_gsm8k_scores_the_answer_after_the_reasoning():
     from tunelab.evaluation.gsm8k import Problem
-    from tunelab.evaluation.runner import _scored
+    from tunelab.evaluation.gsm8k import judge as _scored
 
     problem = Problem(question="2 + 10?", answer="2 + 10 = 12\n#### 12")
     output = "<think>\nFirst guess: #### 9. No, add again: 12.\n</think>\n\nIt is 12.\n#### 12"

@@ -53,3 +53,12 @@ def test_evaluate_and_compare(tmp_path, tiny_model_dir):
     report = tunelab.compare(tiny_model_dir, tiny_model_dir, prompts, tmp_path / "report", None, 8)
     assert [row["changed"] for row in report["rows"]] == [False, False]
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_overrides_apply_to_a_recipe_already_loaded(tmp_path, tiny_model_dir):
+    recipe = tunelab.load_recipe(write_recipe(tmp_path, tiny_model_dir))
+    result = tunelab.train(
+        recipe, ["train.max_steps=1", "train.tensorboard=false", f"output={tmp_path / 'other'}"]
+    )
+    assert result.run_dir == tmp_path / "other" and result.summary["steps"] == 1
+    assert not (tmp_path / "run").exists()

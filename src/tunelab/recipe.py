@@ -513,6 +513,15 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     return recipe
 
 
+def with_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> Recipe:
+    """A loaded recipe with `key.sub=value` overrides applied (its source folder kept)."""
+    if not overrides:
+        return recipe
+    updated = load_recipe(recipe.model_dump(mode="json"), overrides)
+    updated.source_dir, updated.source_file = recipe.source_dir, recipe.source_file
+    return updated
+
+
 # keys that only a LLaMA-Factory training file has: two of them make a file one
 LLAMAFACTORY_KEYS = {
     "model_name_or_path", "finetuning_type", "cutoff_len", "stage", "lora_target", "dataset",

@@ -22,7 +22,7 @@ from tunelab.plan import RunPlan, plan_run
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
 from tunelab.ranks import is_main, wait_for_everyone
-from tunelab.recipe import Recipe, TaskOptions, load_recipe, stage_recipes
+from tunelab.recipe import Recipe, TaskOptions, load_recipe, stage_recipes, with_overrides
 from tunelab.run import (
     ADAPTER_DIR,
     DATA_REPORT_FILE,
@@ -97,7 +97,9 @@ def train(
     console = console or Console(stderr=True)
     if not is_main():  # launched as several processes, the main one tells the run
         console = Console(stderr=True, quiet=True)
-    if not isinstance(recipe, Recipe):
+    if isinstance(recipe, Recipe):
+        recipe = with_overrides(recipe, overrides)  # never dropped for a loaded recipe
+    else:
         recipe = load_recipe(recipe, overrides)
     protected = preflight(recipe)  # every input readable, none inside the run folder
     distributed.check_distributed(recipe)

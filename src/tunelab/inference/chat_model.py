@@ -57,6 +57,17 @@ GREEDY = Sampling()
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Tokens that end an answer: the tokenizer's eos and the model's own eos list."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return sorted(i for i in ids if i is not None)
+
+
 @dataclass
 class ChatModel:
     model: torch.nn.Module
@@ -82,13 +93,7 @@ class ChatModel:
 
     def stop_token_ids(self) -> list[int]:
         """Tokens that end an answer: the tokenizer's eos and the model's own eos list."""
-        ids = {self.tokenizer.eos_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(configured)
-        return sorted(i for i in ids if i is not None)
+        return stop_token_ids(self.tokenizer, self.model)
 
     def room_for(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """How many tokens may follow a prompt within the model's context; a prompt that

@@ -50,12 +50,11 @@ def engine(recipe) -> str:
 
 def reward_context(recipe, tokenizer, model, template: str) -> RewardContext:
     """What the built-in rewards need of this run: its stop tokens, whether answers reason."""
-    stops = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    stops.update([configured] if isinstance(configured, int) else configured or [])
+    from tunelab.inference.chat_model import stop_token_ids
+
     thinking = recipe.model.template_args.get("enable_thinking", True)
     reasons = "<think>" in (template or "") and thinking is not False
-    return RewardContext({i for i in stops if i is not None}, reasons,
+    return RewardContext(set(stop_token_ids(tokenizer, model)), reasons,
                          recipe.grpo.max_completion_length)  # fmt: skip
 
 

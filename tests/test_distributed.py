@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors.torch import load_file
 
 from tests.conftest import run_cli
 from tests.test_faults import write_recipe
@@ -159,3 +160,153 @@ def test_the_estimate_gives_each_process_its_memory_by_strategy(tmp_path, tiny_m
     assert four.per_process["fsdp"] == one.total_bytes - sharded + sharded // 4 + layer
     assert four.per_process["fsdp"] < four.per_process["ddp"]
     assert one.data.steps_per_epoch == 12 and four.data.steps_per_epoch == 3  # 24 rows, batch 2
+    optimizer, trainable = one.parts["optimizer"], four.per_process
+    assert (
+        trainable["zero2"] == one.total_bytes - one.parts["gradients"] * 3 // 4 - optimizer * 3 // 4
+    )
+    params = one.parts["weights"] // 4  # fp32 on this CPU: DeepSpeed adds no master copy
+    assert trainable["zero3"] == (
+        one.total_bytes - sharded + 2 * layer + one.parts["weights"] // 4
+        + one.parts["gradients"] // 4 + 8 * params // 4
+    )  # fmt: skip
+    assert trainable["zero2"] < trainable["ddp"]  # (two gathered layers are all the tiny one has)
+
+
+def test_the_estimate_leaves_offloaded_state_off_the_gpu(tmp_path, tiny_model_dir):
+    from tunelab.estimation import estimate_recipe
+    from tunelab.recipe import load_recipe
+
+    path = ddp_recipe(tmp_path, tiny_model_dir, "e", 2)
+    zero3 = ["method.type=full", "train.distributed=zero3"]
+    kept = estimate_recipe(load_recipe(path, zero3), "cuda", processes=2).per_process
+    moved = estimate_recipe(load_recipe(path, [*zero3, "train.offload=all"]), "cuda", processes=2)
+    one = estimate_recipe(load_recipe(path, zero3), "cuda")
+    assert one.per_process is not None  # a ZeRO recipe gets its figure with one process too
+    assert moved.per_process["zero3"] < kept["zero3"]
+    # bf16 weights: DeepSpeed's optimizer state is fp32 moments plus an fp32 master copy
+    params = one.parts["weights"] // 2
+    assert (
+        kept["zero2"] - (one.total_bytes - one.parts["gradients"] // 2 - one.parts["optimizer"])
+        == 12 * params // 2
+    )
+
+
+@pytest.mark.parametrize("offload", ["none", "optimizer", "all"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_reads_every_config_tunelab_writes(tmp_path, tiny_model_dir, stage, offload):
+    """DeepSpeed's own parser accepts the config as written into the run folder (no "auto"
+    values, nothing only the Trainer understands); what the recipe may not combine is one
+    sentence naming the choices."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from tunelab.errors import TunelabError
+    from tunelab.recipe import load_recipe
+    from tunelab.training.distributed import deepspeed_config
+
+    path = ddp_recipe(tmp_path, tiny_model_dir, "z", 2, grad_accum=3)
+    settings = [f"train.distributed={stage}", f"train.offload={offload}"]
+    if stage == "zero2" and offload == "all":
+        with pytest.raises(TunelabError, match="give offload optimizer or none"):
+            load_recipe(path, settings)
+        return
+    recipe = load_recipe(path, settings)
+    for dtype in ("float32", "bfloat16"):
+        config = deepspeed_config(recipe, getattr(__import__("torch"), dtype))
+        json.dumps(config)  # as written to deepspeed.json
+        parsed = DeepSpeedConfig(json.loads(json.dumps(config)))
+        assert parsed.zero_optimization_stage == int(stage[-1])
+        assert parsed.train_batch_size == 6 and parsed.gradient_accumulation_steps == 3
+        assert parsed.bfloat16_config.enabled == (dtype == "bfloat16")
+        zero = parsed.zero_config
+        assert (zero.offload_optimizer is not None) == (offload != "none")
+        assert (zero.offload_param is not None) == (offload == "all")
+
+
+def test_offload_without_a_sharding_strategy_is_one_sentence(tmp_path, tiny_model_dir):
+    from tunelab.errors import TunelabError
+    from tunelab.recipe import load_recipe
+
+    path = ddp_recipe(tmp_path, tiny_model_dir, "o", 2)
+    with pytest.raises(TunelabError, match="give train.distributed fsdp, zero2 or zero3"):
+        load_recipe(path, ["train.offload=optimizer"])
+    with pytest.raises(TunelabError, match="give offload all or none"):
+        load_recipe(path, ["train.distributed=fsdp", "train.offload=optimizer"])
+    assert (
+        load_recipe(path, ["train.distributed=fsdp", "train.offload=true"]).train.offload == "all"
+    )
+
+
+def test_zero3_on_two_processes_trains_and_saves_like_one(tmp_path, tiny_model_dir):
+    """Full tuning, weights sharded across two gloo processes by DeepSpeed ZeRO-3: the losses
+    of one process with the same global batch, and the saved model gathered whole."""
+    pytest.importorskip("deepspeed")
+    import tunelab
+
+    full = ["method.type=full", "train.lr=1e-3"]
+    one = ddp_recipe(tmp_path, tiny_model_dir, "one", 4, max_steps=4, save_every=None)
+    tunelab.train(one, full)
+    two = ddp_recipe(tmp_path, tiny_model_dir, "two", 2, max_steps=4, save_every=None)
+    result = run_cli("train", str(two), *full, "train.distributed=zero3", "--nproc", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "WARNING" not in result.stderr
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+    a, b = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("one", "two"))
+    assert a.keys() == b.keys() and all(b[k].shape == a[k].shape for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (
+        summary["total_parameters"]
+        == json.loads((tmp_path / "one" / "summary.json").read_text())["total_parameters"]
+    )  # each process's shard counted whole
+    written = json.loads((tmp_path / "two" / "deepspeed.json").read_text())
+    recorded = json.loads((tmp_path / "two" / "distributed.json").read_text())
+    assert recorded["strategy"] == "zero3" and recorded["deepspeed"] == written
+    assert written["zero_optimization"]["stage"] == 3 and written["train_batch_size"] == 4
+
+
+@pytest.mark.slow  # three launches of two processes
+def test_zero2_killed_then_resumed_ends_as_uninterrupted(tmp_path, tiny_model_dir):
+    from tests.test_resume import KILLER, adapter_weights
+
+    zero2 = ["train.distributed=zero2"]
+    whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", 2)
+    assert run_cli("train", str(whole), *zero2, "--nproc", "2").returncode == 0
+    broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", 2, distributed="zero2")
+    (tmp_path / "killer.py").write_text(KILLER, encoding="utf-8")
+    killed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         "2", str(tmp_path / "killer.py"), str(broken), "5"],  # each process dies at step 5
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert killed.returncode != 0 and not (tmp_path / "broken" / "summary.json").exists()
+    saved = tmp_path / "broken" / "checkpoints" / "checkpoint-4"
+    assert (saved / "global_step4").is_dir()  # DeepSpeed's own sharded optimizer state
+    resumed = run_cli("train", str(broken), "--resume", "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint-4" in resumed.stderr
+    assert losses(tmp_path / "broken") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
+    a, b = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "broken")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.gpu  # run with `pytest -m gpu` on a machine with a CUDA GPU
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    "settings", [["zero2"], ["zero3"], ["zero3", "all"], ["zero2", "optimizer"]]
+)
+def test_each_zero_stage_trains_on_one_gpu(tmp_path, tiny_model_dir, settings):
+    """One GPU, bf16 weights, DeepSpeed's mixed precision: each stage (and offload) finishes
+    and records its peak."""
+    pytest.importorskip("deepspeed")
+    import tunelab
+
+    recipe = ddp_recipe(tmp_path, tiny_model_dir, "g", 2, max_steps=3, save_every=2)
+    overrides = ["method.type=full", f"train.distributed={settings[0]}"]
+    if len(settings) > 1:
+        overrides.append(f"train.offload={settings[1]}")
+    result = tunelab.train(recipe, overrides)
+    assert result.summary["steps"] == 3 and result.summary["device"] == "cuda"
+    written = json.loads((tmp_path / "g" / "deepspeed.json").read_text())
+    assert written["bf16"]["enabled"] is True
+    assert (tmp_path / "g" / "model" / "model.safetensors").is_file()

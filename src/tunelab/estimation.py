@@ -478,17 +478,36 @@ def add_objective_parts(result: Estimate, recipe, prof: Profile) -> Estimate:
     return result
 
 
-SHARDED = ("weights", "gradients", "optimizer")  # what FSDP divides among the processes
+SHARDED = ("weights", "gradients", "optimizer")  # what FSDP and ZeRO-3 divide among processes
 
 
-def per_process_bytes(result: Estimate, processes: int, layers: int) -> dict[str, int]:
-    """Each process's peak under each strategy, `train.batch_size` being per process: ddp
-    keeps everything on every process; fsdp keeps 1/N of weights, gradients and optimizer
-    state, plus one decoder layer's weights gathered at a time."""
-    whole = result.total_bytes
-    sharded = sum(result.parts.get(k, 0) for k in SHARDED)
-    gathered = result.parts.get("weights", 0) // max(layers, 1)
-    return {"ddp": whole, "fsdp": whole - sharded + sharded // processes + gathered}
+def per_process_bytes(
+    result: Estimate, processes: int, prof: Profile, offload: str = "none"
+) -> dict[str, int]:
+    """Each process's peak under each strategy, `train.batch_size` being per process.
+
+    ddp keeps everything on every process; fsdp keeps 1/N of weights, gradients and optimizer
+    state, plus one decoder layer's weights gathered at a time; zero2 (DeepSpeed) 1/N of the
+    gradients and optimizer state; zero3 also 1/N of the weights, plus two layers gathered
+    (the one computing and the one prefetched). DeepSpeed's optimizer state is fp32: two
+    moments, and a master copy of 16-bit weights. On a GPU, offloaded state leaves it."""
+    n = processes
+    weights, gradients, optimizer = (result.parts.get(k, 0) for k in SHARDED)
+    rest = result.total_bytes - weights - gradients - optimizer
+    layer = weights // max(prof.layers, 1)
+    gpu = result.device == "cuda"
+    master = 4 * prof.trainable_parameters if prof.compute_bytes < 4 else 0
+    zero_optimizer = (
+        0 if gpu and offload != "none" else (8 * prof.trainable_parameters + master) // n
+    )
+    zero3_weights = layer * 2 + (0 if gpu and offload == "all" else weights // n)
+    fsdp_shards = 0 if gpu and offload == "all" else (weights + gradients + optimizer) // n
+    return {
+        "ddp": result.total_bytes,
+        "fsdp": rest + fsdp_shards + layer,
+        "zero2": rest + weights + gradients // n + zero_optimizer,
+        "zero3": rest + zero3_weights + gradients // n + zero_optimizer,
+    }
 
 
 def machine_memory() -> int:
@@ -578,8 +597,8 @@ def estimate_recipe(
         )
     else:
         result.data = DataCount.of(data, recipe.train, processes=processes)
-    if processes > 1:
-        result.per_process = per_process_bytes(result, processes, prof.layers)
+    if processes > 1 or recipe.train.distributed in ("zero2", "zero3"):
+        result.per_process = per_process_bytes(result, processes, prof, recipe.train.offload)
     return result
 
 

@@ -168,6 +168,14 @@ class MethodConfig(Section):
     )
 
 
+OFFLOAD_CHOICES = {
+    "fsdp": "FSDP offloads weights and optimizer state together, give offload all or none",
+    "zero2": "ZeRO-2 offloads only the optimizer state, give offload optimizer or none "
+    "(zero3 also offloads the weights)",
+    "ddp": "offloading needs a sharding strategy, give train.distributed fsdp, zero2 or zero3",
+}
+
+
 class TrainConfig(Section):
     objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
         "sft",
@@ -230,15 +238,37 @@ class TrainConfig(Section):
         "schedule still starts fresh) instead of a fresh optimizer",
     )
     tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
-    distributed: Literal["none", "ddp", "fsdp"] = Field(
+    distributed: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = Field(
         "none",
         description="with several processes (`--nproc N`, torchrun, accelerate launch): none "
         "and ddp keep a whole copy of the model on each (data parallel); fsdp shards weights, "
-        "gradients and optimizer state across them (FSDP2); one process ignores it",
+        "gradients and optimizer state across them (FSDP2); zero2 (DeepSpeed ZeRO-2) shards "
+        "gradients and optimizer state, zero3 also the weights (the `distributed` extra); one "
+        "process ignores it",
     )
-    offload: bool = Field(
-        False, description="fsdp: keep the sharded weights and optimizer state in CPU memory"
+    offload: Literal["none", "optimizer", "all"] = Field(
+        "none",
+        description="with fsdp, zero2 or zero3: keep state in CPU memory instead of the GPU's; "
+        "optimizer: the optimizer state (zero2, zero3), all: also the weights (fsdp, zero3)",
     )
+
+    @field_validator("offload", mode="before")
+    @classmethod
+    def _offload_switch(cls, value):
+        """`offload: true` / `false` (a yes-or-no switch) mean all / none."""
+        return {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _offload_fits_strategy(self):
+        kept = {"fsdp": ("none", "all"), "zero2": ("none", "optimizer"), "zero3": None}
+        allowed = kept.get(self.distributed, ("none",))
+        if allowed is not None and self.offload not in allowed:
+            raise ValueError(
+                f"offload {self.offload} does not apply to train.distributed "
+                f"{self.distributed}: "
+                + OFFLOAD_CHOICES.get(self.distributed, OFFLOAD_CHOICES["ddp"])
+            )
+        return self
 
 
 class PreferenceConfig(Section):

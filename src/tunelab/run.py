@@ -38,6 +38,7 @@ ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 SAMPLES_FILE = "samples.jsonl"
 DISTRIBUTED_FILE = "distributed.json"  # how the processes shared the training
+DEEPSPEED_FILE = "deepspeed.json"  # the DeepSpeed config of a zero2 / zero3 run
 REWARDS_FILE = "rewards.json"  # a grpo run: its sampling engine and what each reward is
 CHECKPOINTS_DIR = "checkpoints"
 

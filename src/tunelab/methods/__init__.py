@@ -245,7 +245,7 @@ def prepare_model(model, config: MethodConfig):
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts (4-bit weights counted as their element count)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(_elements(p) for p in model.parameters() if p.requires_grad)
     total = sum(_elements(p) for p in model.parameters())
     return trainable, total
 
@@ -253,4 +253,7 @@ def count_parameters(model) -> tuple[int, int]:
 def _elements(parameter) -> int:
     # bitsandbytes packs two 4-bit values per byte; its quant_state knows the real shape.
     state = getattr(parameter, "quant_state", None)
-    return int(state.shape.numel()) if state is not None else parameter.numel()
+    if state is not None:
+        return int(state.shape.numel())
+    # DeepSpeed ZeRO-3 leaves each process a shard; ds_numel is the whole parameter's size.
+    return int(getattr(parameter, "ds_numel", parameter.numel()))

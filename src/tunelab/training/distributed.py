@@ -4,12 +4,14 @@ Trainer's own integration. The settings used are written into the run folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.models.load import pick_device, pick_dtype
 from tunelab.ranks import world_size
 
 
@@ -48,41 +50,135 @@ def launch(nproc: int, arguments: list[str]) -> int:
     return 0
 
 
+ZERO_STAGES = {"zero2": 2, "zero3": 3}
+
+
+def strategy(recipe) -> str:
+    """How this run's processes share the training: `none` for one plain process, `ddp`,
+    `fsdp` (several processes), or a DeepSpeed ZeRO stage (also as one process, where its
+    offload lets one GPU hold more)."""
+    chosen = recipe.train.distributed
+    if chosen in ZERO_STAGES:
+        return chosen
+    if world_size() < 2:
+        return "none"
+    return "ddp" if chosen == "none" else chosen
+
+
 def check_distributed(recipe) -> None:
-    """FSDP runs where the Trainer's integration applies it: GPU processes. On CPUs it would
-    quietly train as plain data parallel, so it is refused instead."""
-    if recipe.train.distributed == "fsdp" and world_size() > 1 and not torch.cuda.is_available():
+    """Refuse what would not do what the recipe says: FSDP on CPU processes (it would
+    quietly train as plain data parallel), ZeRO without DeepSpeed installed."""
+    chosen = strategy(recipe)
+    if chosen == "fsdp" and not torch.cuda.is_available():
         raise TunelabError(
             "train.distributed fsdp shards the model across GPUs, and the Trainer's FSDP "
             "integration (accelerate) does not apply to CPU processes; use train.distributed "
             "ddp on CPUs."
+        )
+    if chosen in ZERO_STAGES and recipe.train.carry_optimizer:
+        raise TunelabError(
+            f"train.carry_optimizer hands one process's optimizer state to the next stage, and "
+            f"under {chosen} DeepSpeed splits it across the processes; set carry_optimizer: "
+            "false, or use train.distributed ddp."
+        )
+    if chosen in ZERO_STAGES and importlib.util.find_spec("deepspeed") is None:
+        raise TunelabError(
+            f"train.distributed {chosen} runs on DeepSpeed, which is not installed; install "
+            "it with `pip install 'tunelab[distributed]'`, or use train.distributed ddp or fsdp."
         )
 
 
 def training_arguments(recipe) -> dict:
     """What the recipe's `train.distributed` adds to the TrainingArguments (nothing for one
     process, or data parallel, which the Trainer does when launched as several)."""
-    cfg = recipe.train
-    if cfg.distributed != "fsdp" or world_size() < 2:
-        return {}
-    return {"fsdp": "full_shard auto_wrap", "fsdp_config": fsdp_config(cfg.offload)}
+    chosen = strategy(recipe)
+    if chosen == "fsdp":
+        return {"fsdp": "full_shard auto_wrap", "fsdp_config": fsdp_config(recipe.train.offload)}
+    if chosen == "ddp":  # every trained weight takes part in each forward
+        return {"ddp_find_unused_parameters": False}
+    if chosen in ZERO_STAGES:
+        single_process_rendezvous()
+        config = deepspeed_config(recipe, pick_dtype(recipe.model.dtype, pick_device()))
+        return {"deepspeed": config, "bf16": config["bf16"]["enabled"],
+                "fp16": config["fp16"]["enabled"]}  # fmt: skip
+    return {}
 
 
-def fsdp_config(offload: bool) -> dict:
+def fsdp_config(offload: str) -> dict:
     """FSDP2, each decoder layer its own shard unit (the model's `_no_split_modules`)."""
-    return {"version": 2, "cpu_offload": offload, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "state_dict_type": "FULL_STATE_DICT", "reshard_after_forward": True}  # fmt: skip
+    return {"version": 2, "cpu_offload": offload == "all",
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
+            "reshard_after_forward": True}  # fmt: skip
+
+
+def deepspeed_config(recipe, dtype: torch.dtype) -> dict:
+    """A complete DeepSpeed config (no "auto" values, so DeepSpeed itself reads it as it is)
+    that agrees with the Trainer's arguments. The Trainer's own optimizer and schedule are
+    kept, also when the optimizer state is offloaded (it then steps in CPU memory)."""
+    cfg = recipe.train
+    stage = ZERO_STAGES[cfg.distributed]
+    on_gpu = torch.cuda.is_available()
+    zero: dict = {"stage": stage, "overlap_comm": on_gpu, "contiguous_gradients": True,
+                  "reduce_bucket_size": 200_000_000, "allgather_bucket_size": 200_000_000}  # fmt: skip
+    if stage == 3:
+        del zero["allgather_bucket_size"]
+        zero.update({"stage3_gather_16bit_weights_on_model_save": True,
+                     "stage3_prefetch_bucket_size": 50_000_000,
+                     "stage3_param_persistence_threshold": 100_000})  # fmt: skip
+    if cfg.offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if cfg.offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size(),
+        "gradient_clipping": cfg.max_grad_norm,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1_000_000_000,  # the run's own progress line reports
+        "wall_clock_breakdown": False,
+    }
+
+
+def gathered_weights(trainer) -> dict | None:
+    """The whole state dict, gathered from the shards of a ZeRO-3 run (every process must call
+    this); None where each process holds whole weights."""
+    engine = getattr(trainer, "model_wrapped", None)
+    config = getattr(engine, "zero_optimization_stage", None)
+    if config is None or engine.zero_optimization_stage() != 3:
+        return None
+    return trainer.accelerator.get_state_dict(engine)
+
+
+def single_process_rendezvous() -> None:
+    """DeepSpeed always runs as a process group; one process started without a launcher
+    gets a group of one on this machine."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
 
 
 def settings(recipe) -> dict:
-    """What the run folder records of how its processes trained (reusable as it is)."""
-    strategy = recipe.train.distributed if world_size() > 1 else "none"
+    """What the run folder records of how its processes trained (reusable as it is: the
+    `deepspeed` entry is a DeepSpeed config, `fsdp_config` the Trainer's FSDP settings)."""
     record = {
-        "strategy": "ddp" if strategy == "none" and world_size() > 1 else strategy,
+        "strategy": strategy(recipe),
         "world_size": world_size(),
         "backend": "nccl" if torch.cuda.is_available() else "gloo",
     }
-    record.update(training_arguments(recipe))
+    for key, value in training_arguments(recipe).items():
+        if key in ("fsdp", "fsdp_config", "deepspeed"):
+            record[key] = value
     return record
 
 

@@ -79,8 +79,8 @@ def build(recipe, arguments: dict, model, tokenizer, data, callbacks, rewards: R
     cfg = recipe.grpo
     use_vllm = engine(recipe) == ENGINES[1]
     args = GRPOConfig(
-        **arguments,
-        bf16=False,  # the weights' dtype decides, as in SFT runs
+        # the weights' dtype decides, as in SFT runs (DeepSpeed's config says it too)
+        **{"bf16": False, **arguments},
         gradient_checkpointing=False,  # set on the model by the runner when asked
         num_generations=cfg.generations,
         max_completion_length=cfg.max_completion_length,

@@ -88,8 +88,8 @@ def build(recipe, arguments: dict, model, reference, tokenizer, data, callbacks)
     objective, settings = recipe.train.objective, recipe.preference
     trainer_class, config_class, options = _objective(objective, settings)
     args = config_class(
-        **{**arguments, **options},
-        bf16=False,  # the weights' dtype decides, as in SFT runs
+        # the weights' dtype decides, as in SFT runs (DeepSpeed's config says it too)
+        **{"bf16": False, **arguments, **options},
         gradient_checkpointing=False,  # set on the model by the runner when asked
         max_length=None,  # the samples are already cut to data.max_length
     )

@@ -26,6 +26,7 @@ from tunelab.recipe import Recipe, TaskOptions, load_recipe, stage_recipes, with
 from tunelab.run import (
     ADAPTER_DIR,
     DATA_REPORT_FILE,
+    DEEPSPEED_FILE,
     DISTRIBUTED_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
@@ -102,7 +103,8 @@ def train(
     else:
         recipe = load_recipe(recipe, overrides)
     protected = preflight(recipe)  # every input readable, none inside the run folder
-    distributed.check_distributed(recipe)
+    for one in stage_recipes(recipe) if recipe.stages else [recipe]:
+        distributed.check_distributed(one)
     if recipe.stages:
         result = _train_stages(recipe, overwrite, resume, console, callbacks, protected)
     else:
@@ -396,10 +398,11 @@ def _save_trained(recipe, run, plan: RunPlan, trainer, tokenizer, keep_optimizer
             f"not finite; nothing was saved. Lower train.lr (now {recipe.train.lr:g})."
         )
     model.config.use_cache = True  # the saved config is for inference
+    weights = distributed.gathered_weights(trainer)  # every process takes part
     if not run.writer:
         return
     with saving_into(run.path):
-        _save_final(run, plan.method, model, tokenizer)
+        _save_final(run, plan.method, model, tokenizer, weights)
         if keep_optimizer:
             torch.save(trainer.optimizer.state_dict(), run.file(OPTIMIZER_FILE))
     plot_losses(run.file(METRICS_FILE), run.file("loss.png"))
@@ -564,7 +567,10 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
         run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
-        run.write_json(DISTRIBUTED_FILE, distributed.settings(recipe))
+        shared = distributed.settings(recipe)
+        run.write_json(DISTRIBUTED_FILE, shared)
+        if "deepspeed" in shared:  # as its own file, for `--deepspeed` or deepspeed.initialize
+            run.write_json(DEEPSPEED_FILE, shared["deepspeed"])
     for note in run.notes:
         console.print(note, highlight=False)
     return run
@@ -747,13 +753,16 @@ def _keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _save_final(run: RunFolder, method: Method, model, tokenizer) -> None:
-    """An adapter (peft methods) or the whole model (full, freeze), with tokenizer and template."""
+def _save_final(run: RunFolder, method: Method, model, tokenizer, weights=None) -> None:
+    """An adapter (peft methods) or the whole model (full, freeze), with tokenizer and template;
+    `weights`: the whole state dict where the processes held only shards of it (ZeRO-3)."""
     target = run.adapter_dir if method.saves_adapter else run.model_dir
+    given = {} if weights is None else {"state_dict": weights}
     if method.saves_adapter and "ref" in getattr(model, "peft_config", {}):
-        model.save_pretrained(target, selected_adapters=["default"])  # not a DPO/KTO reference
+        # not a DPO/KTO reference
+        model.save_pretrained(target, selected_adapters=["default"], **given)
     else:
-        model.save_pretrained(target)
+        model.save_pretrained(target, **given)
     tokenizer.save_pretrained(target)
     staging = run.checkpoints_dir / STAGING
     if staging.is_dir() and not any(staging.iterdir()):

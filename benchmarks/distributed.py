@@ -121,7 +121,7 @@ def main() -> None:
             f"train.batch_size={args.global_batch // processes}",
             "train.save_every=null",
             "train.tensorboard=false",
-            "train.sample_every=0",
+            "train.sample_every=null",
             *extra,
         ]
         rows.append(run_one(args.recipe, Path(args.out), name, processes, overrides))

@@ -161,13 +161,13 @@ def test_the_estimate_gives_each_process_its_memory_by_strategy(tmp_path, tiny_m
     assert four.per_process["fsdp"] < four.per_process["ddp"]
     assert one.data.steps_per_epoch == 12 and four.data.steps_per_epoch == 3  # 24 rows, batch 2
     optimizer, trainable = one.parts["optimizer"], four.per_process
-    assert (
-        trainable["zero2"] == one.total_bytes - one.parts["gradients"] * 3 // 4 - optimizer * 3 // 4
+    params = one.parts["weights"] // 4  # fp32 on this CPU
+    assert trainable["zero2"] == (
+        one.total_bytes - one.parts["gradients"] * 3 // 4 - optimizer + 12 * params // 4
     )
-    params = one.parts["weights"] // 4  # fp32 on this CPU: DeepSpeed adds no master copy
     assert trainable["zero3"] == (
         one.total_bytes - sharded + 2 * layer + one.parts["weights"] // 4
-        + one.parts["gradients"] // 4 + 8 * params // 4
+        + one.parts["gradients"] // 4 + 12 * params // 4
     )  # fmt: skip
     assert trainable["zero2"] < trainable["ddp"]  # (two gathered layers are all the tiny one has)
 
@@ -183,7 +183,7 @@ def test_the_estimate_leaves_offloaded_state_off_the_gpu(tmp_path, tiny_model_di
     one = estimate_recipe(load_recipe(path, zero3), "cuda")
     assert one.per_process is not None  # a ZeRO recipe gets its figure with one process too
     assert moved.per_process["zero3"] < kept["zero3"]
-    # bf16 weights: DeepSpeed's optimizer state is fp32 moments plus an fp32 master copy
+    # DeepSpeed's optimizer state is fp32 moments plus an fp32 master copy
     params = one.parts["weights"] // 2
     assert (
         kept["zero2"] - (one.total_bytes - one.parts["gradients"] // 2 - one.parts["optimizer"])
@@ -212,7 +212,7 @@ def test_deepspeed_reads_every_config_tunelab_writes(tmp_path, tiny_model_dir, s
         return
     recipe = load_recipe(path, settings)
     for dtype in ("float32", "bfloat16"):
-        config = deepspeed_config(recipe, getattr(__import__("torch"), dtype))
+        config = deepspeed_config(recipe, getattr(__import__("torch"), dtype), 64)
         json.dumps(config)  # as written to deepspeed.json
         parsed = DeepSpeedConfig(json.loads(json.dumps(config)))
         assert parsed.zero_optimization_stage == int(stage[-1])

@@ -490,16 +490,13 @@ def per_process_bytes(
     state, plus one decoder layer's weights gathered at a time; zero2 (DeepSpeed) 1/N of the
     gradients and optimizer state; zero3 also 1/N of the weights, plus two layers gathered
     (the one computing and the one prefetched). DeepSpeed's optimizer state is fp32: two
-    moments, and a master copy of 16-bit weights. On a GPU, offloaded state leaves it."""
+    moments and a master copy of the weights (of fp32 ones too). On a GPU, offloaded state leaves it."""
     n = processes
     weights, gradients, optimizer = (result.parts.get(k, 0) for k in SHARDED)
     rest = result.total_bytes - weights - gradients - optimizer
     layer = weights // max(prof.layers, 1)
     gpu = result.device == "cuda"
-    master = 4 * prof.trainable_parameters if prof.compute_bytes < 4 else 0
-    zero_optimizer = (
-        0 if gpu and offload != "none" else (8 * prof.trainable_parameters + master) // n
-    )
+    zero_optimizer = 0 if gpu and offload != "none" else 12 * prof.trainable_parameters // n
     zero3_weights = layer * 2 + (0 if gpu and offload == "all" else weights // n)
     fsdp_shards = 0 if gpu and offload == "all" else (weights + gradients + optimizer) // n
     return {

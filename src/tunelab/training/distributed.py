@@ -88,9 +88,10 @@ def check_distributed(recipe) -> None:
         )
 
 
-def training_arguments(recipe) -> dict:
+def training_arguments(recipe, config) -> dict:
     """What the recipe's `train.distributed` adds to the TrainingArguments (nothing for one
-    process, or data parallel, which the Trainer does when launched as several)."""
+    process, or data parallel, which the Trainer does when launched as several); `config` is
+    the model's (its width sizes DeepSpeed's buckets)."""
     chosen = strategy(recipe)
     if chosen == "fsdp":
         return {"fsdp": "full_shard auto_wrap", "fsdp_config": fsdp_config(recipe.train.offload)}
@@ -98,9 +99,9 @@ def training_arguments(recipe) -> dict:
         return {"ddp_find_unused_parameters": False}
     if chosen in ZERO_STAGES:
         single_process_rendezvous()
-        config = deepspeed_config(recipe, pick_dtype(recipe.model.dtype, pick_device()))
-        return {"deepspeed": config, "bf16": config["bf16"]["enabled"],
-                "fp16": config["fp16"]["enabled"]}  # fmt: skip
+        written = deepspeed_config(recipe, run_dtype(recipe), hidden_size(config))
+        return {"deepspeed": written, "bf16": written["bf16"]["enabled"],
+                "fp16": written["fp16"]["enabled"]}  # fmt: skip
     return {}
 
 
@@ -111,20 +112,31 @@ def fsdp_config(offload: str) -> dict:
             "reshard_after_forward": True}  # fmt: skip
 
 
-def deepspeed_config(recipe, dtype: torch.dtype) -> dict:
+def run_dtype(recipe) -> torch.dtype:
+    return pick_dtype(recipe.model.dtype, pick_device())
+
+
+def hidden_size(config) -> int:
+    return int(getattr(config.get_text_config(), "hidden_size", 1024))
+
+
+def deepspeed_config(recipe, dtype: torch.dtype, hidden: int) -> dict:
     """A complete DeepSpeed config (no "auto" values, so DeepSpeed itself reads it as it is)
     that agrees with the Trainer's arguments. The Trainer's own optimizer and schedule are
-    kept, also when the optimizer state is offloaded (it then steps in CPU memory)."""
+    kept, also when the optimizer state is offloaded (it then steps in CPU memory). Bucket
+    sizes follow the model's width `hidden` (as the Trainer's "auto" values would)."""
     cfg = recipe.train
     stage = ZERO_STAGES[cfg.distributed]
     on_gpu = torch.cuda.is_available()
+    bucket = hidden * hidden
     zero: dict = {"stage": stage, "overlap_comm": on_gpu, "contiguous_gradients": True,
-                  "reduce_bucket_size": 200_000_000, "allgather_bucket_size": 200_000_000}  # fmt: skip
-    if stage == 3:
-        del zero["allgather_bucket_size"]
+                  "reduce_bucket_size": bucket}  # fmt: skip
+    if stage == 2:
+        zero["allgather_bucket_size"] = bucket
+    else:
         zero.update({"stage3_gather_16bit_weights_on_model_save": True,
-                     "stage3_prefetch_bucket_size": 50_000_000,
-                     "stage3_param_persistence_threshold": 100_000})  # fmt: skip
+                     "stage3_prefetch_bucket_size": int(0.9 * bucket),
+                     "stage3_param_persistence_threshold": 10 * hidden})  # fmt: skip
     if cfg.offload in ("optimizer", "all"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if cfg.offload == "all":
@@ -168,7 +180,22 @@ def single_process_rendezvous() -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
 
 
-def settings(recipe) -> dict:
+def zero3_loading(recipe, config):
+    """For zero3, what makes the weights load already sharded (each process reads only its
+    part instead of the whole model first); keep it alive while the run trains. None for
+    the other strategies."""
+    if strategy(recipe) != "zero3":
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    single_process_rendezvous()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return HfDeepSpeedConfig(deepspeed_config(recipe, run_dtype(recipe), hidden_size(config)))
+
+
+def settings(recipe, config) -> dict:
     """What the run folder records of how its processes trained (reusable as it is: the
     `deepspeed` entry is a DeepSpeed config, `fsdp_config` the Trainer's FSDP settings)."""
     record = {
@@ -176,7 +203,7 @@ def settings(recipe) -> dict:
         "world_size": world_size(),
         "backend": "nccl" if torch.cuda.is_available() else "gloo",
     }
-    for key, value in training_arguments(recipe).items():
+    for key, value in training_arguments(recipe, config).items():
         if key in ("fsdp", "fsdp_config", "deepspeed"):
             record[key] = value
     return record

@@ -261,9 +261,12 @@ def _train_one(
     preference.check_objective(recipe)
     grpo.check_grpo(recipe)
     tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
+    if run.writer and checkpoint is None:
+        _record_distributed(run, recipe, config)
     for note in plan.notes():
         console.print(note, highlight=False)
     memory_estimate = _memory_estimate(recipe, plan, config, data, console)
+    sharded_loading = distributed.zero3_loading(recipe, config)  # alive while training
     model = _load_model(recipe, plan, init_from, console)
     reference = None
     if preference.needs_reference_copy(recipe, plan.method):
@@ -283,6 +286,7 @@ def _train_one(
             error = str(exc) or type(exc).__name__
             watchers.events.emit("failed", trainer.state.global_step, error=error)
         raise
+    del sharded_loading
     summary["memory"] = _memory_side_by_side(
         recipe, plan.device, memory_estimate, trainer.data_collator, summary["peak_memory_bytes"]
     )
@@ -298,6 +302,15 @@ def _train_one(
         highlight=False,
     )
     return TrainResult(run.path, summary, trainer.model)
+
+
+def _record_distributed(run: RunFolder, recipe: Recipe, config) -> None:
+    """How the processes share the run, into the run folder (a DeepSpeed config also as its
+    own file, for `--deepspeed` or deepspeed.initialize)."""
+    shared = distributed.settings(recipe, config)
+    run.write_json(DISTRIBUTED_FILE, shared)
+    if "deepspeed" in shared:
+        run.write_json(DEEPSPEED_FILE, shared["deepspeed"])
 
 
 def _train_and_save(
@@ -567,10 +580,6 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
         run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
-        shared = distributed.settings(recipe)
-        run.write_json(DISTRIBUTED_FILE, shared)
-        if "deepspeed" in shared:  # as its own file, for `--deepspeed` or deepspeed.initialize
-            run.write_json(DEEPSPEED_FILE, shared["deepspeed"])
     for note in run.notes:
         console.print(note, highlight=False)
     return run
@@ -669,7 +678,7 @@ def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    arguments = _training_arguments(recipe, run, plan, bool(data.eval))
+    arguments = _training_arguments(recipe, run, plan, bool(data.eval), model.config)
     if recipe.train.objective == "grpo":
         trainer = _grpo_trainer(recipe, run, arguments, model, tokenizer, data, callbacks)
     elif recipe.train.objective != "sft":
@@ -704,7 +713,7 @@ def _grpo_trainer(recipe, run: RunFolder, arguments: dict, model, tokenizer, dat
     return grpo.build(recipe, arguments, model, tokenizer, data, callbacks, rewards, log)
 
 
-def _training_arguments(recipe, run, plan: RunPlan, validate: bool) -> dict:
+def _training_arguments(recipe, run, plan: RunPlan, validate: bool, config) -> dict:
     """The TrainingArguments every run shares, whatever its objective."""
     cfg = recipe.train
     batching, kernels = plan.batching, plan.kernels
@@ -741,7 +750,7 @@ def _training_arguments(recipe, run, plan: RunPlan, validate: bool) -> dict:
         use_liger_kernel=kernels.liger and cfg.objective == "sft",
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
-        **distributed.training_arguments(recipe),
+        **distributed.training_arguments(recipe, config),
     )
 
 

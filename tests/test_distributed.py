@@ -310,3 +310,24 @@ def test_each_zero_stage_trains_on_one_gpu(tmp_path, tiny_model_dir, settings):
     written = json.loads((tmp_path / "g" / "deepspeed.json").read_text())
     assert written["bf16"]["enabled"] is True
     assert (tmp_path / "g" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow  # one launch of two processes (about 25 s)
+def test_accelerate_launch_starts_the_same_data_parallel_run(tmp_path, tiny_model_dir):
+    """`accelerate launch` (its multi-process launcher; with --cpu accelerate starts a single
+    process) trains the run `--nproc 2` would: the losses of one process at batch 4."""
+    import tunelab
+
+    one = ddp_recipe(tmp_path, tiny_model_dir, "one", 4, max_steps=4, save_every=None)
+    tunelab.train(one)
+    two = ddp_recipe(tmp_path, tiny_model_dir, "two", 2, max_steps=4, save_every=None)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    result = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tunelab", "train",
+         str(two)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "distributed.json").read_text())["world_size"] == 2
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)

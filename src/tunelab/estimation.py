@@ -486,7 +486,8 @@ def per_process_bytes(
 ) -> dict[str, int]:
     """Each process's peak under each strategy, `train.batch_size` being per process.
 
-    ddp keeps everything on every process; fsdp keeps 1/N of weights, gradients and optimizer
+    ddp keeps everything on every process, and the gradients twice (its reducer's buckets
+    beside the parameters' own); fsdp keeps 1/N of weights, gradients and optimizer
     state, plus one decoder layer's weights gathered at a time; zero2 (DeepSpeed) 1/N of the
     gradients and optimizer state; zero3 also 1/N of the weights, plus two layers gathered
     (the one computing and the one prefetched). DeepSpeed's optimizer state is fp32: two
@@ -500,7 +501,7 @@ def per_process_bytes(
     zero3_weights = layer * 2 + (0 if gpu and offload == "all" else weights // n)
     fsdp_shards = 0 if gpu and offload == "all" else (weights + gradients + optimizer) // n
     return {
-        "ddp": result.total_bytes,
+        "ddp": result.total_bytes + gradients,  # DDP's reducer buckets: a second copy
         "fsdp": rest + fsdp_shards + layer,
         "zero2": rest + weights + gradients // n + zero_optimizer,
         "zero3": rest + zero3_weights + gradients // n + zero_optimizer,

@@ -12,5 +12,5 @@ PYTHON="${PYTHON:-python3}"
 # distributed: DeepSpeed, for train.distributed zero2 / zero3
 # preference: TRL (its trainers, and the published chat templates in its chat_templates/ that
 # the tests check the loss mask against)
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[serve,hub,preference,distributed,test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[serve,ui,hub,preference,distributed,test]"
 echo "tunelab installed in .venv ($(.venv/bin/tunelab --help >/dev/null && echo ok))"

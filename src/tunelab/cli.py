@@ -289,6 +289,35 @@ def serve(
 
 
 @app.command()
+def ui(
+    root: Annotated[Path, typer.Option(help="folder where runs are found and started")] = Path("."),
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65_535, help="port to listen on")] = 7860,
+    auth: Annotated[
+        str | None, typer.Option(envvar="TUNELAB_UI_AUTH", help="require USER:PASSWORD to log in")
+    ] = None,
+    share: Annotated[
+        bool, typer.Option(help="also open a public gradio.live link (off unless asked)")
+    ] = False,
+):
+    """The whole workflow in a browser: data, recipe form and training, chat, eval, export."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise TunelabError(
+            "`tunelab ui` needs gradio, which is not installed; install the ui extra with "
+            "`pip install 'tunelab[ui]'`."
+        )
+    from tunelab.quiet import quiet_libraries
+    from tunelab.ui.app import serve as serve_ui
+
+    quiet_libraries()
+    if not root.is_dir():
+        raise TunelabError(f"--root {root} is not a folder; give the folder your runs are in.")
+    serve_ui(root, host, port, auth, share)
+
+
+@app.command()
 def export(
     run: Annotated[str, typer.Argument(help="run folder, RUN@N or RUN/checkpoints/checkpoint-N")],
     out: Annotated[

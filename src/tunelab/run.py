@@ -211,6 +211,15 @@ class RunFolder:
             )
         return RunFolder.open(summary["final_stage"])
 
+    def writer_pid(self) -> int | None:
+        """The pid of the process writing this run now (this folder or one of its stages'),
+        or None when none is."""
+        for folder in [self.path, *sorted(self.path.glob("stage-*"))]:
+            pid = RunLock.holder(folder)
+            if pid is not None:
+                return pid
+        return None
+
     def read_json(self, name: str) -> dict:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
 
@@ -376,6 +385,23 @@ class RunLock:
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
         return cls(handle, notes)
+
+    @staticmethod
+    def holder(folder: Path) -> int | None:
+        """The pid holding `folder`'s lock now, or None when it is free."""
+        try:
+            handle = os.open(folder / LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(handle) or -1
+        else:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(handle)
 
     def release(self) -> None:
         if self.handle >= 0:

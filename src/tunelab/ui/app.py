@@ -1,0 +1,449 @@
+"""`tunelab ui`: the whole workflow in a browser (gradio, the `ui` extra).
+
+Data (check, lengths, preview), Train (the recipe form, its estimate and YAML, launch, live
+loss and samples, stop and resume), Chat (a run beside its base, streamed through the same
+engine as `tunelab chat` and `tunelab serve`), Evaluate (a before/after comparison) and Export.
+Every action is the command-line tool's own code; the run folders are the state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from tunelab.errors import TunelabError
+from tunelab.preflight import preflight
+from tunelab.recipe import load_recipe
+from tunelab.run import RunFolder
+from tunelab.ui import runs as run_state
+from tunelab.ui.form import (
+    NONE_CHOICE,
+    FormError,
+    FormField,
+    form_fields,
+    recipe_of,
+    recipe_yaml,
+    values_of,
+)
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE.parents[2] / "examples"
+STARTER = {
+    "model": {"path": "smollm2-135m-instruct"},
+    "data": {"train": ["identity"], "replace": {"{{name}}": "Dali", "{{author}}": "you"}},
+    "train": {"max_steps": 20},
+    "output": "runs/ui-run",
+}
+
+
+def rich_text(draw) -> str:
+    """What a rich view prints, as plain text for the page."""
+    console = Console(file=io.StringIO(), width=100, color_system=None, record=True)
+    draw(console)
+    return console.export_text()
+
+
+class Workbench:
+    """The state behind the page: the UI's root folder (where runs are found and started) and
+    the folder the current recipe's relative paths are read from."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.fields = form_fields()
+        self.models: dict[str, object] = {}
+        self.estimates: dict[str, str] = {}
+        # what the page hands out (recipe downloads, histograms): the only files it may serve
+        self.scratch = Path(tempfile.mkdtemp(prefix="tunelab-ui-"))
+
+    # -- the recipe form --------------------------------------------------------------
+    def values(self, *given) -> dict:
+        return {f.key: v for f, v in zip(self.fields, given)}
+
+    def check(self, base: str, *given) -> tuple[str, str]:
+        """(the recipe's YAML, a message: what is wrong and where, or that it is valid)."""
+        values = self.values(*given)
+        try:
+            raw = recipe_of(values)
+        except FormError as exc:
+            return "", f"**Not valid:** {exc}"
+        text = recipe_yaml(values)
+        try:
+            recipe = load_recipe(run_state.rebase(raw, Path(base or self.root)))
+            preflight(recipe)  # every file it names is there and readable
+        except TunelabError as exc:
+            return text, f"**Not valid:** {exc}"
+        return text, f"Valid recipe: method {recipe.method.type}, output `{recipe.output}`."
+
+    def estimate(self, base: str, *given) -> str:
+        from tunelab.estimate_view import show_estimate
+        from tunelab.estimation import estimate_recipe
+
+        try:
+            raw = run_state.rebase(recipe_of(self.values(*given)), Path(base or self.root))
+        except FormError as exc:
+            return f"no estimate: {exc}"
+        key = json.dumps(raw, sort_keys=True)
+        if key not in self.estimates:  # the page asks every few seconds; traced once per recipe
+            try:
+                result = estimate_recipe(load_recipe(raw))
+                text = rich_text(lambda console: show_estimate(console, result))
+            except TunelabError as exc:
+                text = f"no estimate: {exc}"
+            self.estimates = {key: text}
+        return self.estimates[key]
+
+    def load(self, choice: str | None, upload) -> list:
+        """Form values (and the recipe's folder) of an example or an uploaded recipe."""
+        path = Path(upload) if upload else (EXAMPLES / choice if choice else None)
+        if path is None:
+            recipe, base = load_recipe(STARTER), self.root
+        else:
+            recipe, base = load_recipe(path), path.parent.resolve()
+        values = values_of(recipe)
+        return [str(base), *(values[f.key] for f in self.fields)]
+
+    def download(self, *given) -> str:
+        folder = Path(tempfile.mkdtemp(prefix="recipe-", dir=self.scratch))
+        path = folder / "recipe.yaml"
+        path.write_text(recipe_yaml(self.values(*given)), encoding="utf-8")
+        return str(path)
+
+    # -- runs -------------------------------------------------------------------------
+    def start(self, base: str, *given) -> tuple[str, str]:
+        try:
+            raw = recipe_of(self.values(*given))
+            load_recipe(run_state.rebase(raw, Path(base or self.root)))
+            run, pid = run_state.launch(self.root, raw, Path(base or self.root))
+        except (TunelabError, FormError) as exc:
+            return f"**Not started:** {exc}", ""
+        return f"Started `tunelab train` (pid {pid}) into `{run}`.", str(run)
+
+    def run_choices(self) -> list[str]:
+        return [str(p) for p in run_state.find_runs(self.root)]
+
+    def watch(self, run: str | None):
+        """(status line, loss points, latest samples) of `run`."""
+        import pandas as pd
+
+        empty = pd.DataFrame({"step": [], "loss": [], "kind": []})
+        if not run or not Path(run).is_dir():
+            return "No run chosen.", empty, ""
+        path = Path(run)
+        shown = run_state.view(path, self.root)
+        folder = RunFolder(path, writer=False)
+        stages = sorted(path.glob("stage-*")) or [path]
+        rows = []
+        for stage in stages:
+            for row in RunFolder(stage, writer=False).metrics():
+                for kind in ("loss", "eval_loss"):
+                    if kind in row:
+                        rows.append({"step": row["step"], "loss": row[kind], "kind": kind})
+        status = f"**{shown.state}** at step {shown.step}, {len(rows)} loss points"
+        if shown.last_error:
+            status += f"  \nlast error: `{shown.last_error}`"
+        summary = folder.summary()
+        if summary and "steps" in summary:
+            status += (
+                f"  \n{summary['steps']} steps in {summary['train_seconds']:.1f} s, "
+                f"{summary['tokens_per_second']:.0f} tok/s, "
+                f"peak {summary['peak_memory_bytes'] / 2**30:.2f} GiB"
+            )
+        samples = [s for stage in stages for s in RunFolder(stage, writer=False).samples()]
+        text = "\n\n".join(
+            f"step {s.get('step')}: {s.get('prompt')}\n-> {s.get('answer', s.get('completion'))}"
+            for s in samples[-4:]
+        )
+        return status, pd.DataFrame(rows) if rows else empty, text
+
+    def stop(self, run: str | None) -> str:
+        try:
+            pid = run_state.stop(Path(run or ""))
+        except TunelabError as exc:
+            return f"**Not stopped:** {exc}"
+        return f"Asked pid {pid} to stop; it saves a checkpoint first (resume continues it)."
+
+    def resume(self, run: str | None) -> str:
+        try:
+            pid = run_state.resume(self.root, Path(run or ""))
+        except TunelabError as exc:
+            return f"**Not resumed:** {exc}"
+        return f"Resumed (pid {pid})."
+
+    # -- data -------------------------------------------------------------------------
+    def data_report(self, base: str, *given):
+        from tunelab.data import doctor
+        from tunelab.data.views import show_check, show_stats
+        from tunelab.data_tools import length_stats, preview_samples
+
+        try:
+            raw = run_state.rebase(recipe_of(self.values(*given)), Path(base or self.root))
+            folder = Path(tempfile.mkdtemp(prefix="data-", dir=self.scratch))
+            recipe_file = folder / "recipe.yaml"
+            recipe_file.write_text(json.dumps(raw), encoding="utf-8")
+            found = doctor.open_target(recipe_file, None)
+            result = doctor.check(found)
+            report = rich_text(lambda console: show_check(console, found, result))
+            if result.problems:
+                return report, None, []
+            stats = length_stats(found, folder / "lengths.png")
+            report += rich_text(lambda console: show_stats(console, stats))
+            preview = self.preview(found, preview_samples)
+        except (TunelabError, FormError) as exc:
+            return f"error: {exc}", None, []
+        return report, stats.get("histogram"), preview
+
+    @staticmethod
+    def preview(found, preview_samples) -> list:
+        from tunelab.data.views import preview_segments
+
+        if found.objective != "sft":
+            return []
+        samples, tokenizer = preview_samples(found, 2)
+        pieces = []
+        for sample in samples:
+            for chunk, _ids, trained in preview_segments(sample, tokenizer):
+                pieces.append((chunk, "trained" if trained else None))
+            pieces.append(("\n\n", None))
+        return pieces
+
+    # -- chat -------------------------------------------------------------------------
+    def open_models(self, run: str) -> dict:
+        from tunelab.inference.chat_model import open_chat_models
+
+        if run not in self.models:
+            self.models = {run: open_chat_models([run], with_base=True)}  # one run at a time
+        return self.models[run]
+
+    def chat(self, run: str | None, message: str, tuned: list, base: list):
+        if not run:
+            yield tuned, base, "Choose a finished run first."
+            return
+        try:
+            models = self.open_models(run)
+        except TunelabError as exc:
+            yield tuned, base, f"**Cannot chat:** {exc}"
+            return
+        names = list(models)
+        for name, history in ((names[0], tuned), (names[-1], base)):
+            asked = [*history, {"role": "user", "content": message}]
+            answer = {"role": "assistant", "content": ""}
+            history[:] = [*asked, answer]
+            messages = [{"role": m["role"], "content": m["content"]} for m in asked]
+            for piece in models[name].stream(messages, max_new_tokens=128):
+                answer["content"] += piece
+                yield tuned, base, f"answering with {name}"
+        yield tuned, base, f"{names[0]} (left) and {names[-1]} (right) answered."
+
+    # -- evaluate, export -------------------------------------------------------------
+    def command(self, *args: str) -> str:
+        """Run a tunelab command; its output (and where it wrote)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "tunelab", *args], cwd=self.root, capture_output=True,
+            text=True, env={**__import__("os").environ, "COLUMNS": "100"},
+        )  # fmt: skip
+        text = (done.stdout + done.stderr).strip()
+        return text if done.returncode == 0 else f"failed (exit {done.returncode}):\n{text}"
+
+    def evaluate(self, run: str | None, prompts: str) -> str:
+        if not run:
+            return "Choose a finished run first."
+        try:
+            base = RunFolder.open(run).final_run().recipe().model.path
+        except TunelabError as exc:
+            return f"error: {exc}"
+        out = Path(run) / "ui-report"
+        text = self.command("compare", base, run, "--prompts", prompts, "--out", str(out))
+        report = out / "report.md"
+        return report.read_text("utf-8") if report.is_file() else f"```\n{text}\n```"
+
+    def export(self, run: str | None, target: str, out: str) -> str:
+        if not run or not out:
+            return "Choose a run and a folder to write to."
+        return self.command("export", run, "--to", target, "--out", out)
+
+
+def component(gr, field: FormField, value):
+    """The input for one recipe setting: its name, description and default in place."""
+    info = field.description + (
+        f" (default: {field.default})" if field.default not in (None, "", [], {}) else ""
+    )
+    label = field.label + (" (required)" if field.required else "")
+    name = "field-" + field.key.replace(".", "-")
+    if field.kind in ("choice", "tristate"):
+        choices = [*([NONE_CHOICE] if field.optional else []), *field.choices]
+        return gr.Dropdown(choices=choices, value=value, label=label, info=info, elem_id=name)
+    if field.kind == "switch":
+        return gr.Checkbox(value=value, label=label, info=info, elem_id=name)
+    if field.kind in ("integer", "number") and not field.optional:
+        return gr.Number(
+            value=value,
+            label=label,
+            info=info,
+            precision=0 if field.kind == "integer" else None,
+            elem_id=name,
+        )
+    lines = 3 if field.kind == "yaml" else 1
+    return gr.Textbox(value=value, label=label, info=info, lines=lines, max_lines=12, elem_id=name)
+
+
+def build(root: Path):
+    """The page."""
+    import gradio as gr
+
+    bench = Workbench(root)
+    examples = sorted(p.name for p in EXAMPLES.glob("*.yaml")) if EXAMPLES.is_dir() else []
+    first = bench.load(None, None)
+    with gr.Blocks(title="tunelab") as page:
+        gr.Markdown(f"# tunelab\nRuns are read from and started in `{bench.root}`.")
+        base = gr.Textbox(value=first[0], label="recipe folder (relative paths are read from here)")
+        inputs = []
+        with gr.Tabs():
+            with gr.Tab("Train", id="train"):
+                with gr.Row():
+                    example = gr.Dropdown(choices=examples, value=None, label="load an example")
+                    upload = gr.File(
+                        label="or load a recipe .yaml",
+                        file_types=[".yaml", ".yml"],
+                        type="filepath",
+                    )
+                verdict = gr.Markdown(elem_id="recipe-verdict")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        values = dict(zip([f.key for f in bench.fields], first[1:]))
+                        for section in (
+                            "model",
+                            "data",
+                            "method",
+                            "train",
+                            "preference",
+                            "grpo",
+                            "evaluate",
+                            "",
+                        ):
+                            members = [
+                                f
+                                for f in bench.fields
+                                if f.key.partition(".")[0] == section
+                                or (not section and "." not in f.key)
+                            ]
+                            with gr.Accordion(
+                                section or "output and stages",
+                                open=section in ("model", "data", "method", "train", ""),
+                            ):
+                                for field in members:
+                                    inputs.append(component(gr, field, values[field.key]))
+                    with gr.Column(scale=2):
+                        yaml_view = gr.Code(
+                            language="yaml", label="recipe.yaml", elem_id="recipe-yaml"
+                        )
+                        download = gr.DownloadButton("Download recipe.yaml")
+                        estimate = gr.Code(
+                            label="memory and time estimate", language=None, elem_id="estimate"
+                        )
+                        launch = gr.Button("Launch training", variant="primary", elem_id="launch")
+                        launched = gr.Markdown(elem_id="launched")
+                with gr.Row():
+                    run_pick = gr.Dropdown(
+                        choices=bench.run_choices(),
+                        label="run",
+                        allow_custom_value=True,
+                        elem_id="run-pick",
+                    )
+                    refresh = gr.Button("Refresh runs")
+                    stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
+                    resume = gr.Button("Resume", elem_id="resume")
+                status = gr.Markdown(elem_id="run-status")
+                plot = gr.LinePlot(
+                    x="step", y="loss", color="kind", label="loss", elem_id="loss-plot"
+                )
+                samples = gr.Textbox(label="sample answers", lines=6, elem_id="samples")
+            with gr.Tab("Data", id="data"):
+                gr.Markdown(
+                    "The data of the recipe on the Train tab: every row checked, lengths, "
+                    "and the first samples with the trained tokens highlighted."
+                )
+                check = gr.Button("Check data", elem_id="check-data")
+                report = gr.Code(label="data check", language=None, elem_id="data-report")
+                histogram = gr.Image(label="length histogram", type="filepath")
+                preview = gr.HighlightedText(
+                    label="preview (trained tokens highlighted)", color_map={"trained": "green"}
+                )
+            with gr.Tab("Chat", id="chat"):
+                chat_run = gr.Dropdown(
+                    choices=bench.run_choices(),
+                    label="run",
+                    allow_custom_value=True,
+                    elem_id="chat-run",
+                )
+                with gr.Row():
+                    tuned = gr.Chatbot(label="the run", elem_id="chat-tuned")
+                    base_chat = gr.Chatbot(label="its base model", elem_id="chat-base")
+                message = gr.Textbox(label="message", elem_id="chat-message")
+                send = gr.Button("Send", elem_id="chat-send")
+                chat_status = gr.Markdown(elem_id="chat-status")
+            with gr.Tab("Evaluate", id="evaluate"):
+                eval_run = gr.Dropdown(
+                    choices=bench.run_choices(), label="run", allow_custom_value=True
+                )
+                prompts = gr.Textbox(
+                    value=str(EXAMPLES / "probes.jsonl"), label="probe prompts .jsonl"
+                )
+                compare = gr.Button("Compare with its base")
+                eval_report = gr.Markdown()
+            with gr.Tab("Export", id="export"):
+                export_run = gr.Dropdown(
+                    choices=bench.run_choices(), label="run", allow_custom_value=True
+                )
+                target = gr.Dropdown(choices=["hf", "gguf", "ollama"], value="hf", label="to")
+                out = gr.Textbox(label="write to (a folder; a .gguf file for gguf)")
+                export = gr.Button("Export")
+                export_log = gr.Textbox(label="result", lines=6)
+
+        form = [base, *inputs]
+        for each in inputs:
+            each.change(bench.check, form, [yaml_view, verdict])
+        example.change(bench.load, [example, upload], form)
+        upload.change(bench.load, [example, upload], form)
+        page.load(bench.check, form, [yaml_view, verdict])
+        gr.Timer(3.0).tick(bench.estimate, form, estimate)  # the estimate follows the form
+        download.click(bench.download, inputs, download)
+        launch.click(bench.start, form, [launched, run_pick])
+        refresh.click(
+            lambda: [gr.Dropdown(choices=bench.run_choices())] * 4,
+            None,
+            [run_pick, chat_run, eval_run, export_run],
+        )
+        gr.Timer(1.0).tick(bench.watch, run_pick, [status, plot, samples])
+        stop.click(bench.stop, run_pick, launched)
+        resume.click(bench.resume, run_pick, launched)
+        check.click(bench.data_report, form, [report, histogram, preview])
+        send.click(
+            bench.chat, [chat_run, message, tuned, base_chat], [tuned, base_chat, chat_status]
+        )
+        compare.click(bench.evaluate, [eval_run, prompts], eval_report)
+        export.click(bench.export, [export_run, target, out], export_log)
+    return page, bench
+
+
+def serve(root: Path, host: str, port: int, auth: str | None, share: bool) -> None:
+    """Serve the page on host:port (127.0.0.1 unless told); a public link only with `share`."""
+    page, bench = build(root)
+    credentials = None
+    if auth:
+        user, _, password = auth.partition(":")
+        if not user or not password:
+            raise TunelabError("--auth takes USER:PASSWORD, e.g. --auth admin:secret.")
+        credentials = (user, password)
+    page.queue().launch(
+        server_name=host, server_port=port, auth=credentials, share=share,
+        inbrowser=False, show_error=True, quiet=True, prevent_thread_lock=True,
+        allowed_paths=[str(bench.scratch)],
+    )  # fmt: skip
+    print(page.local_url if not share else f"{page.local_url} {page.share_url}", flush=True)
+    page.block_thread()

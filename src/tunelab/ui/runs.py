@@ -1,0 +1,154 @@
+"""The runs the web UI shows and starts. Run folders are the state: the UI finds them on disk
+(in progress or finished), starts `tunelab train` as its own process (it outlives the UI), stops
+one as Ctrl-C does (a checkpoint is saved) and resumes it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tunelab.errors import TunelabError
+from tunelab.run import MARKER_FILE, RECIPE_FILE, RunFolder
+
+UI_FOLDER = ".tunelab-ui"  # under the UI's root: the recipes it launched, and their logs
+SKIPPED = {".git", ".venv", "node_modules", "__pycache__", UI_FOLDER}
+
+
+@dataclass
+class RunView:
+    """What the page shows of one run."""
+
+    path: Path
+    state: str  # running, finished, failed, stopped
+    step: int
+    last_error: str | None
+
+
+def find_runs(root: Path, depth: int = 3) -> list[Path]:
+    """Every run folder under `root` (a stage's folder is part of its run), newest first."""
+    found: list[Path] = []
+
+    def visit(folder: Path, left: int) -> None:
+        if (folder / MARKER_FILE).is_file() and (folder / RECIPE_FILE).is_file():
+            found.append(folder)
+            return
+        if left == 0:
+            return
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir())
+        except OSError:
+            return
+        for child in children:
+            if child.name not in SKIPPED and not child.name.startswith("."):
+                visit(child, left - 1)
+
+    visit(root, depth)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def view(path: Path, root: Path) -> RunView:
+    run = RunFolder(path, writer=False)
+    events = run.events()
+    step = max((e.step for e in events), default=0)
+    failed = next((e for e in reversed(events) if e.kind == "failed"), None)
+    if run.writer_pid() is not None:
+        state = "running"
+    elif run.summary() is not None:
+        state = "finished"
+    elif failed is not None or (log_of(root, path).is_file() and not events):
+        state = "failed"
+    else:
+        state = "stopped"
+    error = failed.data.get("error") if failed else None
+    if state == "failed" and not error:
+        error = last_error_line(log_of(root, path))
+    return RunView(path, state, step, error)
+
+
+def rebase(raw, base: Path, key: str = ""):
+    """The recipe with its relative file paths made absolute against `base` (the folder the
+    recipe came from), so that it means the same wherever it is written; the run folder
+    (`output`) stays relative to where the UI runs."""
+    if isinstance(raw, dict):
+        return {
+            k: raw[k] if k == "output" and not key else rebase(v, base, k) for k, v in raw.items()
+        }
+    if isinstance(raw, list):
+        return [rebase(v, base, key) for v in raw]
+    if isinstance(raw, str) and raw and not Path(raw).is_absolute():
+        file, _, function = raw.partition(":")  # a reward function given as file.py:name
+        for candidate, rest in ((raw, ""), (file, f":{function}" if function else "")):
+            if candidate and (base / candidate).exists():
+                return str((base / candidate).resolve()) + rest
+    return raw
+
+
+def launch_file(root: Path, output: str) -> Path:
+    name = Path(output).name or "run"
+    return root / UI_FOLDER / "recipes" / f"{name}.yaml"
+
+
+def log_of(root: Path, run: Path) -> Path:
+    return root / UI_FOLDER / "logs" / f"{run.name}.log"
+
+
+def launch(root: Path, raw: dict, base: Path, resume: bool = False) -> tuple[Path, int]:
+    """Start `tunelab train` on the recipe `raw` as its own process; (run folder, pid).
+
+    The recipe is written (paths made absolute) into the UI's folder and kept for resuming."""
+    raw = rebase(raw, base)
+    output = raw.get("output", "runs/run")
+    run = (root / output).resolve() if not Path(output).is_absolute() else Path(output)
+    if not resume and run.exists() and any(run.iterdir()):
+        raise TunelabError(f"{run} already holds a run; give another `output`, or resume that one.")
+    raw["output"] = str(run)
+    recipe = launch_file(root, str(run))
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), "utf-8")
+    log = log_of(root, run)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "tunelab", "train", str(recipe)]
+    if resume:
+        command.append("--resume")
+    with log.open("w", encoding="utf-8") as out:
+        process = subprocess.Popen(
+            command, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "COLUMNS": "100"},
+        )  # fmt: skip
+    return run, process.pid
+
+
+def resume(root: Path, run: Path) -> int:
+    """Continue a stopped run with the recipe it was started with."""
+    recipe = launch_file(root, str(run))
+    raw = yaml.safe_load(recipe.read_text("utf-8")) if recipe.is_file() else None
+    if raw is None:
+        raw = RunFolder.open(run).read_recipe()
+    return launch(root, raw, run.parent, resume=True)[1]
+
+
+def stop(run: Path) -> int:
+    """Ask the process writing `run` to stop as Ctrl-C does: it saves a checkpoint first."""
+    pid = RunFolder(run, writer=False).writer_pid()
+    if pid is None or pid < 0:
+        raise TunelabError(f"{run} is not being trained now; nothing to stop.")
+    os.kill(pid, signal.SIGINT)
+    return pid
+
+
+def last_error_line(log: Path) -> str | None:
+    """The last line of a run's log that says what went wrong."""
+    if not log.is_file():
+        return None
+    lines = [line.strip() for line in log.read_text("utf-8", errors="replace").splitlines()]
+    for line in reversed(lines):
+        if line.startswith(("error:", "internal error:")) or "Error" in line:
+            return line
+    return next((line for line in reversed(lines) if line), None)

@@ -1,0 +1,155 @@
+"""`tunelab ui` in a real browser: Debian's chromium, driven by playwright through its system
+executable. The page trains a tiny model on the built-in identity data, shows the loss points
+and the finished run, answers in the chat tab, and says in place what is wrong with a bad
+field, a missing file and a failed run. A screenshot of each tab is saved beside the test's
+files (tests/screenshots/ when TUNELAB_SCREENSHOTS is set to a folder).
+
+    pytest -m browser
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def ui(tmp_path):
+    """A running `tunelab ui` on a free port (its root: tmp_path); its address."""
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    pytest.importorskip("gradio")
+    pytest.importorskip("playwright")
+    from tests.test_serve import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "ui", "--root", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    first = process.stdout.readline().strip()
+    assert first == f"http://127.0.0.1:{port}/", first
+    yield first
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def page(ui):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1400, "height": 1100})
+        tab.goto(ui)
+        tab.wait_for_selector("#recipe-verdict")
+        yield tab
+        browser.close()
+
+
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("TUNELAB_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def set_field(page, key: str, value: str) -> None:
+    box = page.locator(
+        f"#field-{key.replace('.', '-')} textarea, #field-{key.replace('.', '-')} input"
+    ).first
+    box.fill(value)
+    box.press("Tab")
+
+
+def wait_text(page, selector: str, *words: str, timeout: float = 120_000) -> str:
+    from playwright.sync_api import TimeoutError as Late
+
+    try:
+        page.wait_for_function(
+            "([s, words]) => { const e = document.querySelector(s); if (!e) return false;"
+            " const t = e.innerText + [...e.querySelectorAll('textarea, input')]"
+            ".map(x => x.value).join(' '); return words.every(w => t.includes(w)); }",
+            arg=[selector, list(words)],
+            timeout=timeout,
+        )
+    except Late:
+        shown = text_of(page, selector) if page.locator(selector).count() else None
+        pytest.fail(f"{selector} never showed {words}; it shows: {shown!r}")
+    return text_of(page, selector)
+
+
+def text_of(page, selector: str) -> str:
+    """What an element shows, the values of its text boxes included."""
+    return page.evaluate(
+        "s => { const e = document.querySelector(s); return e.innerText + ' ' +"
+        " [...e.querySelectorAll('textarea, input')].map(x => x.value).join(' '); }",
+        selector,
+    )
+
+
+def pick(page, selector: str, value: str) -> None:
+    box = page.locator(f"{selector} input").first
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_train_a_tiny_model_then_chat_with_it(page, tmp_path, tiny_model_dir):
+    folder = shots(tmp_path)
+    set_field(page, "model.path", str(tiny_model_dir))
+    set_field(page, "train.max_steps", "3")
+    set_field(page, "output", "runs/browser")
+    wait_text(page, "#recipe-verdict", "Valid recipe")
+    assert "max_steps: 3" in page.locator("#recipe-yaml").inner_text()
+    page.click("#launch")
+    assert "Started" in wait_text(page, "#launched", "Started")
+    status = wait_text(page, "#run-status", "finished", "3 loss points", "tok/s")
+    assert "at step 3" in status
+    assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+    page.screenshot(path=str(folder / "train.png"), full_page=True)
+
+    page.get_by_role("tab", name="Data").click()
+    page.click("#check-data")
+    report = wait_text(page, "#data-report", "max_length")
+    assert "bad row" in report or "rows" in report
+    page.screenshot(path=str(folder / "data.png"), full_page=True)
+
+    page.get_by_role("tab", name="Chat").click()
+    pick(page, "#chat-run", str(tmp_path / "runs" / "browser"))
+    page.locator("#chat-message textarea").fill("Who are you?")
+    page.click("#chat-send")
+    wait_text(page, "#chat-status", "answered", timeout=180_000)
+    assert page.locator("#chat-tuned").inner_text().count("Who are you?") == 1
+    page.screenshot(path=str(folder / "chat.png"), full_page=True)
+    for name in ("Evaluate", "Export"):
+        page.get_by_role("tab", name=name).click()
+        page.screenshot(path=str(folder / f"{name.lower()}.png"), full_page=True)
+    assert (tmp_path / "runs" / "browser" / "summary.json").is_file()
+
+
+def test_the_page_says_what_is_wrong_and_where(page, tmp_path, tiny_model_dir):
+    set_field(page, "model.path", str(tiny_model_dir))
+    set_field(page, "train.lr", "-1")
+    assert "train.lr" in wait_text(page, "#recipe-verdict", "Not valid", "train.lr")
+    set_field(page, "train.lr", "0.0002")
+    set_field(page, "data.train", "[missing.jsonl]")
+    verdict = wait_text(page, "#recipe-verdict", "Not valid", "missing.jsonl")
+    assert "does not exist" in verdict or "not found" in verdict or "no such" in verdict.lower()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "hello"}\n{"instruction": 3}\n', "utf-8")
+    set_field(page, "data.train", f"[{bad}]")
+    set_field(page, "output", "runs/failing")
+    wait_text(page, "#recipe-verdict", "Valid recipe")
+    page.click("#launch")
+    wait_text(page, "#launched", "Started")
+    status = wait_text(page, "#run-status", "failed", "last error")
+    assert "bad.jsonl" in status and "line 2" in status, status
+    page.screenshot(path=str(shots(tmp_path) / "failed-run.png"), full_page=True)

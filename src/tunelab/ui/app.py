@@ -49,6 +49,11 @@ def rich_text(draw) -> str:
     return console.export_text()
 
 
+def said(error: str | None) -> str:
+    """A run's last error, under the status line, as the terminal showed it."""
+    return f"\n\nlast error:\n```\n{error}\n```" if error else ""
+
+
 class Workbench:
     """The state behind the page: the UI's root folder (where runs are found and started) and
     the folder the current recipe's relative paths are read from."""
@@ -58,6 +63,7 @@ class Workbench:
         self.fields = form_fields()
         self.models: dict[str, object] = {}
         self.estimates: dict[str, str] = {}
+        self.processes: dict[str, subprocess.Popen] = {}  # the runs this page started
         # what the page hands out (recipe downloads, histograms): the only files it may serve
         self.scratch = Path(tempfile.mkdtemp(prefix="tunelab-ui-"))
 
@@ -119,10 +125,11 @@ class Workbench:
         try:
             raw = recipe_of(self.values(*given))
             load_recipe(run_state.rebase(raw, Path(base or self.root)))
-            run, pid = run_state.launch(self.root, raw, Path(base or self.root))
+            run, process = run_state.launch(self.root, raw, Path(base or self.root))
         except (TunelabError, FormError) as exc:
             return f"**Not started:** {exc}", ""
-        return f"Started `tunelab train` (pid {pid}) into `{run}`.", str(run)
+        self.processes[str(run)] = process
+        return f"Started `tunelab train` (pid {process.pid}) into `{run}`.", str(run)
 
     def run_choices(self) -> list[str]:
         return [str(p) for p in run_state.find_runs(self.root)]
@@ -132,8 +139,17 @@ class Workbench:
         import pandas as pd
 
         empty = pd.DataFrame({"step": [], "loss": [], "kind": []})
-        if not run or not Path(run).is_dir():
+        if not run:
             return "No run chosen.", empty, ""
+        process = self.processes.get(run)
+        if process is not None and process.poll() is None and not Path(run).is_dir():
+            return "**starting**", empty, ""
+        if not Path(run).is_dir():  # a run that failed before training leaves no folder
+            log = run_state.log_of(self.root, Path(run))
+            if not log.is_file():
+                return f"No run at `{run}`.", empty, ""
+            error = run_state.last_error_line(log)
+            return f"**failed** before training{said(error)}", empty, ""
         path = Path(run)
         shown = run_state.view(path, self.root)
         folder = RunFolder(path, writer=False)
@@ -146,7 +162,7 @@ class Workbench:
                         rows.append({"step": row["step"], "loss": row[kind], "kind": kind})
         status = f"**{shown.state}** at step {shown.step}, {len(rows)} loss points"
         if shown.last_error:
-            status += f"  \nlast error: `{shown.last_error}`"
+            status += said(shown.last_error)
         summary = folder.summary()
         if summary and "steps" in summary:
             status += (
@@ -170,10 +186,11 @@ class Workbench:
 
     def resume(self, run: str | None) -> str:
         try:
-            pid = run_state.resume(self.root, Path(run or ""))
+            process = run_state.resume(self.root, Path(run or ""))
         except TunelabError as exc:
             return f"**Not resumed:** {exc}"
-        return f"Resumed (pid {pid})."
+        self.processes[str(run)] = process
+        return f"Resumed (pid {process.pid})."
 
     # -- data -------------------------------------------------------------------------
     def data_report(self, base: str, *given):

@@ -99,8 +99,10 @@ def log_of(root: Path, run: Path) -> Path:
     return root / UI_FOLDER / "logs" / f"{run.name}.log"
 
 
-def launch(root: Path, raw: dict, base: Path, resume: bool = False) -> tuple[Path, int]:
-    """Start `tunelab train` on the recipe `raw` as its own process; (run folder, pid).
+def launch(
+    root: Path, raw: dict, base: Path, resume: bool = False
+) -> tuple[Path, subprocess.Popen]:
+    """Start `tunelab train` on the recipe `raw` as its own process; (run folder, process).
 
     The recipe is written (paths made absolute) into the UI's folder and kept for resuming."""
     raw = rebase(raw, base)
@@ -122,10 +124,10 @@ def launch(root: Path, raw: dict, base: Path, resume: bool = False) -> tuple[Pat
             command, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "COLUMNS": "100"},
         )  # fmt: skip
-    return run, process.pid
+    return run, process
 
 
-def resume(root: Path, run: Path) -> int:
+def resume(root: Path, run: Path) -> subprocess.Popen:
     """Continue a stopped run with the recipe it was started with."""
     recipe = launch_file(root, str(run))
     raw = yaml.safe_load(recipe.read_text("utf-8")) if recipe.is_file() else None
@@ -144,11 +146,12 @@ def stop(run: Path) -> int:
 
 
 def last_error_line(log: Path) -> str | None:
-    """The last line of a run's log that says what went wrong."""
+    """What a run's log says went wrong: its error and the lines that locate it (at most
+    six), else its last line."""
     if not log.is_file():
         return None
     lines = [line.strip() for line in log.read_text("utf-8", errors="replace").splitlines()]
-    for line in reversed(lines):
-        if line.startswith(("error:", "internal error:")) or "Error" in line:
-            return line
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith(("error:", "internal error:")):
+            return " ".join(line for line in lines[index : index + 6] if line)
     return next((line for line in reversed(lines) if line), None)

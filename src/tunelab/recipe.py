@@ -190,9 +190,11 @@ class TrainConfig(Section):
     lr: float = Field(2e-4, gt=0, le=10, description="peak learning rate")
     batch_size: int = Field(4, gt=0, le=65_536, description="samples per device per forward pass")
     grad_accum: int = Field(1, gt=0, le=65_536, description="forward passes per optimizer step")
-    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="how the learning rate moves after warm-up"
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps spent warming up")
-    weight_decay: float = Field(0.0, ge=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW's decoupled weight decay")
     max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="gradient clipping norm")
     seed: int = Field(
         42, ge=0, le=2**32 - 1, description="seed for weights init, dropout and data order"
@@ -428,8 +430,8 @@ class TaskOptions(Section):
     style: Literal["auto", "chat", "plain"] = Field(
         "auto", description="auto, chat (turns) or plain (Question:/Answer: text)"
     )
-    batch_size: int = Field(8, gt=0, le=4096)
-    max_new_tokens: int = Field(256, gt=0, le=65_536)
+    batch_size: int = Field(8, gt=0, le=4096, description="task questions generated together")
+    max_new_tokens: int = Field(256, gt=0, le=65_536, description="longest answer in tokens")
 
     @model_validator(mode="after")
     def _task_needs_data(self):

@@ -284,7 +284,10 @@ def _train_one(
     except BaseException as exc:
         if run.writer:
             error = str(exc) or type(exc).__name__
-            watchers.events.emit("failed", trainer.state.global_step, error=error)
+            stopped = isinstance(exc, Interrupted)  # Ctrl-C: a checkpoint was saved
+            watchers.events.emit(
+                "failed", trainer.state.global_step, error=error, interrupted=stopped
+            )
         raise
     del sharded_loading
     summary["memory"] = _memory_side_by_side(

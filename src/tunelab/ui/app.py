@@ -450,13 +450,13 @@ def build(root: Path):
 
 def serve(root: Path, host: str, port: int, auth: str | None, share: bool) -> None:
     """Serve the page on host:port (127.0.0.1 unless told); a public link only with `share`."""
-    page, bench = build(root)
     credentials = None
     if auth:
         user, _, password = auth.partition(":")
         if not user or not password:
             raise TunelabError("--auth takes USER:PASSWORD, e.g. --auth admin:secret.")
         credentials = (user, password)
+    page, bench = build(root)
     page.queue().launch(
         server_name=host, server_port=port, auth=credentials, share=share,
         inbrowser=False, show_error=True, quiet=True, prevent_thread_lock=True,

@@ -58,11 +58,13 @@ def view(path: Path, root: Path) -> RunView:
     events = run.events()
     step = max((e.step for e in events), default=0)
     failed = next((e for e in reversed(events) if e.kind == "failed"), None)
+    if failed is not None and failed.data.get("interrupted"):
+        failed = None  # stopped as asked, with a checkpoint to resume from
     if run.writer_pid() is not None:
         state = "running"
     elif run.summary() is not None:
         state = "finished"
-    elif failed is not None or (log_of(root, path).is_file() and not events):
+    elif failed is not None:
         state = "failed"
     else:
         state = "stopped"

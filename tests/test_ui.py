@@ -82,7 +82,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_mode
     continues it to the end; a restarted UI finds the run on disk in each state."""
     from tests.test_resume import write_recipe
 
-    raw = load_recipe(write_recipe(tmp_path, tiny_model_dir, "r", max_steps=400, save_every=None))
+    raw = load_recipe(write_recipe(tmp_path, tiny_model_dir, "r", max_steps=150, save_every=None))
     raw = recipe_of(values_of(raw))
     raw["output"] = "runs/stopped"
     run, process = run_state.launch(tmp_path, raw, tmp_path)
@@ -92,7 +92,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_mode
     run_state.stop(run)
     assert process.wait(timeout=120) != 0
     shown = run_state.view(run, tmp_path)
-    assert shown.state == "stopped" and 2 <= shown.step < 400
+    assert shown.state == "stopped" and 2 <= shown.step < 150
     saved = sorted((run / "checkpoints").glob("checkpoint-*"))
     assert saved and "--resume" in run_state.log_of(tmp_path, run).read_text()
     assert run_state.find_runs(tmp_path) == [run]
@@ -102,7 +102,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_mode
     assert resumed.wait(timeout=300) == 0
     assert run_state.view(run, tmp_path).state == "finished"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 400
+    assert summary["steps"] == 150
 
 
 def test_launching_over_an_existing_run_is_refused(tmp_path, tiny_model_dir):

@@ -22,6 +22,20 @@ pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def start_ui(root: Path, *options: str):
+    """`tunelab ui` on a free port; (process, its address as it printed it)."""
+    from tests.test_serve import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "ui", "--root", str(root), "--port", str(port), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root,
+    )  # fmt: skip
+    first = process.stdout.readline().strip()
+    assert first == f"http://127.0.0.1:{port}/", first  # 127.0.0.1 unless told otherwise
+    return process, first
+
+
 @pytest.fixture
 def ui(tmp_path):
     """A running `tunelab ui` on a free port (its root: tmp_path); its address."""
@@ -29,16 +43,8 @@ def ui(tmp_path):
         pytest.skip("needs Debian's chromium (apt-get install chromium)")
     pytest.importorskip("gradio")
     pytest.importorskip("playwright")
-    from tests.test_serve import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "ui", "--root", str(tmp_path), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    first = process.stdout.readline().strip()
-    assert first == f"http://127.0.0.1:{port}/", first
-    yield first
+    process, address = start_ui(tmp_path)
+    yield address
     process.terminate()
     process.wait(timeout=30)
 
@@ -153,3 +159,32 @@ def test_the_page_says_what_is_wrong_and_where(page, tmp_path, tiny_model_dir):
     status = wait_text(page, "#run-status", "failed", "last error")
     assert "bad.jsonl:2" in status and "output" in status, status
     page.screenshot(path=str(shots(tmp_path) / "failed-run.png"), full_page=True)
+
+
+def test_auth_asks_for_the_password_before_the_page(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    process, address = start_ui(tmp_path, "--auth", "admin:secret")
+    try:
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            tab = browser.new_page()
+            tab.goto(address)
+            tab.wait_for_selector("input[type=password]")
+            assert tab.locator("#recipe-verdict").count() == 0
+            inputs = tab.locator("input")
+            inputs.nth(0).fill("admin")
+            tab.locator("input[type=password]").fill("wrong")
+            tab.keyboard.press("Enter")
+            tab.wait_for_timeout(1500)
+            assert tab.locator("#recipe-verdict").count() == 0
+            inputs.nth(0).fill("admin")
+            tab.locator("input[type=password]").fill("secret")
+            tab.keyboard.press("Enter")
+            tab.wait_for_selector("#recipe-verdict", timeout=30_000)
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

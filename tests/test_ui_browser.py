@@ -128,6 +128,17 @@ def test_train_a_tiny_model_then_chat_with_it(page, tmp_path, tiny_model_dir):
     assert "bad row" in report or "rows" in report
     page.screenshot(path=str(folder / "data.png"), full_page=True)
 
+    registry = Path(__file__).parents[2] / "shared" / "data" / "dataset_info.json"
+    if registry.is_file():  # pick registry entries: they become data.train
+        page.locator("#registry textarea, #registry input").first.fill(str(registry))
+        page.get_by_role("button", name="List its entries").click()
+        pick(page, "#entries", "alpaca_en_demo")
+        page.click("#use-data")
+        page.get_by_role("tab", name="Train").click()
+        recipe = wait_text(page, "#recipe-yaml", "alpaca_en_demo", "registry:")
+        assert "identity" not in recipe
+        page.get_by_role("tab", name="Data").click()
+
     page.get_by_role("tab", name="Chat").click()
     pick(page, "#chat-run", str(tmp_path / "runs" / "browser"))
     page.locator("#chat-message textarea").fill("Who are you?")
@@ -135,9 +146,19 @@ def test_train_a_tiny_model_then_chat_with_it(page, tmp_path, tiny_model_dir):
     wait_text(page, "#chat-status", "answered", timeout=180_000)
     assert page.locator("#chat-tuned").inner_text().count("Who are you?") == 1
     page.screenshot(path=str(folder / "chat.png"), full_page=True)
-    for name in ("Evaluate", "Export"):
-        page.get_by_role("tab", name=name).click()
-        page.screenshot(path=str(folder / f"{name.lower()}.png"), full_page=True)
+    run = str(tmp_path / "runs" / "browser")
+    page.get_by_role("tab", name="Evaluate").click()
+    pick(page, "#eval-run", run)
+    page.click("#compare")
+    wait_text(page, "#eval-report", "probe", timeout=300_000)
+    page.screenshot(path=str(folder / "evaluate.png"), full_page=True)
+    page.get_by_role("tab", name="Export").click()
+    pick(page, "#export-run", run)
+    page.locator("#export-out textarea, #export-out input").first.fill(str(tmp_path / "merged"))
+    page.click("#export")
+    wait_text(page, "#export-log", str(tmp_path / "merged"), timeout=300_000)
+    assert (tmp_path / "merged" / "config.json").is_file()
+    page.screenshot(path=str(folder / "export.png"), full_page=True)
     assert (tmp_path / "runs" / "browser" / "summary.json").is_file()
 
 

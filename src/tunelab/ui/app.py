@@ -215,6 +215,25 @@ class Workbench:
             return f"error: {exc}", None, []
         return report, stats.get("histogram"), preview
 
+    def registry_entries(self, base: str, registry: str):
+        """The entries of a dataset_info.json, to pick from."""
+        import gradio as gr
+
+        from tunelab.data.registry import read_registry
+
+        path = Path(base or self.root) / registry if registry else None
+        try:
+            names = sorted(read_registry(path)) if path else []
+        except TunelabError as exc:
+            return gr.Dropdown(choices=[], value=[]), f"**Cannot read it:** {exc}"
+        return gr.Dropdown(choices=names, value=[]), f"{len(names)} entries in `{path}`."
+
+    @staticmethod
+    def picked(registry: str, entries: list, files: list) -> tuple[str, str]:
+        """(data.train, data.registry) for the form: the picked entries, or uploaded files."""
+        chosen = [*(entries or []), *(str(f) for f in files or [])]
+        return recipe_field_yaml(chosen), registry if entries else ""
+
     @staticmethod
     def preview(found, preview_samples) -> list:
         from tunelab.data.views import preview_segments
@@ -283,6 +302,12 @@ class Workbench:
         if not run or not out:
             return "Choose a run and a folder to write to."
         return self.command("export", run, "--to", target, "--out", out)
+
+
+def recipe_field_yaml(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip()
 
 
 def component(gr, field: FormField, value):
@@ -385,6 +410,17 @@ def build(root: Path):
                     "The data of the recipe on the Train tab: every row checked, lengths, "
                     "and the first samples with the trained tokens highlighted."
                 )
+                with gr.Row():
+                    registry = gr.Textbox(
+                        label="dataset_info.json (a registry)", elem_id="registry"
+                    )
+                    list_entries = gr.Button("List its entries")
+                entries = gr.Dropdown(
+                    choices=[], multiselect=True, label="entries", elem_id="entries"
+                )
+                uploads = gr.File(label="or data files", file_count="multiple", type="filepath")
+                registry_note = gr.Markdown()
+                use = gr.Button("Train on these (sets data.train)", elem_id="use-data")
                 check = gr.Button("Check data", elem_id="check-data")
                 report = gr.Code(label="data check", language=None, elem_id="data-report")
                 histogram = gr.Image(label="length histogram", type="filepath")
@@ -406,21 +442,29 @@ def build(root: Path):
                 chat_status = gr.Markdown(elem_id="chat-status")
             with gr.Tab("Evaluate", id="evaluate"):
                 eval_run = gr.Dropdown(
-                    choices=bench.run_choices(), label="run", allow_custom_value=True
+                    choices=bench.run_choices(),
+                    label="run",
+                    allow_custom_value=True,
+                    elem_id="eval-run",
                 )
                 prompts = gr.Textbox(
                     value=str(EXAMPLES / "probes.jsonl"), label="probe prompts .jsonl"
                 )
-                compare = gr.Button("Compare with its base")
-                eval_report = gr.Markdown()
+                compare = gr.Button("Compare with its base", elem_id="compare")
+                eval_report = gr.Markdown(elem_id="eval-report")
             with gr.Tab("Export", id="export"):
                 export_run = gr.Dropdown(
-                    choices=bench.run_choices(), label="run", allow_custom_value=True
+                    choices=bench.run_choices(),
+                    label="run",
+                    allow_custom_value=True,
+                    elem_id="export-run",
                 )
                 target = gr.Dropdown(choices=["hf", "gguf", "ollama"], value="hf", label="to")
-                out = gr.Textbox(label="write to (a folder; a .gguf file for gguf)")
-                export = gr.Button("Export")
-                export_log = gr.Textbox(label="result", lines=6)
+                out = gr.Textbox(
+                    label="write to (a folder; a .gguf file for gguf)", elem_id="export-out"
+                )
+                export = gr.Button("Export", elem_id="export")
+                export_log = gr.Textbox(label="result", lines=6, elem_id="export-log")
 
         form = [base, *inputs]
         for each in inputs:
@@ -440,6 +484,13 @@ def build(root: Path):
         stop.click(bench.stop, run_pick, launched)
         resume.click(bench.resume, run_pick, launched)
         check.click(bench.data_report, form, [report, histogram, preview])
+        list_entries.click(bench.registry_entries, [base, registry], [entries, registry_note])
+        keys = [f.key for f in bench.fields]
+        use.click(
+            bench.picked,
+            [registry, entries, uploads],
+            [inputs[keys.index("data.train")], inputs[keys.index("data.registry")]],
+        )
         send.click(
             bench.chat, [chat_run, message, tuned, base_chat], [tuned, base_chat, chat_status]
         )

@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 from tests.test_faults import write_recipe
 
 
-@pytest.mark.parametrize("stages", [False, True])
+@pytest.mark.parametrize("stages", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_torchrun_two_processes_leave_one_consistent_run(tmp_path, tiny_model_dir, stages):
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path, tiny_model_dir, run, max_steps=4, save_every=2)
@@ -238,6 +238,7 @@ def test_offload_without_a_sharding_strategy_is_one_sentence(tmp_path, tiny_mode
     )
 
 
+@pytest.mark.slow  # two DeepSpeed processes (about 25 s; 50 s where its CPU op is first built)
 def test_zero3_on_two_processes_trains_and_saves_like_one(tmp_path, tiny_model_dir):
     """Full tuning, weights sharded across two gloo processes by DeepSpeed ZeRO-3: the losses
     of one process with the same global batch, and the saved model gathered whole."""

@@ -77,6 +77,8 @@ def wait_for(condition, seconds: float = 120):
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow  # two real `tunelab train` processes (about 30 s); Ctrl-C and resume are in
+# the default suite through tests/test_resume.py, the UI's launch in the browser test
 def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_model_dir):
     """The page's Stop is Ctrl-C (the run saves a checkpoint and says how to continue); Resume
     continues it to the end; a restarted UI finds the run on disk in each state."""

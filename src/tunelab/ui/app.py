@@ -107,10 +107,15 @@ class Workbench:
     def load(self, choice: str | None, upload) -> list:
         """Form values (and the recipe's folder) of an example or an uploaded recipe."""
         path = Path(upload) if upload else (EXAMPLES / choice if choice else None)
-        if path is None:
-            recipe, base = load_recipe(STARTER), self.root
-        else:
-            recipe, base = load_recipe(path), path.parent.resolve()
+        try:
+            if path is None:
+                recipe, base = load_recipe(STARTER), self.root
+            else:
+                recipe, base = load_recipe(path), path.parent.resolve()
+        except TunelabError as exc:
+            import gradio as gr
+
+            raise gr.Error(f"Not loaded: {exc}") from None  # shown in the page
         values = values_of(recipe)
         return [str(base), *(values[f.key] for f in self.fields)]
 
@@ -138,7 +143,7 @@ class Workbench:
         """(status line, loss points, latest samples) of `run`."""
         import pandas as pd
 
-        empty = pd.DataFrame({"step": [], "loss": [], "kind": []})
+        empty = pd.DataFrame({"step": [], "loss": []})
         if not run:
             return "No run chosen.", empty, ""
         process = self.processes.get(run)
@@ -154,15 +159,17 @@ class Workbench:
         shown = run_state.view(path, self.root)
         folder = RunFolder(path, writer=False)
         stages = sorted(path.glob("stage-*")) or [path]
-        rows = []
+        rows, held_out = [], None
         for stage in stages:
             for row in RunFolder(stage, writer=False).metrics():
-                for kind in ("loss", "eval_loss"):
-                    if kind in row:
-                        rows.append({"step": row["step"], "loss": row[kind], "kind": kind})
+                if "loss" in row:
+                    rows.append({"step": row["step"], "loss": row["loss"]})
+                held_out = row.get("eval_loss", held_out)
         status = f"**{shown.state}** at step {shown.step}, {len(rows)} loss points"
         if shown.last_error:
             status += said(shown.last_error)
+        if held_out is not None:
+            status += f", validation loss {held_out:.4f}"
         summary = folder.summary()
         if summary and "steps" in summary:
             status += (
@@ -401,9 +408,7 @@ def build(root: Path):
                     stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
                     resume = gr.Button("Resume", elem_id="resume")
                 status = gr.Markdown(elem_id="run-status")
-                plot = gr.LinePlot(
-                    x="step", y="loss", color="kind", label="loss", elem_id="loss-plot"
-                )
+                plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="loss-plot")
                 samples = gr.Textbox(label="sample answers", lines=6, elem_id="samples")
             with gr.Tab("Data", id="data"):
                 gr.Markdown(

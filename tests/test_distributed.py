@@ -98,20 +98,27 @@ def test_nproc_2_gives_the_losses_of_one_process_with_the_same_global_batch(
     }
 
 
+def killed_at_step_5(tmp_path, recipe) -> None:
+    """Two torchrun processes on `recipe`, each killed (SIGKILL) after step 5."""
+    from tests.test_resume import KILLER
+
+    (tmp_path / "killer.py").write_text(KILLER, encoding="utf-8")
+    killed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         "2", str(tmp_path / "killer.py"), str(recipe), "5"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert killed.returncode != 0 and not (tmp_path / "broken" / "summary.json").exists()
+
+
 @pytest.mark.slow  # five launches of two processes (about 60 s)
 def test_ddp_killed_then_resumed_with_nproc_ends_as_uninterrupted(tmp_path, tiny_model_dir):
-    from tests.test_resume import KILLER, adapter_weights
+    from tests.test_resume import adapter_weights
 
     whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", 2)
     assert run_cli("train", str(whole), "--nproc", "2").returncode == 0
     broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", 2)
-    (tmp_path / "killer.py").write_text(KILLER, encoding="utf-8")
-    killed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         "2", str(tmp_path / "killer.py"), str(broken), "5"],  # each process dies at step 5
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert killed.returncode != 0 and not (tmp_path / "broken" / "summary.json").exists()
+    killed_at_step_5(tmp_path, broken)
     alone = run_cli("train", str(broken), "--resume")
     assert alone.returncode == 2 and "trained by 2 process(es)" in alone.stderr
     assert "Resume with --nproc 2" in alone.stderr and "Traceback" not in alone.stderr
@@ -269,19 +276,13 @@ def test_zero3_on_two_processes_trains_and_saves_like_one(tmp_path, tiny_model_d
 
 @pytest.mark.slow  # three launches of two processes
 def test_zero2_killed_then_resumed_ends_as_uninterrupted(tmp_path, tiny_model_dir):
-    from tests.test_resume import KILLER, adapter_weights
+    from tests.test_resume import adapter_weights
 
     zero2 = ["train.distributed=zero2"]
     whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", 2)
     assert run_cli("train", str(whole), *zero2, "--nproc", "2").returncode == 0
     broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", 2, distributed="zero2")
-    (tmp_path / "killer.py").write_text(KILLER, encoding="utf-8")
-    killed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         "2", str(tmp_path / "killer.py"), str(broken), "5"],  # each process dies at step 5
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert killed.returncode != 0 and not (tmp_path / "broken" / "summary.json").exists()
+    killed_at_step_5(tmp_path, broken)
     saved = tmp_path / "broken" / "checkpoints" / "checkpoint-4"
     assert (saved / "global_step4").is_dir()  # DeepSpeed's own sharded optimizer state
     resumed = run_cli("train", str(broken), "--resume", "--nproc", "2")

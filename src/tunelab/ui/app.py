@@ -341,6 +341,13 @@ def component(gr, field: FormField, value):
     return gr.Textbox(value=value, label=label, info=info, lines=lines, max_lines=12, elem_id=name)
 
 
+def run_picker(gr, bench: Workbench, elem_id: str):
+    """A run folder to choose (those found under the root, or any path typed in)."""
+    return gr.Dropdown(
+        choices=bench.run_choices(), label="run", allow_custom_value=True, elem_id=elem_id
+    )
+
+
 def build(root: Path):
     """The page."""
     import gradio as gr
@@ -398,12 +405,7 @@ def build(root: Path):
                         launch = gr.Button("Launch training", variant="primary", elem_id="launch")
                         launched = gr.Markdown(elem_id="launched")
                 with gr.Row():
-                    run_pick = gr.Dropdown(
-                        choices=bench.run_choices(),
-                        label="run",
-                        allow_custom_value=True,
-                        elem_id="run-pick",
-                    )
+                    run_pick = run_picker(gr, bench, "run-pick")
                     refresh = gr.Button("Refresh runs")
                     stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
                     resume = gr.Button("Resume", elem_id="resume")
@@ -433,12 +435,7 @@ def build(root: Path):
                     label="preview (trained tokens highlighted)", color_map={"trained": "green"}
                 )
             with gr.Tab("Chat", id="chat"):
-                chat_run = gr.Dropdown(
-                    choices=bench.run_choices(),
-                    label="run",
-                    allow_custom_value=True,
-                    elem_id="chat-run",
-                )
+                chat_run = run_picker(gr, bench, "chat-run")
                 with gr.Row():
                     tuned = gr.Chatbot(label="the run", elem_id="chat-tuned")
                     base_chat = gr.Chatbot(label="its base model", elem_id="chat-base")
@@ -446,24 +443,14 @@ def build(root: Path):
                 send = gr.Button("Send", elem_id="chat-send")
                 chat_status = gr.Markdown(elem_id="chat-status")
             with gr.Tab("Evaluate", id="evaluate"):
-                eval_run = gr.Dropdown(
-                    choices=bench.run_choices(),
-                    label="run",
-                    allow_custom_value=True,
-                    elem_id="eval-run",
-                )
+                eval_run = run_picker(gr, bench, "eval-run")
                 prompts = gr.Textbox(
                     value=str(EXAMPLES / "probes.jsonl"), label="probe prompts .jsonl"
                 )
                 compare = gr.Button("Compare with its base", elem_id="compare")
                 eval_report = gr.Markdown(elem_id="eval-report")
             with gr.Tab("Export", id="export"):
-                export_run = gr.Dropdown(
-                    choices=bench.run_choices(),
-                    label="run",
-                    allow_custom_value=True,
-                    elem_id="export-run",
-                )
+                export_run = run_picker(gr, bench, "export-run")
                 target = gr.Dropdown(choices=["hf", "gguf", "ollama"], value="hf", label="to")
                 out = gr.Textbox(
                     label="write to (a folder; a .gguf file for gguf)", elem_id="export-out"

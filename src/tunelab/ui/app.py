@@ -46,6 +46,8 @@ def run_picker(gr, bench: Workbench, elem_id: str):
     )
 
 
+# the verdict, YAML, estimate and launch button stay in view beside the long form
+PAGE_CSS = "#side {position: sticky; top: 8px; align-self: flex-start;}"
 SECTION_ORDER = ("model", "data", "method", "train", "preference", "grpo", "evaluate", "")
 OPEN_SECTIONS = ("model", "data", "method", "train", "")
 
@@ -98,23 +100,26 @@ def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list
         upload = gr.File(
             label="or load a recipe .yaml", file_types=[".yaml", ".yml"], type="filepath"
         )
-    verdict = gr.Markdown(elem_id="recipe-verdict")
+    with gr.Accordion("the run: status, loss, sample answers", open=True):
+        with gr.Row():
+            run_pick = run_picker(gr, bench, "run-pick")
+            stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
+            resume = gr.Button("Resume", elem_id="resume")
+        status = gr.Markdown(elem_id="run-status")
+        with gr.Row():
+            plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="loss-plot", scale=3)
+            samples = gr.Textbox(label="sample answers", lines=8, elem_id="samples", scale=2)
     with gr.Row():
         with gr.Column(scale=3):
             inputs = recipe_form(gr, bench, dict(zip([f.key for f in bench.fields], first[1:])))
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, elem_id="side"):
+            # what is wrong with the recipe (the field and why), kept in view beside the form
+            verdict = gr.Markdown(elem_id="recipe-verdict")
             yaml_view = gr.Code(language="yaml", label="recipe.yaml", elem_id="recipe-yaml")
             download = gr.DownloadButton("Download recipe.yaml")
             estimate = gr.Code(label="memory and time estimate", language=None, elem_id="estimate")
             launch = gr.Button("Launch training", variant="primary", elem_id="launch")
             launched = gr.Markdown(elem_id="launched")
-    with gr.Row():
-        run_pick = run_picker(gr, bench, "run-pick")
-        stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
-        resume = gr.Button("Resume", elem_id="resume")
-    status = gr.Markdown(elem_id="run-status")
-    plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="loss-plot")
-    samples = gr.Textbox(label="sample answers", lines=6, elem_id="samples")
 
     form = [base, *inputs]
     for each in inputs:
@@ -204,7 +209,7 @@ def serve(root: Path, host: str, port: int, auth: str | None, share: bool) -> No
     page.queue().launch(
         server_name=host, server_port=port, auth=credentials, share=share,
         inbrowser=False, show_error=True, quiet=True, prevent_thread_lock=True,
-        allowed_paths=[str(bench.scratch)],
+        allowed_paths=[str(bench.scratch)], css=PAGE_CSS,
     )  # fmt: skip
     print(page.local_url if not share else f"{page.local_url} {page.share_url}", flush=True)
     page.block_thread()

@@ -257,6 +257,8 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_finishes(tmp_path, tiny_model_dir
     assert "checkpoint" in rest and "--resume" in rest
     saved = list((tmp_path / "ctrlc" / "checkpoints").glob("checkpoint-*"))
     assert len(saved) == 1
+    events = (tmp_path / "ctrlc" / "events.jsonl").read_text().splitlines()
+    assert json.loads(events[-1])["kind"] == "stopped"  # not "failed": it can be resumed
     resumed = run_cli("train", str(recipe), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "ctrlc" / "summary.json").read_text())["steps"] == 60

@@ -83,6 +83,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_mode
     """The page's Stop is Ctrl-C (the run saves a checkpoint and says how to continue); Resume
     continues it to the end; a restarted UI finds the run on disk in each state."""
     from tests.test_resume import write_recipe
+    from tunelab.errors import TunelabError
 
     raw = load_recipe(write_recipe(tmp_path, tiny_model_dir, "r", max_steps=150, save_every=None))
     raw = recipe_of(values_of(raw))
@@ -98,7 +99,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_mode
     saved = sorted((run / "checkpoints").glob("checkpoint-*"))
     assert saved and "--resume" in run_state.log_of(tmp_path, run).read_text()
     assert run_state.find_runs(tmp_path) == [run]
-    with pytest.raises(Exception, match="not being trained now"):
+    with pytest.raises(TunelabError, match="not being trained now"):
         run_state.stop(run)
     resumed = run_state.resume(tmp_path, run)
     assert resumed.wait(timeout=300) == 0

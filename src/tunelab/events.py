@@ -1,6 +1,7 @@
 """Run events: what happens during a run, as small records that anyone can follow.
 
-A run emits `started`, `step`, `eval`, `sample`, `checkpoint`, then `finished` or `failed`.
+A run emits `started`, `step`, `eval`, `sample`, `checkpoint`, then `finished`, `stopped`
+(Ctrl-C: a checkpoint was saved to resume from) or `failed`.
 Subscribers get each event in order: the console view draws the progress bar from them, and
 `EventFile` appends them to the run folder's events.jsonl, so a browser or a server can follow
 a run without parsing console output.
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-KINDS = ("started", "step", "eval", "sample", "checkpoint", "finished", "failed")
+KINDS = ("started", "step", "eval", "sample", "checkpoint", "finished", "stopped", "failed")
 EVENTS_FILE = "events.jsonl"
 
 

@@ -245,8 +245,9 @@ class TrainConfig(Section):
         description="with several processes (`--nproc N`, torchrun, accelerate launch): none "
         "and ddp keep a whole copy of the model on each (data parallel); fsdp shards weights, "
         "gradients and optimizer state across them (FSDP2); zero2 (DeepSpeed ZeRO-2) shards "
-        "gradients and optimizer state, zero3 also the weights (the `distributed` extra); one "
-        "process ignores it",
+        "gradients and optimizer state, zero3 also the weights (the `distributed` extra, and "
+        "also as one process, where offload lets one GPU hold more); one process ignores "
+        "none, ddp and fsdp",
     )
     offload: Literal["none", "optimizer", "all"] = Field(
         "none",

@@ -236,7 +236,7 @@ class RunFolder:
         return self.read_json(SUMMARY_FILE) if self.file(SUMMARY_FILE).is_file() else None
 
     def events(self) -> list[RunEvent]:
-        """What the run has done so far, as RunEvents (started, step, ..., finished/failed)."""
+        """What the run has done so far, as RunEvents (started, step, ..., finished, stopped or failed)."""
         return read_events(self.file(EVENTS_FILE))
 
     def recipe(self) -> Recipe:

@@ -230,6 +230,8 @@ class ConsoleView:
     def _on_failed(self, event: RunEvent) -> None:
         self._stop()
 
+    _on_stopped = _on_failed
+
     def _stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()

@@ -98,7 +98,6 @@ def training_arguments(recipe, config) -> dict:
     if chosen == "ddp":  # every trained weight takes part in each forward
         return {"ddp_find_unused_parameters": False}
     if chosen in ZERO_STAGES:
-        single_process_rendezvous()
         written = deepspeed_config(recipe, run_dtype(recipe), hidden_size(config))
         return {"deepspeed": written, "bf16": written["bf16"]["enabled"],
                 "fp16": written["fp16"]["enabled"]}  # fmt: skip
@@ -160,8 +159,8 @@ def gathered_weights(trainer) -> dict | None:
     """The whole state dict, gathered from the shards of a ZeRO-3 run (every process must call
     this); None where each process holds whole weights."""
     engine = getattr(trainer, "model_wrapped", None)
-    config = getattr(engine, "zero_optimization_stage", None)
-    if config is None or engine.zero_optimization_stage() != 3:
+    stage = getattr(engine, "zero_optimization_stage", None)
+    if stage is None or stage() != 3:
         return None
     return trainer.accelerator.get_state_dict(engine)
 
@@ -180,16 +179,18 @@ def single_process_rendezvous() -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
 
 
-def zero3_loading(recipe, config):
-    """For zero3, what makes the weights load already sharded (each process reads only its
-    part instead of the whole model first); keep it alive while the run trains. None for
-    the other strategies."""
-    if strategy(recipe) != "zero3":
+def prepare(recipe, config):
+    """Before the weights load: a ZeRO run gets its process group (a group of one without a
+    launcher); for zero3, what makes the weights load already sharded (each process reads
+    only its part instead of the whole model first), to keep alive while the run trains.
+    None for the other strategies."""
+    chosen = strategy(recipe)
+    if chosen in ZERO_STAGES:
+        single_process_rendezvous()
+    if chosen != "zero3":
         return None
-    from transformers.integrations import HfDeepSpeedConfig
-
-    single_process_rendezvous()
     import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return HfDeepSpeedConfig(deepspeed_config(recipe, run_dtype(recipe), hidden_size(config)))

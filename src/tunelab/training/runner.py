@@ -266,7 +266,7 @@ def _train_one(
     for note in plan.notes():
         console.print(note, highlight=False)
     memory_estimate = _memory_estimate(recipe, plan, config, data, console)
-    sharded_loading = distributed.zero3_loading(recipe, config)  # alive while training
+    sharded_loading = distributed.prepare(recipe, config)  # alive while training
     model = _load_model(recipe, plan, init_from, console)
     reference = None
     if preference.needs_reference_copy(recipe, plan.method):
@@ -284,10 +284,8 @@ def _train_one(
     except BaseException as exc:
         if run.writer:
             error = str(exc) or type(exc).__name__
-            stopped = isinstance(exc, Interrupted)  # Ctrl-C: a checkpoint was saved
-            watchers.events.emit(
-                "failed", trainer.state.global_step, error=error, interrupted=stopped
-            )
+            kind = "stopped" if isinstance(exc, Interrupted) else "failed"
+            watchers.events.emit(kind, trainer.state.global_step, error=error)
         raise
     del sharded_loading
     summary["memory"] = _memory_side_by_side(

@@ -117,7 +117,7 @@ def shown(field: FormField, value: Any) -> Any:
     """A recipe value as its field shows it."""
     if field.kind == "yaml":
         empty = value is None or (value in ([], {}) and value == field.default)
-        return "" if empty else _dump(value)
+        return "" if empty else yaml_text(value)
     if field.kind == "choice":
         return NONE_CHOICE if value is None else value
     if field.kind == "tristate":
@@ -127,7 +127,8 @@ def shown(field: FormField, value: Any) -> Any:
     return value
 
 
-def _dump(value: Any) -> str:
+def yaml_text(value: Any) -> str:
+    """A value as a YAML field shows it (short lists and mappings on one line)."""
     return yaml.safe_dump(
         value, sort_keys=False, allow_unicode=True, default_flow_style=None
     ).strip()

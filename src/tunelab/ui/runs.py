@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from tunelab.errors import TunelabError
+from tunelab.recipe import load_recipe
 from tunelab.run import MARKER_FILE, RECIPE_FILE, RunFolder
 
 UI_FOLDER = ".tunelab-ui"  # under the UI's root: the recipes it launched, and their logs
@@ -57,9 +58,8 @@ def view(path: Path, root: Path) -> RunView:
     run = RunFolder(path, writer=False)
     events = run.events()
     step = max((e.step for e in events), default=0)
-    failed = next((e for e in reversed(events) if e.kind == "failed"), None)
-    if failed is not None and failed.data.get("interrupted"):
-        failed = None  # stopped as asked, with a checkpoint to resume from
+    last = next((e for e in reversed(events) if e.kind in ("stopped", "failed")), None)
+    failed = last if last is not None and last.kind == "failed" else None
     if run.writer_pid() is not None:
         state = "running"
     elif run.summary() is not None:
@@ -108,6 +108,7 @@ def launch(
 
     The recipe is written (paths made absolute) into the UI's folder and kept for resuming."""
     raw = rebase(raw, base)
+    load_recipe(raw)  # a recipe that does not load is said here, not in the run's log
     output = raw.get("output", "runs/run")
     run = (root / output).resolve() if not Path(output).is_absolute() else Path(output)
     if not resume and run.exists() and any(run.iterdir()):

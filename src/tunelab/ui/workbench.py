@@ -19,7 +19,7 @@ from tunelab.preflight import preflight
 from tunelab.recipe import load_recipe
 from tunelab.run import RunFolder
 from tunelab.ui import runs as run_state
-from tunelab.ui.form import FormError, form_fields, recipe_of, recipe_yaml, values_of
+from tunelab.ui.form import FormError, form_fields, recipe_of, recipe_yaml, values_of, yaml_text
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parents[2] / "examples"
@@ -118,7 +118,6 @@ class Workbench:
     def start(self, base: str, *given) -> tuple[str, str]:
         try:
             raw = recipe_of(self.values(*given))
-            load_recipe(run_state.rebase(raw, Path(base or self.root)))
             run, process = run_state.launch(self.root, raw, Path(base or self.root))
         except (TunelabError, FormError) as exc:
             return f"**Not started:** {exc}", ""
@@ -155,8 +154,6 @@ class Workbench:
                     rows.append({"step": row["step"], "loss": row["loss"]})
                 held_out = row.get("eval_loss", held_out)
         status = f"**{shown.state}** at step {shown.step}, {len(rows)} loss points"
-        if shown.last_error:
-            status += said(shown.last_error)
         if held_out is not None:
             status += f", validation loss {held_out:.4f}"
         summary = folder.summary()
@@ -166,6 +163,7 @@ class Workbench:
                 f"{summary['tokens_per_second']:.0f} tok/s, "
                 f"peak {summary['peak_memory_bytes'] / 2**30:.2f} GiB"
             )
+        status += said(shown.last_error)
         samples = [s for stage in stages for s in RunFolder(stage, writer=False).samples()]
         text = "\n\n".join(
             f"step {s.get('step')}: {s.get('prompt')}\n-> {s.get('answer', s.get('completion'))}"
@@ -198,7 +196,7 @@ class Workbench:
             raw = run_state.rebase(recipe_of(self.values(*given)), Path(base or self.root))
             folder = Path(tempfile.mkdtemp(prefix="data-", dir=self.scratch))
             recipe_file = folder / "recipe.yaml"
-            recipe_file.write_text(json.dumps(raw), encoding="utf-8")
+            recipe_file.write_text(yaml_text(raw), encoding="utf-8")
             found = doctor.open_target(recipe_file, None)
             result = doctor.check(found)
             report = rich_text(lambda console: show_check(console, found, result))
@@ -228,7 +226,7 @@ class Workbench:
     def picked(registry: str, entries: list, files: list) -> tuple[str, str]:
         """(data.train, data.registry) for the form: the picked entries, or uploaded files."""
         chosen = [*(entries or []), *(str(f) for f in files or [])]
-        return recipe_field_yaml(chosen), registry if entries else ""
+        return yaml_text(chosen), registry if entries else ""
 
     @staticmethod
     def preview(found, preview_samples) -> list:
@@ -298,9 +296,3 @@ class Workbench:
         if not run or not out:
             return "Choose a run and a folder to write to."
         return self.command("export", run, "--to", target, "--out", out)
-
-
-def recipe_field_yaml(value) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip()

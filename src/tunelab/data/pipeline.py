@@ -101,10 +101,19 @@ def fingerprint(
 
 def _code_fingerprint() -> bytes:
     """The source of the modules that shape samples, so a code change is a cache miss."""
-    from tunelab.data import conversation, formats, load, readers, render, transforms, validate
+    from tunelab.data import (
+        conversation,
+        encoding,
+        formats,
+        load,
+        readers,
+        render,
+        transforms,
+        validate,
+    )
 
     digest = hashlib.sha256()
-    for module in (conversation, formats, load, readers, render, transforms, validate):
+    for module in (conversation, encoding, formats, load, readers, render, transforms, validate):
         digest.update(Path(module.__file__).read_bytes())
     return digest.digest()
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
 
 from tunelab.data.conversation import Conversation, Message, RowError
+from tunelab.data.encoding import IGNORE_INDEX, answer_labels, encode_batch
 from tunelab.data.template_shape import TemplateShape
 from tunelab.data.tool_calls import calls_from_openai
 
-IGNORE_INDEX = -100
 RENDERING = 2  # bumped whenever the same data and template render to other samples (cache key)
 
 
@@ -51,6 +52,7 @@ class ConversationRenderer:
         self.template = template
         self.max_length = max_length
         self.template_args = dict(template_args or {})  # e.g. enable_thinking
+        self.specials = [t for t in tokenizer.all_special_tokens if t]  # read once: a property
         self.shape = TemplateShape(template, self.render_text)  # what it takes, probed once
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
         # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
@@ -106,7 +108,8 @@ class ConversationRenderer:
         for turn, message in enumerate(messages):
             if message["role"] == "assistant":
                 before = self.render_text(messages[:turn], add_generation_prompt=True, tools=tools)
-                upto = self.render_text(messages[: turn + 1], tools=tools)
+                last = turn == len(messages) - 1
+                upto = full if last else self.render_text(messages[: turn + 1], tools=tools)
                 turns.append((turn, before, upto))
         generated = []
         for turn, before, upto in turns:
@@ -161,7 +164,7 @@ class ConversationRenderer:
         return f"{reasoning.strip(chr(10))}\n</think>\n\n{rendered.lstrip()}"
 
     def _ends_with_special(self, text: str) -> bool:
-        return any(t and text.endswith(t) for t in self.tokenizer.all_special_tokens)
+        return any(text.endswith(t) for t in self.specials)
 
     def _next_turn_opener(self, messages: list[dict], turn: int, tools, target: str) -> str:
         """For a template that closes a turn with no token of its own, the special token it
@@ -182,8 +185,8 @@ class ConversationRenderer:
             return ""
         rest = following[end + len(tail) :]
         head = rest.lstrip()
-        for token in sorted(self.tokenizer.all_special_tokens, key=len, reverse=True):
-            if token and head.startswith(token):
+        for token in sorted(self.specials, key=len, reverse=True):
+            if head.startswith(token):
                 return rest[: len(rest) - len(head) + len(token)]
         return ""
 
@@ -196,7 +199,7 @@ class ConversationRenderer:
         text = target.rstrip()
         core = text
         while True:
-            trailing = [t for t in self.tokenizer.all_special_tokens if t and core.endswith(t)]
+            trailing = [t for t in self.specials if core.endswith(t)]
             if not trailing:
                 break
             core = core[: -len(max(trailing, key=len))].rstrip()
@@ -215,9 +218,7 @@ class ConversationRenderer:
     def _special_ends(self, text: str, start: int) -> list[int]:
         """Where each special token in `text[start:]` ends, scanning left to right."""
         ends, at = [], start
-        specials = sorted(
-            (t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True
-        )
+        specials = sorted(self.specials, key=len, reverse=True)
         while at < len(text):
             token = next((t for t in specials if text.startswith(t, at)), None)
             if token:
@@ -250,11 +251,7 @@ class ConversationRenderer:
         its last whole special token (a template may close the final turn with more, e.g. an
         eos after the end-of-turn token)."""
         shared = os.path.commonprefix([closing, following])
-        ends = [
-            shared.rfind(token) + len(token)
-            for token in self.tokenizer.all_special_tokens
-            if token and token in shared
-        ]
+        ends = [shared.rfind(token) + len(token) for token in self.specials if token in shared]
         return max(ends, default=0)
 
     def render(self, conversation: Conversation) -> RenderedSample:
@@ -279,25 +276,44 @@ class ConversationRenderer:
         is a sample of its own, its prompt and answer tokenized apart, as when served.
         """
         results: list = []
-        for begin in range(0, len(conversations), chunk):
-            planned = [(c, self._planned(c)) for c in conversations[begin : begin + chunk]]
-            wholes = [p for _, pieces in planned if isinstance(pieces, list) for p in pieces]
-            wholes = [p for p in wholes if len(p) == 2]
-            encoded = self._encode([text for text, _ in wholes], offsets=True)
-            kept = {}  # id(spans) of each whole text whose token edges are clean -> (ids, labels)
-            for (_text, spans), ids, offsets in zip(wholes, *encoded):
-                if edges_are_clean(offsets, spans):
-                    kept[id(spans)] = (ids, mask_labels(ids, offsets, spans))
-            turns = [
-                p
-                for _, pieces in planned
-                if isinstance(pieces, list)
-                for p in split_unclean(pieces, kept)
-            ]
-            halves = self._encode([half for t in turns for half in (t[0][: t[2]], t[0][t[2] :])])
-            split_ids = iter(zip(halves[0][0::2], halves[0][1::2]))
-            for conversation, pieces in planned:
-                results += self._samples(conversation, pieces, kept, split_ids)
+        with ThreadPoolExecutor(1) as tokenizing:  # the template renders the next chunk meanwhile
+            pending = None
+            for begin in range(0, len(conversations), chunk):
+                planned = [(c, self._planned(c)) for c in conversations[begin : begin + chunk]]
+                wholes = [p for _, pieces in planned if isinstance(pieces, list) for p in pieces]
+                wholes = [p for p in wholes if len(p) == 2]
+                texts = [text for text, _ in wholes]
+                encoded = tokenizing.submit(encode_batch, self.tokenizer, texts)
+                if pending:
+                    results += self._finish(*pending)
+                pending = (planned, wholes, encoded)
+            if pending:
+                results += self._finish(*pending)
+        return results
+
+    def _finish(self, planned: list[tuple], wholes: list[tuple], encoded) -> list:
+        """The samples of one chunk of planned conversations, their whole texts' encodings
+        coming (a future)."""
+        kept = {}  # id(spans) -> (ids, labels) of each whole text with clean token edges
+        for (_text, spans), encoding in zip(wholes, encoded.result()):
+            ids = encoding.ids
+            labels = answer_labels(encoding, ids, spans)
+            if labels is not None:
+                kept[id(spans)] = (ids, labels)
+        turns = [
+            p
+            for _, pieces in planned
+            if isinstance(pieces, list)
+            for p in split_unclean(pieces, kept)
+        ]
+        halves = encode_batch(
+            self.tokenizer, [half for t in turns for half in (t[0][: t[2]], t[0][t[2] :])]
+        )
+        halves = [encoding.ids for encoding in halves]
+        split_ids = iter(zip(halves[0::2], halves[1::2]))
+        results = []
+        for conversation, pieces in planned:
+            results += self._samples(conversation, pieces, kept, split_ids)
         return results
 
     def _planned(self, conversation: Conversation):
@@ -308,12 +324,6 @@ class ConversationRenderer:
             return exc
         except (TemplateError, TypeError) as exc:  # the template's own refusal
             return template_refusal(conversation, exc)
-
-    def _encode(self, texts: list[str], offsets: bool = False) -> tuple[list, list]:
-        if not texts:
-            return [], []
-        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
-        return encoded["input_ids"], encoded["offset_mapping"] if offsets else []
 
     def _samples(self, conversation, pieces, kept: dict, split_ids) -> list:
         if isinstance(pieces, RowError):
@@ -346,13 +356,6 @@ def split_unclean(pieces: list[tuple], kept: dict, keep_whole: bool = False) -> 
             text, spans = piece
             result += [(text[:end], [(start, end)], start) for start, end in spans]
     return result
-
-
-def edges_are_clean(offsets, spans: list[tuple[int, int]]) -> bool:
-    """Whether every answer span starts and ends on a token edge."""
-    starts = {start for start, _ in offsets}
-    ends = {end for _, end in offsets}
-    return all(start in starts and end in ends for start, end in spans if end > start)
 
 
 def require_reasoning(conversation: Conversation, messages: list[dict], turn: int, trained: str):
@@ -407,18 +410,6 @@ def longest_token(tokenizer) -> int:
         cached = max((len(tokenizer.convert_tokens_to_string([t])) for t in tokens), default=1)
         tokenizer._tunelab_longest_token = max(cached, 1)
     return tokenizer._tunelab_longest_token
-
-
-def mask_labels(input_ids: list[int], offsets, spans: list[tuple[int, int]]) -> list[int]:
-    """Labels that keep the tokens starting inside an answer span and ignore the rest."""
-    labels = [IGNORE_INDEX] * len(input_ids)
-    span_index = 0
-    for position, (start, _end) in enumerate(offsets):
-        while span_index < len(spans) and start >= spans[span_index][1]:
-            span_index += 1
-        if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
-            labels[position] = input_ids[position]
-    return labels
 
 
 def truncate(input_ids: list[int], labels: list[int], limit: int | None) -> RenderedSample:

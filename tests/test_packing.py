@@ -190,3 +190,66 @@ def test_packed_loss_equals_padded_loss_on_gpu(tiny_model_dir):
             a = model(**{k: v.cuda() if hasattr(v, "cuda") else v for k, v in packed.items()}).loss
             b = model(**{k: v.cuda() for k, v in padded.items()}).loss
         assert a.item() == pytest.approx(b.item(), rel=2e-2), implementation
+
+
+def test_packed_attention_backend_by_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert attention.packed_backend(cpu, torch.float32) == attention.PER_SAMPLE
+    assert attention.packed_backend(cpu, torch.bfloat16) == attention.PER_SAMPLE
+    assert attention.packed_backend(cuda, torch.float32) == attention.PER_SAMPLE
+    assert attention.packed_backend(cuda, torch.bfloat16) == attention.VARLEN  # torch >= 2.10
+    assert attention.packed_backend(cuda, torch.float16, flash_attn=True) == attention.FLASH
+
+
+def test_run_plan_names_the_attention_it_trains_with(tmp_path, tiny_model_dir):
+    from tunelab.plan import plan_run
+    from tunelab.recipe import load_recipe
+
+    recipe = load_recipe(recipe_file(tmp_path, tiny_model_dir, "plan", True))
+    assert plan_run(recipe, torch.device("cpu"), load=False).attention == attention.PER_SAMPLE
+    planned = plan_run(recipe, torch.device("cuda", 0), load=False)
+    assert planned.dtype == torch.bfloat16 and planned.attention == attention.VARLEN
+    recipe.data.packing = False
+    assert plan_run(recipe, torch.device("cpu"), load=False).attention == "sdpa"
+
+
+def test_no_row_by_row_mask_is_built_for_a_packed_row(tiny_model_dir, monkeypatch):
+    """The packed row's attention reads the boundaries; a padded batch still gets its mask."""
+    import transformers.masking_utils as masking
+
+    built = []
+    original = masking.sdpa_mask
+    monkeypatch.setattr(masking, "sdpa_mask", lambda *a, **k: built.append(1) or original(*a, **k))
+    model = load_tiny(tiny_model_dir, attention.NAME)
+    with torch.no_grad():
+        packed = model(**make_collator(PACKED, pad_token_id=2)(features())).loss
+        assert built == []
+        padded = model(**PaddingCollator(pad_token_id=2)(features())).loss
+    assert built and packed.item() == pytest.approx(padded.item(), rel=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_varlen_attention_equals_per_sample_on_gpu_without_host_sync(tiny_model_dir):
+    """torch's varlen kernel on a packed row: the per-sample result, in one call per layer
+    that never waits for the host."""
+    from types import SimpleNamespace
+
+    batch = make_collator(PACKED, pad_token_id=2)(features())
+    bounds = batch["cu_seq_lens_q"].cuda()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    shape = (1, 4, sum(LENGTHS), 64)
+    query = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=generator)
+    key, value = (
+        torch.randn((1, 2, sum(LENGTHS), 64), device="cuda", dtype=torch.bfloat16) for _ in "kv"
+    )
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fast, _ = attention.packed_sdpa_forward(
+            module, query, key, value, None, cu_seq_lens_q=bounds, max_length_q=max(LENGTHS)
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    slow = attention._per_sample(query, key, value, bounds.cpu(), 0.0, None, 2)
+    torch.testing.assert_close(fast, slow, rtol=2e-2, atol=2e-2)

@@ -40,8 +40,17 @@ class RunPlan:
         loss already avoids materialising them."""
         return self.batching.packed and not self.kernels.liger
 
+    @property
+    def attention(self) -> str:
+        """The attention kernel training runs on (written in summary.json)."""
+        if self.kernels.flash_attention:
+            return attention.FLASH
+        if self.batching.packed:
+            return attention.packed_backend(self.device, self.dtype)
+        return "sdpa"
+
     def notes(self) -> list[str]:
-        return [self.batching.describe(), *self.kernels.notes]
+        return [f"{self.batching.describe()}; attention: {self.attention}", *self.kernels.notes]
 
 
 def plan_run(recipe: Recipe, device: torch.device | None = None, load: bool = True) -> RunPlan:

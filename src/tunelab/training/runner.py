@@ -819,4 +819,5 @@ def _summary(recipe, trainer, output, watchers: Watchers, data, plan: RunPlan) -
         "packed": plan.batching.packed,
         "group_by_length": plan.batching.group_by_length,
         "fused_kernels": plan.kernels.used,
+        "attention": plan.attention,
     }

@@ -1,10 +1,15 @@
-"""Preprocessing speed: samples per second rendered by tunelab, cold and from the cache.
+"""Preprocessing speed: samples per second rendered by tunelab, cold and from the cache, and
+LLaMA-Factory's own preprocessing of the same files in the same run.
 
     python benchmarks/preprocess.py                       # gsm8k train + alpaca_zh_demo
     python benchmarks/preprocess.py --data FILE --json    # any file, machine-readable
 
 Uses the built-in model's tokenizer and chat template. Cold runs use an empty cache folder;
-cached runs read what the cold run wrote. Each figure is the best of --repeat runs.
+cached runs read what the cold run wrote. Each figure is the best of --repeat runs. Neither
+side counts its imports or loading the tokenizer. LLaMA-Factory (installed by
+benchmarks/setup_peers.sh) runs its get_dataset for the sft stage in its own environment, with
+its default of one preprocessing process and with as many as this machine's cores; a file
+whose columns are not alpaca's is given them (gsm8k: question, answer).
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "data"
+PEER = HERE / ".peers" / "llamafactory" / "bin" / "python"
+COLUMNS = {"train.jsonl": {"prompt": "question", "response": "answer"}}
 DEFAULT_DATA = [SHARED / "gsm8k" / "train.jsonl", SHARED / "llamafactory" / "alpaca_zh_demo.json"]
 
 
@@ -49,6 +58,43 @@ def measure(path: Path, tokenizer, template: str, repeat: int) -> dict:
     }
 
 
+def measure_llamafactory(path: Path, model: Path, workers: int, repeat: int) -> dict | None:
+    """LLaMA-Factory's cold and cached preprocessing of `path` (None when it is not installed)."""
+    if not PEER.exists():
+        return None
+    best: dict = {}
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as workdir:
+            settings = {
+                "model": str(model),
+                "data": str(path),
+                "columns": COLUMNS.get(path.name),
+                "workers": workers if workers > 1 else None,
+                "workdir": workdir,
+            }
+            (Path(workdir) / "settings.json").write_text(json.dumps(settings))
+            done = subprocess.run(
+                [str(PEER), str(HERE / "speed" / "preprocess_llamafactory.py"), "settings.json"],
+                cwd=workdir,
+                env={**os.environ, "PYTHONPATH": str(HERE / "speed")},
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode:
+                return {"error": done.stderr.strip().splitlines()[-1]}
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        if not best or result["cold_seconds"] < best["cold_seconds"]:
+            best = result
+    return {
+        "tool": f"llamafactory ({workers} process{'es' if workers > 1 else ''})",
+        "samples": best["samples"],
+        "cold_seconds": round(best["cold_seconds"], 3),
+        "cold_samples_per_second": round(best["samples"] / best["cold_seconds"], 1),
+        "cached_seconds": round(best["cached_seconds"], 3),
+        "cached_samples_per_second": round(best["samples"] / best["cached_seconds"], 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, action="append", help="data file (repeatable)")
@@ -60,22 +106,33 @@ def main() -> None:
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
-    results = [
-        measure(p, tokenizer, tokenizer.chat_template, args.repeat)
-        for p in args.data or DEFAULT_DATA
-    ]
+    model = resolve_model("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(model)
+    results = []
+    for path in args.data or DEFAULT_DATA:
+        ours = {"tool": "tunelab", **measure(path, tokenizer, tokenizer.chat_template, args.repeat)}
+        results.append(ours)
+        for workers in sorted({1, os.cpu_count() or 1}):
+            peer = measure_llamafactory(path, model.folder, workers, args.repeat)
+            if peer and "error" not in peer:
+                peer["data"] = str(path)
+                peer["tunelab_cold_speedup"] = round(peer["cold_seconds"] / ours["cold_seconds"], 2)
+                results.append(peer)
+            elif peer:
+                print(f"llamafactory failed on {path.name}: {peer['error']}", file=sys.stderr)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
         return
     print(
-        f"{'data':40} {'samples':>8} {'cold s':>8} {'cold/s':>9} {'cached s':>9} {'cached/s':>10}"
+        f"{'data':22} {'tool':28} {'samples':>8} {'cold s':>8} {'cold/s':>9} {'cached s':>9} "
+        f"{'cached/s':>10}"
     )
     for r in results:
         print(
-            f"{Path(r['data']).name:40} {r['samples']:>8} {r['cold_seconds']:>8} "
-            f"{r['cold_samples_per_second']:>9} {r['cached_seconds']:>9} {r['cached_samples_per_second']:>10}"
+            f"{Path(r['data']).name:22} {r['tool']:28} {r['samples']:>8} {r['cold_seconds']:>8} "
+            f"{r['cold_samples_per_second']:>9} {r['cached_seconds']:>9} "
+            f"{r['cached_samples_per_second']:>10}"
         )
 
 

@@ -1,24 +1,16 @@
 """LLaMA-Factory's side of the speed benchmark: its run_exp with the shared settings."""
 
-import importlib.machinery
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
-try:
-    import torchaudio  # noqa: F401
-except (ImportError, OSError):
-    # LLaMA-Factory imports torchaudio at the top of its multimodal plugin; text fine-tuning never
-    # calls it, and no torchaudio build matches the CPU wheel of torch 2.13, so an empty module
-    # stands in for it (setup_peers.sh removes the mismatched torchvision/torchaudio builds).
-    stand_in = types.ModuleType("torchaudio")
-    stand_in.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
-    sys.modules["torchaudio"] = stand_in
+from llamafactory_env import allow_import
 
-from llamafactory.train.tuner import run_exp
-from probe import Probe
+allow_import()
+
+from llamafactory.train.tuner import run_exp  # noqa: E402
+from probe import Probe  # noqa: E402
 
 settings = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
 folder = settings["workdir"] + "/llamafactory-data"

@@ -9,6 +9,7 @@ renders again instead of training on it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -69,12 +70,13 @@ def read_cache(path: Path, vocab_size: int) -> tuple[list[RenderedSample], DataR
 
 
 def _arrays(samples: list[RenderedSample]) -> dict[str, np.ndarray]:
-    def flat(name: str) -> np.ndarray:
-        if not samples:
-            return np.zeros(0, np.int32)
-        return np.concatenate([np.asarray(getattr(s, name), np.int32) for s in samples])
-
     lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
+    total = int(lengths.sum())
+
+    def flat(name: str) -> np.ndarray:
+        values = itertools.chain.from_iterable(getattr(s, name) for s in samples)
+        return np.fromiter(values, np.int32, count=total)
+
     return {"lengths": lengths, "input_ids": flat("input_ids"), "labels": flat("labels")}
 
 

@@ -10,9 +10,11 @@ are trained, everything else is labelled -100. This works for templates without
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
@@ -276,7 +278,10 @@ class ConversationRenderer:
         is a sample of its own, its prompt and answer tokenized apart, as when served.
         """
         results: list = []
-        with ThreadPoolExecutor(1) as tokenizing:  # the template renders the next chunk meanwhile
+        with (
+            ThreadPoolExecutor(1) as tokenizing,
+            collection_paused(),
+        ):  # the template renders the next chunk meanwhile
             pending = None
             for begin in range(0, len(conversations), chunk):
                 planned = [(c, self._planned(c)) for c in conversations[begin : begin + chunk]]
@@ -335,10 +340,26 @@ class ConversationRenderer:
             else:  # (prompt, answer): the answer is all trained
                 prompt, answer = (list(ids) for ids in next(split_ids))
                 ids, labels = prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
-            sample = truncate(ids, labels, self.max_length)
+            if self.max_length is None:  # fresh lists, owned by this sample alone
+                sample = RenderedSample(ids, labels)
+            else:
+                sample = truncate(ids, labels, self.max_length)
             sample.location = str(conversation.location) if conversation.location else None
             samples.append(sample)
         return samples
+
+
+@contextmanager
+def collection_paused():
+    """No cyclic garbage collection while millions of token lists are made (none of them can
+    form a cycle; each pass would walk every list made so far)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def split_unclean(pieces: list[tuple], kept: dict, keep_whole: bool = False) -> list[tuple]:

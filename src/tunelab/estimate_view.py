@@ -20,10 +20,15 @@ PART_NAMES = {
 
 def show_estimate(console: Console, result: Estimate) -> None:
     mode = "with" if result.gradient_checkpointing else "without"
+    batch = (
+        f"up to {result.batch_tokens:,} tokens per pass"
+        if result.batch_tokens
+        else f"batch {result.batch_size}"
+    )
     console.print(
         f"{result.method} on {result.device}: {result.trainable_parameters:,} trainable of "
         f"{result.total_parameters:,} parameters; {result.tokens_per_step:,} tokens in the largest "
-        f"step (batch {result.batch_size}, length {result.length}), {mode} gradient checkpointing",
+        f"step ({batch}, length {result.length}), {mode} gradient checkpointing",
         highlight=False,
     )
     table = Table(show_edge=False)

@@ -96,6 +96,11 @@ class DataCount:
         each sample becomes (grpo: the answers sampled per prompt, each at most
         `answer_tokens` long); `processes` each take a batch per step."""
         batches = math.ceil(len(data.train) * repeat / (train.batch_size * processes))
+        if train.batch_tokens and train.objective == "sft":  # packed (checked when training)
+            from tunelab.training.token_budget import budget_batches
+
+            lengths = [len(s.input_ids) for s in data.train]
+            batches = math.ceil(len(budget_batches(lengths, train.batch_tokens)) / processes)
         per_epoch = max(math.ceil(batches / train.grad_accum), 1)
         steps = math.ceil(per_epoch * train.epochs)
         return cls(
@@ -135,6 +140,7 @@ class Estimate:
     suggestions: list[str] = field(default_factory=list)
     data: DataCount | None = None  # the recipe's training data, when it was read
     per_process: dict[str, int] | None = None  # several processes: peak bytes of each, by strategy
+    batch_tokens: int | None = None  # sft: passes filled up to this many tokens (not batch_size)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -425,6 +431,20 @@ def worst_case_batch(samples, batch_size: int, packed: bool = True) -> tuple[int
     return tokens, sum(s.trained_tokens for s in longest)
 
 
+def worst_case_budget(samples, budget: int) -> tuple[int, int]:
+    """(tokens, trained tokens) of the fullest token-budget batch the data makes."""
+    from tunelab.training.token_budget import budget_batches
+
+    batches = budget_batches([len(s.input_ids) for s in samples], budget)
+    if not batches:
+        return 0, 0
+    fullest = max(batches, key=lambda batch: sum(len(samples[i].input_ids) for i in batch))
+    return (
+        sum(len(samples[i].input_ids) for i in fullest),
+        sum(samples[i].trained_tokens for i in fullest),
+    )
+
+
 def worst_case_pairs(samples, batch_size: int) -> int:
     """Tokens of a preference run's largest step: its `batch_size` longest rows, each answer
     after the prompt, all padded to the longest (as TRL's trainers batch them)."""
@@ -443,6 +463,9 @@ def largest_step(recipe, data, packed: bool) -> tuple[int, int | None]:
         return recipe.train.batch_size * (longest + recipe.grpo.max_completion_length), None
     if recipe.train.objective != "sft":
         return worst_case_pairs(data.train, recipe.train.batch_size), None
+    if recipe.train.batch_tokens and packed:
+        tokens, trained = worst_case_budget(data.train, recipe.train.batch_tokens)
+        return tokens, trained
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     return tokens, trained if packed else None
 
@@ -588,6 +611,8 @@ def estimate_recipe(
         prof=prof,
     )
     add_objective_parts(result, recipe, prof)
+    if recipe.train.objective == "sft" and plan.batching.packed:
+        result.batch_tokens = recipe.train.batch_tokens
     if recipe.train.objective == "grpo":
         cfg = recipe.grpo
         result.data = DataCount.of(

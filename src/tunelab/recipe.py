@@ -189,6 +189,14 @@ class TrainConfig(Section):
     )
     lr: float = Field(2e-4, gt=0, le=10, description="peak learning rate")
     batch_size: int = Field(4, gt=0, le=65_536, description="samples per device per forward pass")
+    batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        le=BIG,
+        description="sft with packing: fill each forward pass with whole samples up to this "
+        "many real tokens, in one packed row, instead of batch_size samples (validation still "
+        "uses batch_size); at least data.max_length",
+    )
     grad_accum: int = Field(1, gt=0, le=65_536, description="forward passes per optimizer step")
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="how the learning rate moves after warm-up"

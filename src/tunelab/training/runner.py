@@ -69,6 +69,11 @@ from tunelab.training.collator import (
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
 from tunelab.training.sampling import SampleAnswers
+from tunelab.training.token_budget import (
+    TokenBudgetSampler,
+    budget_trainer,
+    check_batch_tokens,
+)
 
 
 class Interrupted(TunelabError):
@@ -105,6 +110,7 @@ def train(
     protected = preflight(recipe)  # every input readable, none inside the run folder
     for one in stage_recipes(recipe) if recipe.stages else [recipe]:
         distributed.check_distributed(one)
+        check_batch_tokens(one)
     if recipe.stages:
         result = _train_stages(recipe, overwrite, resume, console, callbacks, protected)
     else:
@@ -261,6 +267,7 @@ def _train_one(
     preference.check_objective(recipe)
     grpo.check_grpo(recipe)
     tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
+    check_batch_tokens(recipe, data.max_length)
     if run.writer and checkpoint is None:
         _record_distributed(run, recipe, config)
     for note in plan.notes():
@@ -690,7 +697,12 @@ def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan
         # prompts); liger's fused loss already avoids materialising the logits.
         logits_only = batching.packed and not kernels.liger and _keeps_logits(model)
         collate = make_collator(batching, tokenizer.pad_token_id, trained_logits_only=logits_only)
-        trainer = Trainer(
+        budget = {}
+        if recipe.train.batch_tokens:
+            lengths = [len(sample.input_ids) for sample in data.train]
+            sampler = TokenBudgetSampler(lengths, recipe.train.batch_tokens, recipe.train.seed)
+            budget = {"batch_sampler": sampler}
+        trainer = (budget_trainer() if budget else Trainer)(
             model=model,
             args=TrainingArguments(**arguments),
             data_collator=LargestBatch(collate),
@@ -699,6 +711,7 @@ def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan
             eval_dataset=SampleDataset(data.eval) if data.eval else None,
             processing_class=tokenizer,
             callbacks=callbacks,
+            **budget,
         )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)

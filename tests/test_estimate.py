@@ -209,3 +209,37 @@ def test_estimate_counts_the_samples_a_turn_by_turn_template_makes(tmp_path, tin
     show_estimate(Console(file=shown, width=200), result)
     assert "12 samples from 6 conversations, 6 of them extra" in shown.getvalue()
     assert "3 optimizer steps an epoch, 6 in all" in shown.getvalue()
+
+
+def test_liger_waits_on_a_gpu_until_the_run_needs_its_memory(tmp_path, tiny_model_dir, monkeypatch):
+    """Left to choose, a GPU run keeps liger-kernel off (speed first) unless only its fused
+    loss makes the run fit; the estimate then counts that loss path, not the logits."""
+    from tunelab import plan as planning
+    from tunelab.data_tools import recipe_data
+    from tunelab.estimation import CUDA_RESERVE_BYTES, estimate_planned
+    from tunelab.models.load import load_config
+    from tunelab.recipe import load_recipe
+
+    monkeypatch.setattr(planning, "installed", lambda package: package == "liger_kernel")
+    cuda, bf16 = torch.device("cuda", 0), torch.bfloat16
+    auto = planning.choose_kernels(None, cuda, bf16)
+    assert not auto.liger and auto.liger_standby and auto.used == "none"
+    assert planning.choose_kernels(True, cuda, bf16).liger
+    assert not planning.choose_kernels(False, cuda, bf16).liger_standby
+
+    recipe = load_recipe(tiny_recipe(tmp_path, tiny_model_dir))
+    plan = planning.plan_run(recipe, cuda, load=False)
+    config = load_config(plan.source)
+    _, _, data = recipe_data(recipe, plan.source, config)
+    prof = profile(config, recipe.method, plan.dtype)
+    plain = estimate_planned(recipe, plan, config, data, prof)
+    fused = estimate_planned(recipe, planning.with_fused_loss(plan, "asked"), config, data, prof)
+    assert not plain.fused_loss and fused.fused_loss
+    assert fused.parts["loss_buffers"] < plain.parts["loss_buffers"]
+    assert fused.total_bytes < plain.total_bytes
+    between = (plain.total_bytes + fused.total_bytes) // 2 + CUDA_RESERVE_BYTES
+    assert estimate_planned(recipe, plan, config, data, prof, budget=between).fused_loss
+    roomy = plain.total_bytes + CUDA_RESERVE_BYTES + 2**30
+    assert not estimate_planned(recipe, plan, config, data, prof, budget=roomy).fused_loss
+    tight = fused.total_bytes  # fits neither: the plain estimate stands
+    assert not estimate_planned(recipe, plan, config, data, prof, budget=tight).fused_loss

@@ -38,6 +38,8 @@ def show_estimate(console: Console, result: Estimate) -> None:
         table.add_row(PART_NAMES.get(key, key), f"{value / GiB:.2f}")
     table.add_row("[bold]peak[/]", f"[bold]{result.total_bytes / GiB:.2f}[/]")
     console.print(table)
+    if result.fused_loss:
+        console.print("loss: liger's fused linear cross entropy (no logits held)", highlight=False)
     console.print(
         f"activations: {result.activations_without_checkpointing / GiB:.2f} GiB saved without "
         f"checkpointing, {result.activations_with_checkpointing / GiB:.2f} GiB with",

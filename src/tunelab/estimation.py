@@ -141,6 +141,7 @@ class Estimate:
     data: DataCount | None = None  # the recipe's training data, when it was read
     per_process: dict[str, int] | None = None  # several processes: peak bytes of each, by strategy
     batch_tokens: int | None = None  # sft: passes filled up to this many tokens (not batch_size)
+    fused_loss: bool = False  # liger's fused loss (no logits held)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -313,23 +314,28 @@ def estimate(
     tokens_per_step: int | None = None,
     flops_per_token: float = 0.0,
     logit_tokens: int | None = None,
+    fused_loss: bool = False,
 ) -> Estimate:
     """Peak memory by part for one configuration.
 
     `logit_tokens` is how many positions get logits (packed runs: only those that predict a
-    trained token); by default every token does.
+    trained token); by default every token does. `fused_loss`: liger's fused linear cross
+    entropy, which never holds the logits: it runs the lm_head and the loss over chunks of
+    about tokens x hidden / vocab positions, and keeps the gradient of the hidden states.
     """
     tokens = tokens_per_step or batch_size * length
     logit_tokens = tokens if logit_tokens is None else logit_tokens
     logit_row = 4 * prof.vocab_size  # the fp32 log-softmax row that the loss keeps
     head = max(prof.head_bytes_per_token - logit_row, 0.0)
-    kept = logit_row * logit_tokens
+    kept = 0 if fused_loss else logit_row * logit_tokens
     saved_full = (head + prof.saving_layers * prof.layer_bytes_per_token) * tokens + kept
     saved_ckpt = (
         head + prof.saving_layers * prof.layer_input_bytes_per_token + prof.layer_bytes_per_token
     ) * tokens + kept
     activations = saved_ckpt if checkpointing else saved_full
     logits = LOGIT_COPIES * logit_row * logit_tokens
+    if fused_loss:  # one chunk's fp32 logits and their gradient, the hidden states' gradient
+        logits = 3 * 4 * tokens * prof.hidden_size
     parts = {
         "weights": prof.weight_bytes,
         "gradients": prof.trainable_bytes,
@@ -355,6 +361,7 @@ def estimate(
         activations_without_checkpointing=int(saved_full),
         activations_with_checkpointing=int(saved_ckpt),
         flops_per_token=flops_per_token,
+        fused_loss=fused_loss,
     )
 
 
@@ -595,22 +602,8 @@ def estimate_recipe(
     plan = plan_run(recipe, torch.device(device), load=False)
     config = load_config(plan.source)
     _, _, data = recipe_data(recipe, plan.source, config)
-    tokens, logit_tokens = largest_step(recipe, data, plan.trained_logits_only)
     prof = profile(config, recipe.method, plan.dtype)
-    result = estimate_for(
-        config,
-        recipe.method,
-        plan.dtype,
-        device,
-        batch_size=recipe.train.batch_size,
-        length=data.max_length,
-        checkpointing=recipe.train.gradient_checkpointing,
-        tokens_per_step=tokens,
-        logit_tokens=logit_tokens,
-        budget=budget,
-        prof=prof,
-    )
-    add_objective_parts(result, recipe, prof)
+    result = estimate_planned(recipe, plan, config, data, prof, budget, suggest=True)
     if recipe.train.objective == "sft" and plan.batching.packed:
         result.batch_tokens = recipe.train.batch_tokens
     if recipe.train.objective == "grpo":
@@ -625,6 +618,45 @@ def estimate_recipe(
     return result
 
 
+def estimate_planned(
+    recipe, plan, config, data, prof: Profile, budget: int | None = None, suggest: bool = False
+) -> Estimate:
+    """The estimate of a planned run on its data. A GPU run left to choose its kernels that
+    does not fit `budget` is estimated again with liger's fused loss, and takes it if that fits
+    (its `fused_loss` then says so, and the runner turns liger on). `suggest`: say what would
+    fit the budget."""
+    tokens, logit_tokens = largest_step(recipe, data, plan.trained_logits_only)
+
+    def one(fused_loss: bool, kept: int | None) -> Estimate:
+        return estimate_for(
+            config,
+            recipe.method,
+            plan.dtype,
+            plan.device.type,
+            batch_size=recipe.train.batch_size,
+            length=data.max_length,
+            checkpointing=recipe.train.gradient_checkpointing,
+            tokens_per_step=tokens,
+            logit_tokens=kept,
+            budget=budget if suggest else None,
+            prof=prof,
+            fused_loss=fused_loss,
+        )
+
+    result = one(plan.kernels.liger, logit_tokens)
+    standby = plan.kernels.liger_standby and recipe.train.objective == "sft"
+    if budget is not None and standby and not fits(result, budget):
+        fused = one(True, None)
+        result = fused if fits(fused, budget) else result
+    add_objective_parts(result, recipe, prof)
+    return result
+
+
+def fits(result: Estimate, budget: int) -> bool:
+    reserve = CUDA_RESERVE_BYTES if result.device == "cuda" else 0
+    return result.total_bytes + reserve <= budget
+
+
 def estimate_for(
     config,
     method: MethodConfig,
@@ -637,6 +669,7 @@ def estimate_for(
     budget: int | None = None,
     logit_tokens: int | None = None,
     prof: Profile | None = None,
+    fused_loss: bool = False,
 ) -> Estimate:
     """The estimate for one configuration (`prof`: a profile already traced for `method`)."""
     prof = prof or profile(config, method, dtype)
@@ -650,6 +683,7 @@ def estimate_for(
         tokens_per_step=tokens_per_step,
         flops_per_token=training_flops_per_token(config, method.type),
         logit_tokens=logit_tokens,
+        fused_loss=fused_loss,
     )
     if budget is not None:
         result.budget_bytes = budget

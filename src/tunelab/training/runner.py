@@ -18,7 +18,7 @@ from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import Method, check_method, count_parameters
 from tunelab.models.load import load_config, load_model, remote_code_files
 from tunelab.models.sources import ModelSource
-from tunelab.plan import RunPlan, plan_run
+from tunelab.plan import RunPlan, plan_run, with_fused_loss
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
 from tunelab.ranks import is_main, wait_for_everyone
@@ -270,9 +270,15 @@ def _train_one(
     check_batch_tokens(recipe, data.max_length)
     if run.writer and checkpoint is None:
         _record_distributed(run, recipe, config)
+    memory_estimate = _memory_estimate(recipe, plan, config, data, console)
+    if memory_estimate and memory_estimate[0].fused_loss and not plan.kernels.liger:
+        plan = with_fused_loss(
+            plan,
+            "liger-kernel on: the run fits this GPU only with its fused loss "
+            "(train.fused_kernels: false refuses it, true always takes it)",
+        )
     for note in plan.notes():
         console.print(note, highlight=False)
-    memory_estimate = _memory_estimate(recipe, plan, config, data, console)
     sharded_loading = distributed.prepare(recipe, config)  # alive while training
     model = _load_model(recipe, plan, init_from, console)
     reference = None
@@ -475,29 +481,19 @@ def _prepare_data(recipe: Recipe, run: RunFolder, source, config, console: Conso
 
 def _memory_estimate(recipe, plan: RunPlan, config, data, console):
     """The estimate `tunelab estimate` prints, made before the weights load, with the profile it
-    came from (None if the model cannot be traced)."""
-    from tunelab.estimation import add_objective_parts, estimate_for, largest_step, profile
+    came from (None if the model cannot be traced). On a GPU it is checked against the card's
+    memory, which may turn liger's fused loss on (see `plan.with_fused_loss`)."""
+    from tunelab.estimation import estimate_planned, profile
 
-    dtype, device = plan.dtype, plan.device
-    tokens, logit_tokens = largest_step(recipe, data, plan.trained_logits_only)
     try:
-        prof = profile(config, recipe.method, dtype)
+        prof = profile(config, recipe.method, plan.dtype)
     except TunelabError as error:
         console.print(f"memory estimate skipped: {error}", highlight=False)
         return None
-    result = estimate_for(
-        config,
-        recipe.method,
-        dtype,
-        device.type,
-        batch_size=recipe.train.batch_size,
-        length=data.max_length,
-        checkpointing=recipe.train.gradient_checkpointing,
-        tokens_per_step=tokens,
-        logit_tokens=logit_tokens,
-        prof=prof,
-    )
-    add_objective_parts(result, recipe, prof)
+    budget = None
+    if plan.device.type == "cuda":
+        budget = torch.cuda.get_device_properties(plan.device).total_memory
+    result = estimate_planned(recipe, plan, config, data, prof, budget)
     console.print(
         f"memory estimate: {result.total_bytes / 2**30:.2f} GiB peak "
         f"({result.tokens_per_step:,} tokens in the largest step)",
@@ -525,9 +521,11 @@ def _memory_side_by_side(recipe, device, before, largest, measured: int) -> dict
         device.type,
         tokens_per_step=tokens,
         logit_tokens=getattr(largest, "logit_tokens", None),
+        fused_loss=planned.fused_loss,
     )
     add_objective_parts(ran, recipe, prof)
     return {
+        "loss_path": "liger fused" if planned.fused_loss else "logits",
         "estimated_bytes": planned.total_bytes,
         "estimated_parts": planned.parts,
         "tokens_in_largest_step": planned.tokens_per_step,

@@ -31,15 +31,18 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
 PEERS = {
+    "tunelab": HERE / ".peers" / "tunelab" / "bin" / "python",
     "trl": HERE / ".peers" / "trl" / "bin" / "python",
     "llamafactory": HERE / ".peers" / "llamafactory" / "bin" / "python",
 }
 
 
 def python_for(tool: str) -> Path | None:
-    if tool == "tunelab":
-        return Path(sys.executable)
+    """The tool's own environment: tunelab's default install when setup_peers.sh made one
+    (no extras, as the peers are installed), else the environment running this script."""
     path = PEERS[tool]
+    if tool == "tunelab" and not path.exists():
+        return Path(sys.executable)
     return path if path.exists() else None
 
 
@@ -123,7 +126,13 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}. Model: built-in SmolLM2-135M-Instruct (fp32). Data: "
         f"{Path(s['data']).name}. LoRA r8 alpha 16 dropout {s['dropout']} all-linear, "
         f"gradient checkpointing {'on' if s['checkpointing'] else 'off'}, batch {s['batch_size']}, cutoff "
-        f"{s['cutoff']}, {s['steps']} steps, {s['repeat']} runs per tool, alternating; medians.",
+        f"{s['cutoff']}, {s['steps']} steps, {s['repeat']} runs per tool, alternating; medians. "
+        "Each tool runs from its own default install (benchmarks/setup_peers.sh; tunelab without "
+        "extras where .peers/tunelab exists): "
+        + ", ".join(
+            f"{t}: {Path(p).parents[1].name}" for t, p in report.get("environments", {}).items()
+        )
+        + ".",
         "",
         "| tool | real tok/s | time to first step (s) | total (s) | peak RSS (GiB) | runs |",
         "|---|---:|---:|---:|---:|---:|",
@@ -241,6 +250,7 @@ def main() -> int:
         "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPU cores, torch threads default",
         "settings": settings,
+        "environments": {tool: str(python) for tool, python in tools},
         "runs": runs,
         "summary": summary,
         "skipped": skipped,

@@ -67,3 +67,8 @@ def test_threads_are_on_only_while_tokenizing(builtin_tokenizer, monkeypatch):
     with pytest.raises(RuntimeError), tokenizer_threads():
         raise RuntimeError
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # set, so a forked worker is quiet
+    with tokenizer_threads():  # two users at once (two threads): on until the last one ends
+        with tokenizer_threads():
+            pass
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"

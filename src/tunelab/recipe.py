@@ -232,6 +232,11 @@ class TrainConfig(Section):
         64, gt=0, le=65_536, description="longest sample answer in tokens"
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (inductor) before training: the first steps "
+        "compile, later ones may run faster; measured slower on a CPU with packed rows",
+    )
     group_by_length: bool | None = Field(
         None,
         description="batch samples of similar length together; None: on when batches are "

@@ -10,23 +10,34 @@ found from its first and last character, not from a list of every token's offset
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 
 IGNORE_INDEX = -100
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before: str | None = None
+
+
 @contextmanager
 def tokenizer_threads():
-    """Let the tokenizer use its threads for the duration (it reads the setting per call)."""
-    before = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    """Let the tokenizer use its threads for the duration (it reads the setting per call);
+    callers on several threads at once share one setting, put back when the last one ends."""
+    global _threads_users, _threads_before
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        _threads_users += 1
     try:
         yield
     finally:
-        if before is None:
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # set, so a fork does not warn
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = before
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:  # left set, so that a forked worker does not warn
+                os.environ["TOKENIZERS_PARALLELISM"] = _threads_before or "false"
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list:

@@ -760,6 +760,7 @@ def _training_arguments(recipe, run, plan: RunPlan, validate: bool, config) -> d
         include_num_input_tokens_seen="all" if batching.packed else "non_padding",
         train_sampling_strategy="group_by_length" if batching.group_by_length else "random",
         use_liger_kernel=kernels.liger and cfg.objective == "sft",
+        torch_compile=cfg.compile,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         **distributed.training_arguments(recipe, config),

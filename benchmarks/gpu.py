@@ -73,13 +73,17 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "40
 TOOLS = ("tunelab", "transformers", "trl", "trl-padding-free")
 
 
-def build_model(folder: Path, shape: dict) -> None:
+def build_model(folder: Path, shape: dict, tokenizer_dir: str | None = None) -> None:
+    """The model of `shape` with random weights and the built-in model's tokenizer (or the
+    tokenizer files in `tokenizer_dir`), saved as an HF folder."""
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from tunelab.models.sources import resolve_model
+    if tokenizer_dir is None:
+        from tunelab.models.sources import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct").folder)
+        tokenizer_dir = resolve_model("smollm2-135m-instruct").folder
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = Qwen2Config(
         **shape,
         bos_token_id=tokenizer.bos_token_id,
@@ -205,6 +209,7 @@ def main() -> int:
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--memory-7b", action="store_true", help="add the 7B-shaped memory rows")
     parser.add_argument("--smoke", action="store_true", help="a tiny shape: checks the script")
+    parser.add_argument("--tokenizer", help="tokenizer files (default: the built-in model's)")
     parser.add_argument("--out", default=str(HERE / "results" / "gpu.json"))
     parser.add_argument(
         "--doc", default=None, help="markdown report (GPU default: docs/speed-gpu.md)"
@@ -219,7 +224,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="tunelab-gpu-"))
     model_dir = work / "model"
-    build_model(model_dir, SMOKE if args.smoke else QWEN25_15B)
+    build_model(model_dir, SMOKE if args.smoke else QWEN25_15B, args.tokenizer)
     n = linear_parameters(AutoConfig.from_pretrained(model_dir))
     device, peak = peak_flops()
     shared = {
@@ -260,7 +265,8 @@ def main() -> int:
 def memory_rows(work: Path, shared: dict, args) -> list[dict]:
     """tunelab's LoRA and QLoRA on the 7B shape at batch 4: its estimate against the peak."""
     model_dir = work / "model-7b"
-    build_model(model_dir, {**QWEN25_7B, "num_hidden_layers": 2} if args.smoke else QWEN25_7B)
+    shape = {**QWEN25_7B, "num_hidden_layers": 2} if args.smoke else QWEN25_7B
+    build_model(model_dir, shape, args.tokenizer)
     rows = []
     for method in ("lora", "qlora"):
         config = {"tool": "tunelab", "method": method, "batch_size": 4, "shape": "7B"}

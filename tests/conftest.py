@@ -18,10 +18,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def builtin_tokenizer():
-    """The real SmolLM2 tokenizer (ChatML template), from the converted built-in model."""
+    """The real SmolLM2 tokenizer (ChatML template), from the converted built-in model, or
+    from its files alone in TUNELAB_TEST_TOKENIZER (a GPU machine given no model package)."""
     from tunelab.models.load import load_tokenizer
-    from tunelab.models.sources import resolve_model
+    from tunelab.models.sources import ModelSource, resolve_model
 
+    carried = os.environ.get("TUNELAB_TEST_TOKENIZER")
+    if carried:
+        return load_tokenizer(ModelSource(carried, Path(carried)))
     return load_tokenizer(resolve_model("smollm2-135m-instruct"))
 
 

@@ -13,8 +13,8 @@ import yaml
 
 import tunelab
 from tests.test_resume import DATA, adapter_weights, write_recipe
+from tunelab.data.token_batches import TokenBudgetSampler, budget_batches
 from tunelab.errors import TunelabError
-from tunelab.training.token_budget import TokenBudgetSampler, budget_batches
 
 
 def test_batches_hold_every_sample_once_within_the_budget_and_nearly_full():

@@ -97,7 +97,7 @@ class DataCount:
         `answer_tokens` long); `processes` each take a batch per step."""
         batches = math.ceil(len(data.train) * repeat / (train.batch_size * processes))
         if train.batch_tokens and train.objective == "sft":  # packed (checked when training)
-            from tunelab.training.token_budget import budget_batches
+            from tunelab.data.token_batches import budget_batches
 
             lengths = [len(s.input_ids) for s in data.train]
             batches = math.ceil(len(budget_batches(lengths, train.batch_tokens)) / processes)
@@ -440,7 +440,7 @@ def worst_case_batch(samples, batch_size: int, packed: bool = True) -> tuple[int
 
 def worst_case_budget(samples, budget: int) -> tuple[int, int]:
     """(tokens, trained tokens) of the fullest token-budget batch the data makes."""
-    from tunelab.training.token_budget import budget_batches
+    from tunelab.data.token_batches import budget_batches
 
     batches = budget_batches([len(s.input_ids) for s in samples], budget)
     if not batches:

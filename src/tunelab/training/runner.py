@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from tunelab.data.render import ConversationRenderer
+from tunelab.data.token_batches import TokenBudgetSampler
 from tunelab.data_tools import recipe_data
 from tunelab.errors import TunelabError
 from tunelab.events import EVENTS_FILE, EventFile, RunEvents
@@ -69,11 +70,7 @@ from tunelab.training.collator import (
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
 from tunelab.training.sampling import SampleAnswers
-from tunelab.training.token_budget import (
-    TokenBudgetSampler,
-    budget_trainer,
-    check_batch_tokens,
-)
+from tunelab.training.token_budget import budget_trainer, check_batch_tokens
 
 
 class Interrupted(TunelabError):

@@ -245,7 +245,8 @@ class TrainConfig(Section):
     fused_kernels: bool | None = Field(
         None,
         description="liger-kernel (RMSNorm, RoPE, SwiGLU, fused linear cross entropy) and "
-        "flash-attention; None: on when a CUDA GPU and the package are present",
+        "flash-attention on a CUDA GPU; None: flash-attention when installed, liger only when "
+        "the run would not fit the card without its fused loss (it costs speed)",
     )
     carry_optimizer: bool = Field(
         False,

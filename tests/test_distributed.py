@@ -334,3 +334,20 @@ def test_accelerate_launch_starts_the_same_data_parallel_run(tmp_path, tiny_mode
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "distributed.json").read_text())["world_size"] == 2
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_token_budget_batches_shared_by_two_processes(tmp_path, tiny_model_dir):
+    """Two processes take every other budget batch: each step trains the samples and gives the
+    loss of one process accumulating those two batches."""
+    import tunelab
+
+    budget = {"batch_tokens": 160, "max_steps": 4, "save_every": None}
+    one = ddp_recipe(tmp_path, tiny_model_dir, "one", 4, grad_accum=2, **budget)
+    tunelab.train(one)
+    two = ddp_recipe(tmp_path, tiny_model_dir, "two", 4, **budget)
+    result = run_cli("train", str(two), "--nproc", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+    a, b = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two"))
+    assert b["tokens"] == a["tokens"]

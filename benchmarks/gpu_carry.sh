@@ -10,7 +10,7 @@ grep -qx "/.carry/" .git/info/exclude 2>/dev/null || echo "/.carry/" >> .git/inf
 rm -rf .carry && mkdir -p .carry/wheels .carry/tokenizer .carry/data
 # what the GPU image lacks (it has torch, transformers, peft, accelerate, triton, pyarrow, ...)
 names=(pydantic pydantic-core annotated-types typing-inspection gguf platformdirs datasets dill
-       multiprocess trl)
+       multiprocess trl hjson)
 pins=$(.venv/bin/python - "${names[@]}" <<'PY'
 import importlib.metadata, sys
 print(" ".join(f"{n}=={importlib.metadata.version(n)}" for n in sys.argv[1:]))
@@ -21,6 +21,9 @@ for n in 28 27 17; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
 # shellcheck disable=SC2086
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp "${platforms[@]}" --platform manylinux2014_x86_64 -d .carry/wheels $pins
+# DeepSpeed publishes no wheel: build its pure-Python one (ops compile on first use there)
+.venv/bin/python -m pip wheel -q --no-deps -w .carry/wheels \
+  "deepspeed==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("deepspeed"))')"
 .venv/bin/python - <<'PY'
 from tunelab.models.load import load_tokenizer
 from tunelab.models.sources import resolve_model

@@ -127,7 +127,7 @@ def run_one(tool: str, settings: dict, work: Path) -> dict:
     env = {
         **os.environ,
         "BENCH_RESULT": str(result),
-        "PYTHONPATH": str(RUNS),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(RUNS), os.environ.get("PYTHONPATH")])),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }

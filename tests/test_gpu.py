@@ -4,13 +4,11 @@ estimate. Skipped cleanly without CUDA (`pytest -m gpu` on a GPU machine)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-import yaml
 
 import tunelab
+from tests.test_packing import recipe_file
 from tunelab.methods import METHODS
 from tunelab.models import attention
 
@@ -20,33 +18,18 @@ pytestmark = [
 ]
 
 
-def gpu_recipe(tmp_path, tiny_model_dir, method: str, **train) -> str:
-    rows = [
-        {
-            "instruction": f"Repeat {'word ' * (i % 11)}{i}",
-            "input": "",
-            "output": "ok " * (1 + i % 9),
-        }
-        for i in range(32)
-    ]
-    (tmp_path / "data.json").write_text(json.dumps(rows), encoding="utf-8")
-    recipe = {
-        "model": {"path": str(tiny_model_dir), "dtype": "bfloat16"},
-        "data": {"train": [str(tmp_path / "data.json")], "max_length": 64},
-        "method": {"type": method},
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "tensorboard": False, **train},
-        "output": str(tmp_path / f"run-{method}"),
-    }
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return str(path)
+def gpu_recipe(tmp_path, tiny_model_dir, method: str, **train) -> list:
+    """The packing tests' recipe in bf16 with `method`; (path, overrides) for tunelab.train."""
+    path = recipe_file(tmp_path, tiny_model_dir, f"run-{method}", True)
+    overrides = ["model.dtype=bfloat16", f"method.type={method}", "train.max_steps=3"]
+    return [path, overrides + [f"train.{key}={value}" for key, value in train.items()]]
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_method_trains_on_cuda(tmp_path, tiny_model_dir, method, checkpointing):
-    path = gpu_recipe(tmp_path, tiny_model_dir, method, gradient_checkpointing=checkpointing)
-    summary = tunelab.train(path).summary
+    run = gpu_recipe(tmp_path, tiny_model_dir, method, gradient_checkpointing=checkpointing)
+    summary = tunelab.train(*run).summary
     assert summary["device"] == "cuda" and summary["steps"] == 3
     assert summary["final_loss"] == summary["final_loss"]  # not NaN
     if summary["packed"]:
@@ -57,8 +40,8 @@ def test_each_method_trains_on_cuda(tmp_path, tiny_model_dir, method, checkpoint
 
 
 def test_a_token_budget_fills_each_pass_on_cuda(tmp_path, tiny_model_dir):
-    path = gpu_recipe(tmp_path, tiny_model_dir, "lora", batch_tokens=256)
-    summary = tunelab.train(path).summary
+    run = gpu_recipe(tmp_path, tiny_model_dir, "lora", batch_tokens=512)
+    summary = tunelab.train(*run).summary
     assert summary["attention"] in (attention.VARLEN, attention.FLASH)
-    assert summary["memory"]["tokens_in_largest_step"] <= 256
-    assert summary["tokens"] > 3 * 4 * 20  # more than batch_size samples a pass
+    largest = summary["memory"]["tokens_in_largest_step_run"]
+    assert 4 * 64 < largest <= 512  # more than batch_size samples at max_length could hold

@@ -108,6 +108,11 @@ def test_budget_batches_in_stages_and_the_estimate(tmp_path, tiny_model_dir):
     path.write_text(yaml.safe_dump(recipe))
     result = tunelab.train(path)
     assert result.summary["steps"] == 4  # two stages of two steps
+    largest = [  # each stage's passes hold up to its own budget, fuller than 4 samples would
+        json.loads((stage / "summary.json").read_text())["memory"]["tokens_in_largest_step_run"]
+        for stage in sorted(result.run_dir.glob("stage-*"))
+    ]
+    assert len(largest) == 2 and 128 < largest[0] <= 160 < largest[1] <= 320
     estimate = estimate_recipe(load_recipe(path), "cpu")
     assert estimate.batch_tokens == 160 and estimate.tokens_per_step <= 160
     assert estimate.tokens_per_step > 160 * 0.8  # the fullest batch, not batch_size samples

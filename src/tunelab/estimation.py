@@ -89,18 +89,25 @@ class DataCount:
 
     @classmethod
     def of(
-        cls, data, train, repeat: int = 1, answer_tokens: int = 0, processes: int = 1
+        cls,
+        data,
+        train,
+        repeat: int = 1,
+        answer_tokens: int = 0,
+        processes: int = 1,
+        batch_tokens: int | None = None,
     ) -> DataCount:
         """The count for prepared data under a recipe's `train` settings, as the Trainer
         batches it (the last batch and accumulation round may be short); `repeat`: rows
         each sample becomes (grpo: the answers sampled per prompt, each at most
-        `answer_tokens` long); `processes` each take a batch per step."""
+        `answer_tokens` long); `processes` each take a batch per step; `batch_tokens`: the
+        batches are token-budget ones (a packed sft run)."""
         batches = math.ceil(len(data.train) * repeat / (train.batch_size * processes))
-        if train.batch_tokens and train.objective == "sft":  # packed (checked when training)
+        if batch_tokens:
             from tunelab.data.token_batches import budget_batches
 
             lengths = [len(s.input_ids) for s in data.train]
-            batches = math.ceil(len(budget_batches(lengths, train.batch_tokens)) / processes)
+            batches = math.ceil(len(budget_batches(lengths, batch_tokens)) / processes)
         per_epoch = max(math.ceil(batches / train.grad_accum), 1)
         steps = math.ceil(per_epoch * train.epochs)
         return cls(
@@ -471,8 +478,7 @@ def largest_step(recipe, data, packed: bool) -> tuple[int, int | None]:
     if recipe.train.objective != "sft":
         return worst_case_pairs(data.train, recipe.train.batch_size), None
     if recipe.train.batch_tokens and packed:
-        tokens, trained = worst_case_budget(data.train, recipe.train.batch_tokens)
-        return tokens, trained
+        return worst_case_budget(data.train, recipe.train.batch_tokens)
     tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
     return tokens, trained if packed else None
 
@@ -604,15 +610,15 @@ def estimate_recipe(
     _, _, data = recipe_data(recipe, plan.source, config)
     prof = profile(config, recipe.method, plan.dtype)
     result = estimate_planned(recipe, plan, config, data, prof, budget, suggest=True)
-    if recipe.train.objective == "sft" and plan.batching.packed:
-        result.batch_tokens = recipe.train.batch_tokens
     if recipe.train.objective == "grpo":
         cfg = recipe.grpo
         result.data = DataCount.of(
             data, recipe.train, cfg.generations, cfg.max_completion_length, processes
         )
     else:
-        result.data = DataCount.of(data, recipe.train, processes=processes)
+        result.data = DataCount.of(
+            data, recipe.train, processes=processes, batch_tokens=result.batch_tokens
+        )
     if processes > 1 or recipe.train.distributed in ("zero2", "zero3"):
         result.per_process = per_process_bytes(result, processes, prof, recipe.train.offload)
     return result
@@ -643,11 +649,13 @@ def estimate_planned(
             fused_loss=fused_loss,
         )
 
+    sft = recipe.train.objective == "sft"
     result = one(plan.kernels.liger, logit_tokens)
-    standby = plan.kernels.liger_standby and recipe.train.objective == "sft"
-    if budget is not None and standby and not fits(result, budget):
+    if budget is not None and sft and plan.kernels.liger_standby and not fits(result, budget):
         fused = one(True, None)
         result = fused if fits(fused, budget) else result
+    if sft and plan.batching.packed:
+        result.batch_tokens = recipe.train.batch_tokens
     add_objective_parts(result, recipe, prof)
     return result
 

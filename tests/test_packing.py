@@ -100,6 +100,47 @@ def test_no_token_attends_to_another_sample(tiny_model_dir, implementation):
     assert not torch.allclose(plain[later], packed[later], atol=1e-3)  # the check can fail
 
 
+def sliding_window_model(window: int | None):
+    """A tiny Qwen2 whose second layer attends to a sliding window of `window` tokens."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    config = Qwen2Config(
+        **sizes,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=window,
+        use_sliding_window=window is not None,
+        max_window_layers=1,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_packed_rows_keep_a_sliding_window(tiny_model_dir):
+    """A sliding-window layer in a packed row sees what it sees when the sample runs alone
+    (samples longer and shorter than the window), where plain causal attention would not."""
+    attention.register()
+    model = sliding_window_model(5)
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    batch = features()
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in batch]
+        model.set_attn_implementation(attention.NAME)
+        packed = model(**make_collator(PACKED, pad_token_id=2)(batch)).logits[0]
+        model.config.layer_types = ["full_attention"] * 2  # the same weights, no window
+        for layer in model.model.layers:
+            layer.self_attn.sliding_window = None
+        windowless = model(**make_collator(PACKED, pad_token_id=2)(batch)).logits[0]
+    offset = 0
+    for length, logits in zip(LENGTHS, alone):
+        part = slice(offset, offset + length)
+        torch.testing.assert_close(packed[part], logits, rtol=1e-4, atol=1e-5)
+        if length > 5:  # the check can fail: without the window these samples differ
+            assert not torch.allclose(windowless[part], logits, atol=1e-3)
+        offset += length
+
+
 def test_loss_on_trained_positions_only_equals_full_loss(tiny_model_dir):
     model = load_tiny(tiny_model_dir, attention.NAME)
     full = make_collator(PACKED, pad_token_id=2)(features())
@@ -253,3 +294,23 @@ def test_varlen_attention_equals_per_sample_on_gpu_without_host_sync(tiny_model_
         torch.cuda.set_sync_debug_mode("default")
     slow = attention._per_sample(query, key, value, bounds.cpu(), 0.0, None, 2)
     torch.testing.assert_close(fast, slow, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_varlen_attention_keeps_a_sliding_window_on_gpu():
+    """torch's varlen kernel with a window: each sample as per-sample sdpa with its band."""
+    from types import SimpleNamespace
+
+    batch = make_collator(PACKED, pad_token_id=2)(features())
+    bounds = batch["cu_seq_lens_q"].cuda()
+    query, key, value = (
+        torch.randn((1, 2, sum(LENGTHS), 64), device="cuda", dtype=torch.bfloat16) for _ in "qkv"
+    )
+    module = SimpleNamespace(num_key_value_groups=1, is_causal=True)
+    kwargs = dict(cu_seq_lens_q=bounds, max_length_q=max(LENGTHS), sliding_window=5)
+    fast, _ = attention.packed_sdpa_forward(module, query, key, value, None, **kwargs)
+    slow = attention._per_sample(query, key, value, bounds.cpu(), 0.0, None, 1, 5)
+    causal = attention._per_sample(query, key, value, bounds.cpu(), 0.0, None, 1)
+    torch.testing.assert_close(fast, slow, rtol=2e-2, atol=2e-2)
+    assert not torch.allclose(fast, causal, atol=5e-2)

@@ -11,6 +11,9 @@ and the packed attention keeps every sample to itself with them:
 - elsewhere (a CPU, fp32 weights), one causal sdpa call per sample: the work is the sum of the
   squares of the sample lengths (measured faster on a CPU than one masked call over the row).
 
+A sliding-window layer (Gemma, Mistral, Qwen2 with `use_sliding_window`) keeps its window inside
+each sample, as when the sample runs alone.
+
 With `flash_attn` installed, a GPU run loads transformers' flash_attention_2 instead (its varlen
 kernel, on the same boundaries). Anything that is not a packed training row (generation, padded
 batches, a KV cache) goes to transformers' own sdpa. The mask transformers would build for a
@@ -69,10 +72,11 @@ def packed_sdpa_forward(
     ):
         return _plain_sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
+    window = kwargs.get("sliding_window") or None
     if query.is_cuda and query.dtype in HALF and not dropout and varlen_function():
         longest = kwargs.get("max_length_q")
-        return _varlen(query, key, value, bounds, longest, scaling, groups), None
-    return _per_sample(query, key, value, bounds, dropout, scaling, groups), None
+        return _varlen(query, key, value, bounds, longest, scaling, groups, window), None
+    return _per_sample(query, key, value, bounds, dropout, scaling, groups, window), None
 
 
 def _plain_sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
@@ -83,37 +87,53 @@ def _plain_sdpa(module, query, key, value, attention_mask, dropout, scaling, **k
     )
 
 
-def _varlen(query, key, value, bounds, longest, scaling, groups: int) -> torch.Tensor:
-    """All samples of the row in one kernel call: (1, heads, L, dim) in, (1, L, heads, dim) out."""
+def _varlen(query, key, value, bounds, longest, scaling, groups: int, window=None) -> torch.Tensor:
+    """All samples of the row in one kernel call: (1, heads, L, dim) in, (1, L, heads, dim) out.
+    A sliding-window layer sees its `window` tokens (itself included), as in transformers."""
     varlen_attn, takes_gqa = varlen_function()
     if longest is None:  # the collator gives it as a number; computing it syncs with the host
         longest = int((bounds[1:] - bounds[:-1]).max())
     bounds = bounds.to(device=query.device, dtype=torch.int32)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (L, heads, dim)
     extra = {"enable_gqa": True} if takes_gqa and groups > 1 else {}
+    reach = (window - 1, 0) if window else (-1, 0)
     output = varlen_attn(
-        q, k, v, bounds, bounds, longest, longest, scale=scaling, window_size=(-1, 0), **extra
+        q, k, v, bounds, bounds, longest, longest, scale=scaling, window_size=reach, **extra
     )
     return output.unsqueeze(0)
 
 
-def _per_sample(query, key, value, bounds, dropout, scaling, groups: int) -> torch.Tensor:
-    """One causal sdpa call per sample of the row."""
+def _per_sample(
+    query, key, value, bounds, dropout, scaling, groups: int, window=None
+) -> torch.Tensor:
+    """One causal sdpa call per sample of the row; a sample longer than a sliding-window
+    layer's window gets the band of its last `window` tokens."""
     edges = bounds.tolist() if isinstance(bounds, torch.Tensor) else list(bounds)
     parts = [
         torch.nn.functional.scaled_dot_product_attention(
             query[:, :, start:end],
             key[:, :, start:end],
             value[:, :, start:end],
+            attn_mask=_band(end - start, window, query.device),
             dropout_p=dropout,
             scale=scaling,
-            is_causal=True,
+            is_causal=not (window and end - start > window),
             enable_gqa=groups > 1,
         )
         for start, end in zip(edges[:-1], edges[1:])
     ]
     output = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
     return output.transpose(1, 2).contiguous()
+
+
+def _band(length: int, window: int | None, device) -> torch.Tensor | None:
+    """The causal sliding-window mask of one sample (True: attended), or None where the
+    window covers the whole sample and plain causal attention is the same."""
+    if not window or length <= window:
+        return None
+    position = torch.arange(length, device=device)
+    distance = position[:, None] - position[None, :]
+    return (distance >= 0) & (distance < window)
 
 
 def packed_row_mask(*args, **kwargs):

@@ -130,6 +130,13 @@ def test_budget_batches_in_stages_and_the_estimate(tmp_path, tiny_model_dir):
     ],
 )
 def test_budget_refused_where_it_cannot_apply(tmp_path, tiny_model_dir, overrides, words):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
     path = budget_recipe(tmp_path, tiny_model_dir, "refused", max_steps=1)
     with pytest.raises(TunelabError, match=words):
         tunelab.train(path, overrides)
+    result = CliRunner().invoke(app, ["estimate", str(path), *overrides])  # before any run
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and words in flat and "Traceback" not in flat, result.output

@@ -603,11 +603,14 @@ def estimate_recipe(
     from the cache) to find the longest batch; no weights are loaded."""
     from tunelab.data_tools import recipe_data
     from tunelab.plan import plan_run
+    from tunelab.training.token_budget import check_batch_tokens
 
+    check_batch_tokens(recipe)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_run(recipe, torch.device(device), load=False)
     config = load_config(plan.source)
     _, _, data = recipe_data(recipe, plan.source, config)
+    check_batch_tokens(recipe, data.max_length)  # refused as the run itself would refuse it
     prof = profile(config, recipe.method, plan.dtype)
     result = estimate_planned(recipe, plan, config, data, prof, budget, suggest=True)
     if recipe.train.objective == "grpo":

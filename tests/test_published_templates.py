@@ -424,3 +424,51 @@ def test_reasoning_a_template_cannot_write_is_refused_not_dropped(renderers, tem
         renderer.render_all(Conversation(REASONED))
     stripped = [Message(m.role, m.content) for m in REASONED]
     assert len(renderer.render_all(Conversation(stripped))) >= 1
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_text_renders_as_apply_chat_template_writes_it(renderers, template):
+    """Every text the renderer asks of the template (whole conversations, generation prompts,
+    its probes; reasoning, tool calls and schemas) is what apply_chat_template writes, or both
+    refuse it with the same error."""
+    from tunelab.data.chat_text import library_renderer, text_renderer
+
+    tokenizer, source = renderers[template].tokenizer, renderers[template].template
+    compared = []
+    for args in ({}, {"enable_thinking": False}):
+        fast = text_renderer(tokenizer, source, args)
+        library = library_renderer(tokenizer, source, args)
+
+        def both(messages, add_generation_prompt=False, tools=None, fast=fast, library=library):
+            outcomes = []
+            for render in (fast, library):
+                try:
+                    outcomes.append(render(messages, add_generation_prompt, tools))
+                except Exception as exc:  # the template's own refusal
+                    outcomes.append((type(exc), str(exc)))
+            assert outcomes[0] == outcomes[1], (messages, add_generation_prompt, tools)
+            compared.append(outcomes[0])
+            if isinstance(outcomes[0], tuple):
+                return library(messages, add_generation_prompt, tools)
+            return outcomes[0]
+
+        renderer = ConversationRenderer(tokenizer, source, template_args=args)
+        renderer._text = both
+        rows = [Conversation([Message(r, t) for r, t in turns]) for turns in CONVERSATIONS.values()]
+        rows.append(Conversation([Message(r, t) for r, t in REASONING]))
+        rows.append(Conversation([Message("user", "Hi"), Message("assistant", "Hey", "Greet.")]))
+        rows += [Conversation(m, tools=TOOLS) for m in TOOL_CONVERSATIONS.values()]
+        renderer.render_many(rows)
+        raw = [  # as a client may send them: keys set to None, reasoning under its own key
+            {"role": "user", "content": "Hi", "name": None},
+            {
+                "role": "assistant",
+                "content": "Hey",
+                "reasoning_content": "Greet.",
+                "tool_calls": None,
+            },
+        ]
+        both(raw)
+        both(raw[:1], add_generation_prompt=True)
+    assert len([c for c in compared if isinstance(c, str)]) >= 20

@@ -102,18 +102,33 @@ def fingerprint(
 def _code_fingerprint() -> bytes:
     """The source of the modules that shape samples, so a code change is a cache miss."""
     from tunelab.data import (
+        chat_text,
         conversation,
         encoding,
         formats,
         load,
         readers,
         render,
+        template_shape,
+        tool_calls,
         transforms,
         validate,
     )
 
     digest = hashlib.sha256()
-    for module in (conversation, encoding, formats, load, readers, render, transforms, validate):
+    for module in (
+        chat_text,
+        conversation,
+        encoding,
+        formats,
+        load,
+        readers,
+        render,
+        template_shape,
+        tool_calls,
+        transforms,
+        validate,
+    ):
         digest.update(Path(module.__file__).read_bytes())
     return digest.digest()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from jinja2 import TemplateError
 
+from tunelab.data.chat_text import text_renderer
 from tunelab.data.conversation import Conversation, Message, RowError
 from tunelab.data.encoding import IGNORE_INDEX, answer_labels, encode_batch
 from tunelab.data.template_shape import TemplateShape
@@ -55,6 +56,7 @@ class ConversationRenderer:
         self.max_length = max_length
         self.template_args = dict(template_args or {})  # e.g. enable_thinking
         self.specials = [t for t in tokenizer.all_special_tokens if t]  # read once: a property
+        self._text = text_renderer(tokenizer, template, self.template_args)
         self.shape = TemplateShape(template, self.render_text)  # what it takes, probed once
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
         # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
@@ -65,14 +67,7 @@ class ConversationRenderer:
         self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None
     ) -> str:
         """The template's text for these messages (and tool schemas, if any)."""
-        return self.tokenizer.apply_chat_template(
-            messages,
-            chat_template=self.template,
-            tools=tools or None,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            **self.template_args,
-        )
+        return self._text(messages, add_generation_prompt, tools)
 
     def messages_and_tools(self, conversation: Conversation) -> tuple[list[dict], list | None]:
         """The messages to render and the tool schemas for the template (see TemplateShape)."""

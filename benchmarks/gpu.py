@@ -210,7 +210,9 @@ def main() -> int:
     parser.add_argument("--memory-7b", action="store_true", help="add the 7B-shaped memory rows")
     parser.add_argument("--smoke", action="store_true", help="a tiny shape: checks the script")
     parser.add_argument("--tokenizer", help="tokenizer files (default: the built-in model's)")
-    parser.add_argument("--out", default=str(HERE / "results" / "gpu.json"))
+    parser.add_argument(
+        "--out", default=None, help="JSON results (default: benchmarks/results/gpu.json)"
+    )
     parser.add_argument(
         "--doc", default=None, help="markdown report (GPU default: docs/speed-gpu.md)"
     )
@@ -254,9 +256,14 @@ def main() -> int:
         "settings": {k: getattr(args, k) for k in ("steps", "warmup", "cutoff", "budget")},
         "runs": rows,
     }
+    # a smoke check's figures stay in its scratch folder, never beside measured ones
+    args.out = args.out or str(work / "gpu.json" if args.smoke else HERE / "results" / "gpu.json")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    doc = args.doc or (str(REPO / "docs" / "speed-gpu.md") if peak else str(work / "speed-gpu.md"))
+    measured_here = peak and not args.smoke
+    doc = args.doc or str(
+        REPO / "docs" / "speed-gpu.md" if measured_here else work / "speed-gpu.md"
+    )
     Path(doc).write_text(markdown(report))
     print(f"wrote {args.out} and {doc}")
     return 0

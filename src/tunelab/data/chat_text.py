@@ -23,6 +23,7 @@ def text_renderer(tokenizer, template: str, template_args: dict | None = None) -
     """`render(messages, add_generation_prompt=False, tools=None) -> str` for this template."""
     template_args = dict(template_args or {})
     try:
+        from jinja2.runtime import new_context
         from transformers.utils.chat_template_utils import (
             _alias_reasoning_fields,
             _compile_jinja_template,
@@ -33,18 +34,28 @@ def text_renderer(tokenizer, template: str, template_args: dict | None = None) -
     compiled = _compile_jinja_template(template)
     # what apply_chat_template passes every call: special tokens, overridden by the arguments
     fixed = _plain_template_data({**tokenizer.special_tokens_map, **template_args})
+    environment, template_globals = compiled.environment, dict(compiled.globals)
 
     def render(
         messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None
     ) -> str:
         chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        return compiled.render(
-            messages=_alias_reasoning_fields(chat),
-            tools=_plain_template_data(tools) if tools else None,
-            documents=None,
-            add_generation_prompt=add_generation_prompt,
+        values = {
             **fixed,
+            "messages": _alias_reasoning_fields(chat),
+            "tools": _plain_template_data(tools) if tools else None,
+            "documents": None,
+            "add_generation_prompt": add_generation_prompt,
+        }
+        # Template.render, given its globals as a plain dict (copying the chained mapping
+        # it keeps them in cost as much as the rendering of a short conversation)
+        context = new_context(
+            environment, compiled.name, compiled.blocks, values, globals=template_globals
         )
+        try:
+            return environment.concat(compiled.root_render_func(context))
+        except Exception:
+            environment.handle_exception()  # re-raises, as Template.render does
 
     return render
 

@@ -68,6 +68,8 @@ class Message:
             shaped = {"role": self.role, "content": text}
             if self.reasoning:
                 shaped["reasoning_content"] = self.reasoning
+        elif not self.reasoning:
+            shaped = {"role": self.role, "content": text}
         else:
             shaped = {"role": self.role, "content": replace(self, content=text).with_reasoning()}
         if calls and self.tool_calls:

@@ -3,6 +3,8 @@ LLaMA-Factory's own preprocessing of the same files in the same run.
 
     python benchmarks/preprocess.py                       # gsm8k train + alpaca_zh_demo
     python benchmarks/preprocess.py --data FILE --json    # any file, machine-readable
+    python benchmarks/preprocess.py --against /tmp/old/src   # and another tunelab's code:
+        # git worktree add /tmp/old <commit>; it runs in its own process, file by file
 
 Uses the built-in model's tokenizer and chat template. Cold runs use an empty cache folder;
 cached runs read what the cold run wrote. Each figure is the best of --repeat runs. Neither
@@ -95,11 +97,26 @@ def measure_llamafactory(path: Path, model: Path, workers: int, repeat: int) -> 
     }
 
 
+def measure_other(src: Path, path: Path, repeat: int) -> dict:
+    """The same measurement with the tunelab in `src` (its own process, nothing else run)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--data", str(path), "--repeat", str(repeat)]
+        + ["--json", "--no-peers"],
+        env={**os.environ, "PYTHONPATH": str(src.resolve())},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {**json.loads(done.stdout)[0], "tool": f"tunelab at {src}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, action="append", help="data file (repeatable)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--against", type=Path, help="another tunelab's src folder to measure")
+    parser.add_argument("--no-peers", action="store_true", help="tunelab only")
     args = parser.parse_args()
     from tunelab.models.load import load_tokenizer
     from tunelab.models.sources import resolve_model
@@ -112,7 +129,9 @@ def main() -> None:
     for path in args.data or DEFAULT_DATA:
         ours = {"tool": "tunelab", **measure(path, tokenizer, tokenizer.chat_template, args.repeat)}
         results.append(ours)
-        for workers in sorted({1, os.cpu_count() or 1}):
+        if args.against:
+            results.append(measure_other(args.against, path, args.repeat))
+        for workers in [] if args.no_peers else sorted({1, os.cpu_count() or 1}):
             peer = measure_llamafactory(path, model.folder, workers, args.repeat)
             if peer and "error" not in peer:
                 peer["data"] = str(path)

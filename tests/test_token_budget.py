@@ -29,6 +29,30 @@ def test_batches_hold_every_sample_once_within_the_budget_and_nearly_full():
     assert budget_batches([5000, 10], 4096) == [[0], [1]]  # too long for any budget: alone
 
 
+def _best_fit_keeping_every_batch(lengths: list[int], budget: int) -> list[list[int]]:
+    """Best fit decreasing with every batch's room kept, full or not (the plain statement)."""
+    batches, room = [], []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fits = [(free, batch) for free, batch in room if free >= lengths[index]]
+        if fits:
+            free, batch = min(fits)
+            room.remove((free, batch))
+            batches[batch].append(index)
+            room.append((free - lengths[index], batch))
+        else:
+            batches.append([index])
+            room.append((max(budget - lengths[index], 0), len(batches) - 1))
+    return batches
+
+
+@pytest.mark.parametrize("low, high, budget", [(20, 900, 4096), (1, 60, 64), (100, 5000, 4096)])
+def test_batches_are_those_of_plain_best_fit(low, high, budget):
+    """Dropping full batches from the search changes no batch (some samples over budget)."""
+    rng = random.Random(low)
+    lengths = [rng.randint(low, high) for _ in range(600)]
+    assert budget_batches(lengths, budget) == _best_fit_keeping_every_batch(lengths, budget)
+
+
 def test_each_epoch_visits_the_same_batches_in_its_own_order():
     sampler = TokenBudgetSampler([30, 50, 70, 90, 20, 60, 40, 80] * 8, 200, seed=3)
     first = list(sampler)

@@ -602,8 +602,7 @@ def estimate_recipe(
     """The estimate for a recipe: config and tokenizer are read, the data is tokenized (or taken
     from the cache) to find the longest batch; no weights are loaded."""
     from tunelab.data_tools import recipe_data
-    from tunelab.plan import plan_run
-    from tunelab.training.token_budget import check_batch_tokens
+    from tunelab.plan import check_batch_tokens, plan_run
 
     check_batch_tokens(recipe)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,8 +1,8 @@
 """The run plan: what a recipe means on this machine, decided once, before anything loads.
 
 Training and the estimate both read it: the model source, the method, the device and dtype,
-how batches are built (packed or padded), which fused kernels and attention backend are used,
-and the options the weights load with.
+how batches are built (packed or padded, and whether a token budget can apply), which fused
+kernels and attention backend are used, and the options the weights load with.
 
 Fused kernels (liger-kernel, flash-attention) are CUDA only; a CPU run gets neither and says
 so only if they were asked for. Left to choose (`train.fused_kernels` unset), a GPU run uses
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from tunelab.errors import TunelabError
 from tunelab.methods import Method, get_method
 from tunelab.models import attention
 from tunelab.models.load import pick_device, pick_dtype
@@ -172,3 +173,32 @@ def choose_kernels(setting: bool | None, device: torch.device, dtype: torch.dtyp
             "flash-attention needs the flash_attn package and bf16/fp16 weights; sdpa used"
         )
     return Kernels(liger=liger, flash_attention=flash, notes=notes)
+
+
+def check_batch_tokens(recipe, max_length: int | None = None) -> None:
+    """Refuse `train.batch_tokens` where it cannot apply, in one sentence (`max_length`: the
+    cutoff once the data has chosen it; else the recipe's, when it is a number)."""
+    budget = recipe.train.batch_tokens
+    if budget is None:
+        return
+    if max_length is None and isinstance(recipe.data.max_length, int):
+        max_length = recipe.data.max_length
+    family = get_method(recipe.method.type).family
+    packed = choose_batching(recipe.data.packing, None, family, recipe.train.objective).packed
+    if recipe.train.objective != "sft":
+        raise TunelabError(
+            f"train.batch_tokens applies to sft runs, not train.objective "
+            f"{recipe.train.objective} (its trainer batches pairs or prompts itself); remove "
+            "batch_tokens and set train.batch_size."
+        )
+    if not packed:
+        raise TunelabError(
+            "train.batch_tokens fills packed rows, and this run's batches are padded (data.packing "
+            "is off, or a prompt-learning method); turn data.packing on or use train.batch_size."
+        )
+    if max_length is not None and budget < max_length:
+        raise TunelabError(
+            f"train.batch_tokens {budget} is below data.max_length {max_length}: a sample that "
+            f"long would not fit a batch; raise batch_tokens to at least {max_length} or lower "
+            "data.max_length."
+        )

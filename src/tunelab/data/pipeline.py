@@ -10,6 +10,7 @@ that can run code when read (see `tunelab.data.cache`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -99,36 +100,26 @@ def fingerprint(
     return digest.hexdigest()[:16]
 
 
+SHAPING_MODULES = (  # tunelab.data modules whose code decides the rendered samples
+    "chat_text",
+    "conversation",
+    "encoding",
+    "formats",
+    "load",
+    "readers",
+    "render",
+    "template_shape",
+    "tool_calls",
+    "transforms",
+    "validate",
+)
+
+
 def _code_fingerprint() -> bytes:
     """The source of the modules that shape samples, so a code change is a cache miss."""
-    from tunelab.data import (
-        chat_text,
-        conversation,
-        encoding,
-        formats,
-        load,
-        readers,
-        render,
-        template_shape,
-        tool_calls,
-        transforms,
-        validate,
-    )
-
     digest = hashlib.sha256()
-    for module in (
-        chat_text,
-        conversation,
-        encoding,
-        formats,
-        load,
-        readers,
-        render,
-        template_shape,
-        tool_calls,
-        transforms,
-        validate,
-    ):
+    for name in SHAPING_MODULES:
+        module = importlib.import_module(f"tunelab.data.{name}")
         digest.update(Path(module.__file__).read_bytes())
     return digest.digest()
 

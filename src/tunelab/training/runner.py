@@ -19,7 +19,7 @@ from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import Method, check_method, count_parameters
 from tunelab.models.load import load_config, load_model, remote_code_files
 from tunelab.models.sources import ModelSource
-from tunelab.plan import RunPlan, plan_run, with_fused_loss
+from tunelab.plan import RunPlan, check_batch_tokens, plan_run, with_fused_loss
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
 from tunelab.ranks import is_main, wait_for_everyone
@@ -70,7 +70,7 @@ from tunelab.training.collator import (
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
 from tunelab.training.sampling import SampleAnswers
-from tunelab.training.token_budget import budget_trainer, check_batch_tokens
+from tunelab.training.token_budget import budget_trainer
 
 
 class Interrupted(TunelabError):

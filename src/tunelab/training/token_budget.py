@@ -12,7 +12,6 @@ import functools
 import torch
 
 from tunelab.data.token_batches import TokenBudgetSampler
-from tunelab.errors import TunelabError
 
 
 @functools.cache
@@ -38,35 +37,3 @@ def budget_trainer():
             return self.accelerator.prepare(loader)
 
     return TokenBudgetTrainer
-
-
-def check_batch_tokens(recipe, max_length: int | None = None) -> None:
-    """Refuse `train.batch_tokens` where it cannot apply, in one sentence (`max_length`: the
-    cutoff once the data has chosen it; else the recipe's, when it is a number)."""
-    from tunelab.methods import get_method
-    from tunelab.plan import choose_batching
-
-    budget = recipe.train.batch_tokens
-    if budget is None:
-        return
-    if max_length is None and isinstance(recipe.data.max_length, int):
-        max_length = recipe.data.max_length
-    family = get_method(recipe.method.type).family
-    packed = choose_batching(recipe.data.packing, None, family, recipe.train.objective).packed
-    if recipe.train.objective != "sft":
-        raise TunelabError(
-            f"train.batch_tokens applies to sft runs, not train.objective "
-            f"{recipe.train.objective} (its trainer batches pairs or prompts itself); remove "
-            "batch_tokens and set train.batch_size."
-        )
-    if not packed:
-        raise TunelabError(
-            "train.batch_tokens fills packed rows, and this run's batches are padded (data.packing "
-            "is off, or a prompt-learning method); turn data.packing on or use train.batch_size."
-        )
-    if max_length is not None and budget < max_length:
-        raise TunelabError(
-            f"train.batch_tokens {budget} is below data.max_length {max_length}: a sample that "
-            f"long would not fit a batch; raise batch_tokens to at least {max_length} or lower "
-            "data.max_length."
-        )

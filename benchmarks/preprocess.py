@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="another tunelab's src folder to measure")
     parser.add_argument("--no-peers", action="store_true", help="tunelab only")
     args = parser.parse_args()
+    if args.against and not (args.against / "tunelab" / "__init__.py").is_file():
+        parser.error(f"--against {args.against}: no tunelab package there; give a src folder")
     from tunelab.models.load import load_tokenizer
     from tunelab.models.sources import resolve_model
     from tunelab.quiet import quiet_libraries

@@ -105,8 +105,9 @@ def measure_other(src: Path, path: Path, repeat: int) -> dict:
         env={**os.environ, "PYTHONPATH": str(src.resolve())},
         capture_output=True,
         text=True,
-        check=True,
     )
+    if done.returncode:
+        sys.exit(f"tunelab at {src} failed on {path.name}:\n{done.stderr[-2000:]}")
     return {**json.loads(done.stdout)[0], "tool": f"tunelab at {src}"}
 
 

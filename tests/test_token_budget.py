@@ -30,7 +30,8 @@ def test_batches_hold_every_sample_once_within_the_budget_and_nearly_full():
 
 
 def _best_fit_keeping_every_batch(lengths: list[int], budget: int) -> list[list[int]]:
-    """Best fit decreasing with every batch's room kept, full or not (the plain statement)."""
+    """Best fit decreasing as stated: each sample, longest first, into the fullest batch it
+    fits (the earliest of equals), else a batch of its own; every batch searched each time."""
     batches, room = [], []
     for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         fits = [(free, batch) for free, batch in room if free >= lengths[index]]
@@ -47,7 +48,8 @@ def _best_fit_keeping_every_batch(lengths: list[int], budget: int) -> list[list[
 
 @pytest.mark.parametrize("low, high, budget", [(20, 900, 4096), (1, 60, 64), (100, 5000, 4096)])
 def test_batches_are_those_of_plain_best_fit(low, high, budget):
-    """Dropping full batches from the search changes no batch (some samples over budget)."""
+    """budget_batches makes exactly those batches (in the last case some samples are over
+    the budget, each alone)."""
     rng = random.Random(low)
     lengths = [rng.randint(low, high) for _ in range(600)]
     assert budget_batches(lengths, budget) == _best_fit_keeping_every_batch(lengths, budget)

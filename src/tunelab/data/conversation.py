@@ -64,14 +64,11 @@ class Message:
         """The message in the shape chat templates expect; reasoning and tool calls as fields
         of their own, or written into the content for a template that reads no such field."""
         text = self.content if calls else self.with_calls()
-        if reasoning:
-            shaped = {"role": self.role, "content": text}
-            if self.reasoning:
-                shaped["reasoning_content"] = self.reasoning
-        elif not self.reasoning:
-            shaped = {"role": self.role, "content": text}
-        else:
-            shaped = {"role": self.role, "content": replace(self, content=text).with_reasoning()}
+        shaped = {"role": self.role, "content": text}
+        if self.reasoning and reasoning:
+            shaped["reasoning_content"] = self.reasoning
+        elif self.reasoning:
+            shaped["content"] = replace(self, content=text).with_reasoning()
         if calls and self.tool_calls:
             shaped["tool_calls"] = self.tool_calls
         return shaped

@@ -55,8 +55,8 @@ class ConversationRenderer:
         self.template = template
         self.max_length = max_length
         self.template_args = dict(template_args or {})  # e.g. enable_thinking
-        self.specials = [t for t in tokenizer.all_special_tokens if t]  # read once: a property
-        self._special_tuple = tuple(self.specials)  # for str.endswith
+        # read once (a property); a tuple, so that str.endswith takes them all in one call
+        self.specials = tuple(t for t in tokenizer.all_special_tokens if t)
         self._text = text_renderer(tokenizer, template, self.template_args)
         self.shape = TemplateShape(template, self.render_text)  # what it takes, probed once
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
@@ -162,7 +162,7 @@ class ConversationRenderer:
         return f"{reasoning.strip(chr(10))}\n</think>\n\n{rendered.lstrip()}"
 
     def _ends_with_special(self, text: str) -> bool:
-        return text.endswith(self._special_tuple)
+        return text.endswith(self.specials)
 
     def _next_turn_opener(self, messages: list[dict], turn: int, tools, target: str) -> str:
         """For a template that closes a turn with no token of its own, the special token it
@@ -196,7 +196,7 @@ class ConversationRenderer:
         decides which of them belong to it."""
         text = target.rstrip()
         core = text
-        while core.endswith(self._special_tuple):
+        while core.endswith(self.specials):
             trailing = [t for t in self.specials if core.endswith(t)]
             core = core[: -len(max(trailing, key=len))].rstrip()
         ends = self._special_ends(text, len(core))

@@ -474,3 +474,31 @@ def test_text_renders_as_apply_chat_template_writes_it(renderers, template):
         both(raw)
         both(raw[:1], add_generation_prompt=True)
     assert len([c for c in compared if isinstance(c, str)]) >= 20
+
+
+@pytest.mark.skipif(FOLDER is None, reason="trl (its chat_templates/) is not installed")
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_byte_edges_give_the_samples_the_offsets_give(renderers, template, monkeypatch):
+    """Answers found from token byte lengths (the tokenizer's offsets skipped) are the same
+    samples as from its offsets, whole conversation or one per turn, on every template's
+    conversations: plain, reasoning (think blocks whose tokens straddle a turn's edge), tool
+    calls with schemas; thinking on and off."""
+    from tunelab.data import render
+
+    assert render.ByteEdges.of(renderers[template].tokenizer) is not None
+    rows = [Conversation([Message(r, t) for r, t in turns]) for turns in CONVERSATIONS.values()]
+    rows += [Conversation([Message(r, t) for r, t in REASONING]), Conversation(REASONED)]
+    rows += [Conversation(m, tools=TOOLS) for m in TOOL_CONVERSATIONS.values()]
+    tokenizer, source = renderers[template].tokenizer, renderers[template].template
+    found = {}
+    for args in ({}, {"enable_thinking": False}):
+        for way in ("bytes", "offsets"):
+            if way == "offsets":
+                monkeypatch.setattr(render.ByteEdges, "of", classmethod(lambda cls, tok: None))
+            renderer = ConversationRenderer(tokenizer, source, template_args=args)
+            results = renderer.render_many(rows, chunk=3)
+            assert (renderer._edges is None) == (way == "offsets")
+            found[way] = [r if isinstance(r, RowError) else vars(r) for r in results]
+            monkeypatch.undo()
+        assert [str(r) for r in found["bytes"]] == [str(r) for r in found["offsets"]]
+        assert sum(isinstance(r, dict) for r in found["bytes"]) >= len(CONVERSATIONS)

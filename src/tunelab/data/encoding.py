@@ -5,13 +5,23 @@ Preprocessing is bound by the tokenizer. Texts go to the fast tokenizer's own ba
 converts every result into), on all of the tokenizer's threads while it runs; the setting that
 keeps them off elsewhere (forked data workers) is put back afterwards. An answer's tokens are
 found from its first and last character, not from a list of every token's offsets.
+
+A byte-level BPE tokenizer (GPT-2's kind: Llama 3, Qwen, SmolLM, DeepSeek) writes each text's
+bytes exactly, one token after another. For those, `ByteEdges` finds the tokens from each token's
+byte length instead, and the tokenizer skips its offsets (`encode_batch_fast`, a third to
+two-fifths less of its time); the answers' tokens and the clean-edge test come out the same.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import threading
+import unicodedata
 from contextlib import contextmanager
+
+import numpy as np
 
 IGNORE_INDEX = -100
 
@@ -51,6 +61,20 @@ def encode_batch(tokenizer, texts: list[str]) -> list:
         return tokenizer(texts, add_special_tokens=False).encodings
 
 
+def encode_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, no special tokens added (no offsets kept where the tokenizer
+    can skip them)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if texts and _plain_backend(backend) and hasattr(backend, "encode_batch_fast"):
+        with tokenizer_threads():
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return [e.ids for e in encode_batch(tokenizer, texts)]
+
+
+def _plain_backend(backend) -> bool:
+    return backend is not None and backend.truncation is None and backend.padding is None
+
+
 def answer_labels(encoding, ids: list[int], spans: list[tuple[int, int]]) -> list[int] | None:
     """Labels training the tokens (`ids`, the encoding's) that start inside an answer's
     character span, the rest ignored; None when a span does not start and end on a token edge
@@ -82,3 +106,131 @@ def token_range(encoding, count: int, start: int, end: int) -> tuple[int, int] |
     if encoding.token_to_chars(first)[0] != start or encoding.token_to_chars(last)[1] != end:
         return None
     return first, last
+
+
+UNSURE = object()  # ByteEdges cannot tell for this text: ask the tokenizer's offsets
+
+
+class ByteEdges:
+    """Token edges from token byte lengths, for a tokenizer whose tokens spell each text's
+    bytes exactly and whose offsets are not trimmed: there a token's characters are those its
+    bytes fall in, so a span starts and ends on token edges exactly when its bytes do, and the
+    tokens starting inside it are those whose first byte is inside it."""
+
+    def __init__(self, backend, nfc: bool):
+        self.backend = backend
+        self.nfc = nfc  # the tokenizer normalises to NFC: only texts already in NFC are exact
+        # bytes of each token id, looked up when first seen (reading the whole vocabulary
+        # costs more than a small data set's tokenizing saves)
+        self.lengths = np.full(backend.get_vocab_size(with_added_tokens=True), -1, np.int64)
+        for index, token in backend.get_added_tokens_decoder().items():
+            self.lengths[index] = len(token.content.encode())
+
+    @classmethod
+    def of(cls, tokenizer) -> ByteEdges | None:
+        """For a byte-level BPE tokenizer that writes texts as they are; None otherwise."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if not (_plain_backend(backend) and hasattr(backend, "encode_batch_fast")):
+            return None
+        model = backend.model
+        if (
+            type(model).__name__ != "BPE"
+            or model.continuing_subword_prefix
+            or (model.end_of_word_suffix)
+        ):
+            return None
+        normalizer = _parts(backend.normalizer)
+        if not ({p.get("type") for p in normalizer} <= {"NFC"} and _byte_level(backend)):
+            return None
+        added = backend.get_added_tokens_decoder()
+        if any(token.lstrip or token.rstrip or token.single_word for token in added.values()):
+            return None
+        return cls(backend, nfc=bool(normalizer))
+
+    def labels(self, texts: list[str], ids: list[list[int]], spans: list[list[tuple]]) -> list:
+        """For each text (its token ids and answer spans): labels as `answer_labels` makes
+        them, None when a span's edges are not token edges, or UNSURE."""
+        counts = np.fromiter(map(len, ids), np.int64, len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(counts.sum()))
+        if flat.size and (flat.max() >= len(self.lengths) or flat.min() < 0):
+            return [UNSURE] * len(texts)
+        sizes = self._sizes(flat)
+        before = np.concatenate(([0], np.cumsum(sizes)))  # bytes before each token, in a row
+        first_token = np.cumsum(counts) - counts
+        text_start = before[first_token].tolist()
+        spelled = (before[first_token + counts] - before[first_token]).tolist()
+        results: list = []
+        edges, owners = [], []
+        for k, text in enumerate(texts):
+            if spelled[k] != _byte(text, len(text)) or (
+                self.nfc and not unicodedata.is_normalized("NFC", text)
+            ):
+                results.append(UNSURE)  # the tokens do not spell this text's bytes
+                continue
+            results.append([IGNORE_INDEX] * len(ids[k]))
+            for start, end in spans[k]:
+                if end > start:
+                    edges.append(
+                        (text_start[k] + _byte(text, start), text_start[k] + _byte(text, end))
+                    )
+                    owners.append(k)
+        if edges:
+            self._label_spans(results, ids, owners, first_token.tolist(), before, edges)
+        return results
+
+    @staticmethod
+    def _label_spans(results, ids, owners, first_token, before, edges) -> None:
+        """Label each span's tokens in `results`; a text with a span that does not start and
+        end on token edges gets None."""
+        at = np.array(edges, np.int64)
+        first = np.searchsorted(before, at[:, 0], side="right") - 1  # token holding the byte
+        last = np.searchsorted(before, at[:, 1], side="left") - 1  # token ending there
+        clean = (before[first] == at[:, 0]) & (before[last + 1] == at[:, 1])
+        for k, a, b, ok in zip(owners, first.tolist(), last.tolist(), clean.tolist()):
+            if not ok:
+                results[k] = None
+            elif results[k] is not None:
+                a, b = a - first_token[k], b - first_token[k] + 1
+                results[k][a:b] = ids[k][a:b]
+
+    def _sizes(self, flat: np.ndarray) -> np.ndarray:
+        sizes = self.lengths[flat]
+        if (sizes < 0).any():
+            for index in np.unique(flat[sizes < 0]).tolist():
+                # one character per byte in a byte-level vocabulary
+                self.lengths[index] = len(self.backend.id_to_token(index) or "")
+            sizes = self.lengths[flat]
+        return sizes
+
+
+def _byte(text: str, index: int) -> int:
+    return index if text.isascii() else len(text[:index].encode())
+
+
+def _parts(component) -> list[dict]:
+    """A normalizer, pre-tokenizer or post-processor as its JSON parts (a Sequence's items)."""
+    if component is None:
+        return []
+    state = json.loads(component.__getstate__())
+    if state.get("type") == "Sequence":  # a nested Sequence is a part no check allows
+        items = state.get("normalizers") or state.get("pretokenizers") or state.get("processors")
+        return list(items or [])
+    return [state]
+
+
+def _byte_level(backend) -> bool:
+    """Pre-tokenizing only splits the text (one part maps bytes to characters, adding no
+    space in front), and post-processing keeps offsets untrimmed."""
+    pre = _parts(backend.pre_tokenizer)
+    levels = [p for p in pre if p.get("type") == "ByteLevel"]
+    if (
+        len(levels) != 1
+        or levels[0].get("add_prefix_space")
+        or any(p.get("type") not in {"ByteLevel", "Split"} for p in pre)
+    ):
+        return False
+    post = _parts(backend.post_processor)
+    return all(
+        p.get("type") in {"TemplateProcessing", "ByteLevel"} and not p.get("trim_offsets")
+        for p in post
+    )

@@ -21,7 +21,14 @@ from jinja2 import TemplateError
 
 from tunelab.data.chat_text import text_renderer
 from tunelab.data.conversation import Conversation, Message, RowError
-from tunelab.data.encoding import IGNORE_INDEX, answer_labels, encode_batch
+from tunelab.data.encoding import (
+    IGNORE_INDEX,
+    UNSURE,
+    ByteEdges,
+    answer_labels,
+    encode_batch,
+    encode_ids,
+)
 from tunelab.data.template_shape import TemplateShape
 from tunelab.data.tool_calls import calls_from_openai
 
@@ -58,6 +65,7 @@ class ConversationRenderer:
         # read once (a property); a tuple, so that str.endswith takes them all in one call
         self.specials = tuple(t for t in tokenizer.all_special_tokens if t)
         self._text = text_renderer(tokenizer, template, self.template_args)
+        self._edges: ByteEdges | None | bool = False  # token edges from byte lengths, if exact
         self.shape = TemplateShape(template, self.render_text)  # what it takes, probed once
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
         # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
@@ -272,6 +280,9 @@ class ConversationRenderer:
         is a sample of its own, its prompt and answer tokenized apart, as when served.
         """
         results: list = []
+        if self._edges is False:  # looked at once; None: the tokenizer's offsets find answers
+            self._edges = ByteEdges.of(self.tokenizer)
+        edges = self._edges
         with (
             ThreadPoolExecutor(1) as tokenizing,
             collection_paused(),
@@ -282,21 +293,20 @@ class ConversationRenderer:
                 wholes = [p for _, pieces in planned if isinstance(pieces, list) for p in pieces]
                 wholes = [p for p in wholes if len(p) == 2]
                 texts = [text for text, _ in wholes]
-                encoded = tokenizing.submit(encode_batch, self.tokenizer, texts)
+                encode = encode_ids if edges else encode_batch
+                encoded = tokenizing.submit(encode, self.tokenizer, texts)
                 if pending:
-                    results += self._finish(*pending)
+                    results += self._finish(*pending, edges)
                 pending = (planned, wholes, encoded)
             if pending:
-                results += self._finish(*pending)
+                results += self._finish(*pending, edges)
         return results
 
-    def _finish(self, planned: list[tuple], wholes: list[tuple], encoded) -> list:
+    def _finish(self, planned: list[tuple], wholes: list[tuple], encoded, edges) -> list:
         """The samples of one chunk of planned conversations, their whole texts' encodings
-        coming (a future)."""
+        coming (a future: token ids with `edges`, else encodings with offsets)."""
         kept = {}  # id(spans) -> (ids, labels) of each whole text with clean token edges
-        for (_text, spans), encoding in zip(wholes, encoded.result()):
-            ids = encoding.ids
-            labels = answer_labels(encoding, ids, spans)
+        for (_text, spans), (ids, labels) in zip(wholes, self._labelled(wholes, encoded, edges)):
             if labels is not None:
                 kept[id(spans)] = (ids, labels)
         turns = [
@@ -305,15 +315,29 @@ class ConversationRenderer:
             if isinstance(pieces, list)
             for p in split_unclean(pieces, kept)
         ]
-        halves = encode_batch(
+        halves = encode_ids(
             self.tokenizer, [half for t in turns for half in (t[0][: t[2]], t[0][t[2] :])]
         )
-        halves = [encoding.ids for encoding in halves]
         split_ids = iter(zip(halves[0::2], halves[1::2]))
         results = []
         for conversation, pieces in planned:
             results += self._samples(conversation, pieces, kept, split_ids)
         return results
+
+    def _labelled(self, wholes: list[tuple], encoded, edges) -> list[tuple]:
+        """(ids, labels) of each whole text; labels None where a token straddles an answer's
+        edge. Where `edges` cannot tell, the tokenizer's offsets do."""
+        if edges is None:
+            return [
+                (e.ids, answer_labels(e, e.ids, spans))
+                for (_, spans), e in zip(wholes, encoded.result())
+            ]
+        ids = encoded.result()
+        labels = edges.labels([text for text, _ in wholes], ids, [spans for _, spans in wholes])
+        unsure = [k for k, found in enumerate(labels) if found is UNSURE]
+        for k, e in zip(unsure, encode_batch(self.tokenizer, [wholes[k][0] for k in unsure])):
+            ids[k], labels[k] = e.ids, answer_labels(e, e.ids, wholes[k][1])
+        return list(zip(ids, labels))
 
     def _planned(self, conversation: Conversation):
         """The conversation's texts and answer spans, or the RowError that refuses it."""

@@ -123,10 +123,20 @@ def _nfc(backend):
 
 
 NOT_NFC = ["e\u0301 composed", "x\u0301\u1dca reordered, as many bytes"]
+
+
+def _qwen_style(backend):  # NFC, a regex split, and untrimmed byte-level offsets
+    from tokenizers import processors
+
+    _nfc(backend)
+    _llama3_style(backend)
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+
+
 EDGE_TEXTS = TEXTS + [" a  <|im_end|>  b \n", "<|im_start|><|im_end|>", "ok", *NOT_NFC]
 
 
-@pytest.mark.parametrize("variant", [None, _llama3_style, _nfc])
+@pytest.mark.parametrize("variant", [None, _llama3_style, _nfc, _qwen_style])
 def test_byte_edges_label_as_the_offsets_do(builtin_tokenizer, variant):
     """Labels from token byte lengths equal `answer_labels` on the offsets, and the offsets
     reference, span for span; a text the tokens do not spell byte for byte (not in NFC for
@@ -142,14 +152,14 @@ def test_byte_edges_label_as_the_offsets_do(builtin_tokenizer, variant):
         encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
         assert text_ids == encoding.ids
         if labels is UNSURE:
-            assert variant is _nfc and text in NOT_NFC
+            assert variant in (_nfc, _qwen_style) and text in NOT_NFC
             continue
         expected = answer_labels(encoding, encoding.ids, text_spans)
         assert labels == expected == offsets_mask(tokenizer, text, text_spans)[1], text_spans
         clean += labels is not None
     assert 50 < clean < len(texts) - 100  # both outcomes were exercised
     unsure = {text for text, labels in zip(texts, found) if labels is UNSURE}
-    assert unsure == (set(NOT_NFC) if variant is _nfc else set())
+    assert unsure == (set(NOT_NFC) if variant in (_nfc, _qwen_style) else set())
 
 
 def _sentencepiece_style(backend):  # spaces as "▁", one in front: the text is rewritten

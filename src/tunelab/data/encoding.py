@@ -130,7 +130,8 @@ class ByteEdges:
     def of(cls, tokenizer) -> ByteEdges | None:
         """For a byte-level BPE tokenizer that writes texts as they are; None otherwise."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        if not (_plain_backend(backend) and hasattr(backend, "encode_batch_fast")):
+        needed = ("encode_batch_fast", "get_added_tokens_decoder")  # tokenizers >= 0.21
+        if not (_plain_backend(backend) and all(hasattr(backend, n) for n in needed)):
             return None
         model = backend.model
         if (

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import SHARED_DATA
 from tests.test_published_templates import FOLDER, TAG, _source
 from tunelab.data.doctor import check, open_target
-from tunelab.data.preference import read_preferences, render_preference
+from tunelab.data.preference import read_preferences, render_preference, render_preferences
 from tunelab.data.render import ConversationRenderer
 
 LF = SHARED_DATA / "llamafactory"
@@ -114,6 +114,38 @@ def test_a_pair_renders_its_prompt_as_served_and_each_answer_through_its_stop(
     chosen, rejected = tokenizer.decode(sample.chosen_ids), tokenizer.decode(sample.rejected_ids)
     assert row.chosen.content[:40] in chosen and row.rejected.content[:40] in rejected
     assert row.prompt.messages[-1].content[:40] not in chosen  # the prompt is not an answer
+
+
+@needs_data
+def test_pairs_rendered_together_are_each_as_served_and_refusals_keep_their_place(
+    builtin_tokenizer,
+):
+    """Rendering many pairs at once (one tokenizer batch) gives each its own prompt as served
+    and its answers as the tokenizer writes them alone; a row the template refuses is its
+    RowError, in its place."""
+    refusing = builtin_tokenizer.chat_template.replace(
+        "{% for message in messages %}",
+        "{% for message in messages %}{% if message['content'] == 'Refuse me.' %}"
+        "{{ raise_exception('no such answers') }}{% endif %}",
+        1,
+    )
+    assert refusing != builtin_tokenizer.chat_template
+    renderer = ConversationRenderer(builtin_tokenizer, refusing)
+    pairs, _ = read_preferences(LF / "dpo_zh_demo.json", "preference", SHAREGPT)
+    rows = pairs[:40]
+    rows[7] = copy.deepcopy(rows[7])
+    rows[7].rejected.content = "Refuse me."
+    samples = render_preferences(renderer, rows)
+    assert len(samples) == len(rows) and "no such answers" in str(samples[7])
+    tokenize = renderer.tokenizer
+    for row, sample in zip(rows, samples):
+        if row is rows[7]:
+            continue
+        served = renderer.prompt_ids([m.as_dict() for m in row.prompt.messages])
+        chosen = tokenize.decode(sample.chosen_ids)
+        assert sample.prompt_ids == served and sample.location == str(row.location)
+        assert sample.chosen_ids == tokenize(chosen, add_special_tokens=False)["input_ids"]
+        assert row.chosen.content[:20] in chosen and sample == render_preference(renderer, row)
 
 
 def test_preference_accuracy_scores_answers_as_served(tmp_path, tiny_model_dir):

@@ -229,8 +229,8 @@ def ends_with_trained(sample: RenderedSample, stop_ids: set[int]) -> bool:
     """Whether the sample's last trained token is a stop (special) token: the model learns to
     end its answer. A truncated answer, or a template that closes turns with plain text, does
     not teach it."""
-    trained = [label for label in sample.labels if label != IGNORE_INDEX]
-    return bool(trained) and trained[-1] in stop_ids
+    last = next((label for label in reversed(sample.labels) if label != IGNORE_INDEX), None)
+    return last is not None and last in stop_ids
 
 
 def _cut(

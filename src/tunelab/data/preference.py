@@ -20,6 +20,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from tunelab.data.conversation import Conversation, Location, Message, RowError
+from tunelab.data.encoding import encode_ids
 from tunelab.data.formats import Columns, from_alpaca, from_sharegpt, read_turn
 from tunelab.data.readers import read_records
 from tunelab.data.render import template_refusal
@@ -249,15 +250,38 @@ def render_preference(renderer, row: PreferenceRow) -> PreferenceSample:
     """The row rendered with the model's chat template: each answer as the model generates it
     after the prompt's generation prompt (the same rule as SFT's masks), the prompt and the
     answers tokenized apart, as when served."""
-    prompt, chosen = _final_turn(renderer, row.conversation(row.chosen))
-    rejected = None
-    if row.rejected is not None:
-        _, rejected = _final_turn(renderer, row.conversation(row.rejected))
-    tokens = renderer.tokenizer
-    ids = [tokens(t, add_special_tokens=False)["input_ids"] if t is not None else None
-           for t in (prompt, chosen, rejected)]  # fmt: skip
-    where = str(row.location) if row.location else None
-    return PreferenceSample(ids[0], ids[1], ids[2], row.label, where)
+    [sample] = render_preferences(renderer, [row])
+    if isinstance(sample, RowError):
+        raise sample
+    return sample
+
+
+def render_preferences(renderer, rows: list[PreferenceRow]) -> list:
+    """Each row as `render_preference` renders it, or the RowError that refuses it; every
+    text tokenized in one batch (on the tokenizer's threads)."""
+    texts: list[str | None] = []
+    refused: dict[int, RowError] = {}
+    for index, row in enumerate(rows):
+        try:
+            prompt, chosen = _final_turn(renderer, row.conversation(row.chosen))
+            rejected = None
+            if row.rejected is not None:
+                _, rejected = _final_turn(renderer, row.conversation(row.rejected))
+        except RowError as exc:
+            refused[index] = exc
+            prompt = chosen = rejected = None
+        texts += [prompt, chosen, rejected]
+    encoded = iter(encode_ids(renderer.tokenizer, [t for t in texts if t is not None]))
+    ids = [next(encoded) if t is not None else None for t in texts]
+    return [
+        refused.get(index)
+        or PreferenceSample(*ids[3 * index : 3 * index + 3], row.label, _where(row))
+        for index, row in enumerate(rows)
+    ]
+
+
+def _where(row: PreferenceRow) -> str | None:
+    return str(row.location) if row.location else None
 
 
 def _final_turn(renderer, conversation: Conversation) -> tuple[str, str]:

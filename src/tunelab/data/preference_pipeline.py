@@ -21,7 +21,7 @@ from tunelab.data.preference import (
     PreferenceSample,
     detect_kind,
     read_preferences,
-    render_preference,
+    render_preferences,
 )
 from tunelab.data.readers import read_records
 from tunelab.data.render import IGNORE_INDEX, ConversationRenderer, RenderedSample, truncate
@@ -100,11 +100,11 @@ def _rendered_split(
     report.placeholders_replaced = _transform(rows, config, thinking, report)
     rows = _short_answers(rows, config.max_answer_chars, report)
     samples = []
-    for row in rows:
-        try:
-            samples.append(render_preference(renderer, row))
-        except RowError as exc:
-            report.bad_rows.append(str(exc))
+    for sample in render_preferences(renderer, rows):
+        if isinstance(sample, RowError):
+            report.bad_rows.append(str(sample))
+        else:
+            samples.append(sample)
     raise_for_bad_rows(report, config.on_bad_row, split)
     if not samples:
         raise TunelabError(f"the {split} data has no usable {_noun(objective)}.")

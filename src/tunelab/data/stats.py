@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.data.render import IGNORE_INDEX, RenderedSample, truncate
+from tunelab.data.render import RenderedSample, truncate
 
 PERCENTILES = (50, 90, 95, 99)
 MAX_TRAINED_LOSS = 0.01  # auto max_length loses under 1% of the trained tokens
@@ -47,7 +47,7 @@ def cutoff_cost(samples: list[RenderedSample], cutoff: int) -> dict:
         if len(sample.input_ids) > cutoff:
             cut += 1
             short = truncate(sample.input_ids, sample.labels, cutoff)
-            kept += sum(1 for label in short.labels if label != IGNORE_INDEX)
+            kept += short.trained_tokens
         else:
             kept += sample.trained_tokens
     return {

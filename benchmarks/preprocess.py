@@ -5,6 +5,7 @@ LLaMA-Factory's own preprocessing of the same files in the same run.
     python benchmarks/preprocess.py --data FILE --json    # any file, machine-readable
     python benchmarks/preprocess.py --against /tmp/old/src   # and another tunelab's code:
         # git worktree add /tmp/old <commit>; it runs in its own process, file by file
+    python benchmarks/preprocess.py --preference          # DPO and KTO pairs (nothing cached)
 
 Uses the built-in model's tokenizer and chat template. Cold runs use an empty cache folder;
 cached runs read what the cold run wrote. Each figure is the best of --repeat runs. Neither
@@ -60,8 +61,60 @@ def measure(path: Path, tokenizer, template: str, repeat: int) -> dict:
     }
 
 
-def measure_llamafactory(path: Path, model: Path, workers: int, repeat: int) -> dict | None:
-    """LLaMA-Factory's cold and cached preprocessing of `path` (None when it is not installed)."""
+PAIRS = [("dpo_en_demo", "dpo"), ("dpo_zh_demo", "dpo"), ("kto_en_demo", "kto")]
+
+
+def measure_pairs(name: str, objective: str, tokenizer, repeat: int) -> dict:
+    """Preference rows read, checked, rendered and cut per second (LLaMA-Factory's registry)."""
+    from tunelab.data.preference_pipeline import prepare_preferences
+    from tunelab.recipe import DataConfig
+
+    config = DataConfig(train=[name], registry=str(SHARED / "llamafactory" / "dataset_info.json"))
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        prepared = prepare_preferences(
+            config, None, tokenizer, tokenizer.chat_template, 0, objective
+        )
+        times.append(time.perf_counter() - start)
+    rows = len(prepared.train)
+    return {"data": name, "objective": objective, "rows": rows, "seconds": round(min(times), 3),
+            "rows_per_second": round(rows / min(times), 1)}  # fmt: skip
+
+
+def pairs_table(args, tokenizer, model) -> list[dict]:
+    registry = json.loads((SHARED / "llamafactory" / "dataset_info.json").read_text())
+    results = []
+    for name, objective in PAIRS:
+        ours = {"tool": "tunelab", **measure_pairs(name, objective, tokenizer, args.repeat)}
+        results.append(ours)
+        if args.against:
+            results.append(measure_other(args.against, name, args.repeat, ["--preference"]))
+        if not args.no_peers:
+            results += peer_pairs(registry[name], name, objective, model, args.repeat, ours)
+    return results
+
+
+def peer_pairs(entry: dict, name: str, objective: str, model, repeat: int, ours: dict) -> list:
+    """LLaMA-Factory's preprocessing of the same registry entry for its dpo (or kto) stage."""
+    extra = {"stage": objective, "entry": {k: v for k, v in entry.items() if k != "file_name"}}
+    path = SHARED / "llamafactory" / entry["file_name"]
+    peer = measure_llamafactory(path, model.folder, 1, repeat, extra)
+    if not peer or "error" in peer:
+        if peer:
+            print(f"llamafactory failed on {name}: {peer['error']}", file=sys.stderr)
+        return []
+    rows = peer["samples"]
+    return [{"data": name, "tool": peer["tool"], "rows": rows, "seconds": peer["cold_seconds"],
+             "rows_per_second": round(rows / peer["cold_seconds"], 1),
+             "tunelab_speedup": round(peer["cold_seconds"] / ours["seconds"], 2)}]  # fmt: skip
+
+
+def measure_llamafactory(
+    path: Path, model: Path, workers: int, repeat: int, extra: dict | None = None
+) -> dict | None:
+    """LLaMA-Factory's cold and cached preprocessing of `path` (None when it is not installed);
+    `extra`: its stage and registry entry, for preference rows."""
     if not PEER.exists():
         return None
     best: dict = {}
@@ -73,6 +126,7 @@ def measure_llamafactory(path: Path, model: Path, workers: int, repeat: int) -> 
                 "columns": COLUMNS.get(path.name),
                 "workers": workers if workers > 1 else None,
                 "workdir": workdir,
+                **(extra or {}),
             }
             (Path(workdir) / "settings.json").write_text(json.dumps(settings))
             done = subprocess.run(
@@ -97,17 +151,17 @@ def measure_llamafactory(path: Path, model: Path, workers: int, repeat: int) -> 
     }
 
 
-def measure_other(src: Path, path: Path, repeat: int) -> dict:
+def measure_other(src: Path, path, repeat: int, mode: list[str] | None = None) -> dict:
     """The same measurement with the tunelab in `src` (its own process, nothing else run)."""
     done = subprocess.run(
         [sys.executable, __file__, "--data", str(path), "--repeat", str(repeat)]
-        + ["--json", "--no-peers"],
+        + ["--json", "--no-peers", *(mode or [])],
         env={**os.environ, "PYTHONPATH": str(src.resolve())},
         capture_output=True,
         text=True,
     )
     if done.returncode:
-        sys.exit(f"tunelab at {src} failed on {path.name}:\n{done.stderr[-2000:]}")
+        sys.exit(f"tunelab at {src} failed on {Path(path).name}:\n{done.stderr[-2000:]}")
     return {**json.loads(done.stdout)[0], "tool": f"tunelab at {src}"}
 
 
@@ -118,6 +172,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--against", type=Path, help="another tunelab's src folder to measure")
     parser.add_argument("--no-peers", action="store_true", help="tunelab only")
+    parser.add_argument("--preference", action="store_true", help="DPO/KTO pairs instead")
     args = parser.parse_args()
     if args.against and not (args.against / "tunelab" / "__init__.py").is_file():
         parser.error(f"--against {args.against}: no tunelab package there; give a src folder")
@@ -128,6 +183,9 @@ def main() -> None:
     quiet_libraries()
     model = resolve_model("smollm2-135m-instruct")
     tokenizer = load_tokenizer(model)
+    if args.preference:
+        show_pairs(args, tokenizer, model)
+        return
     results = []
     for path in args.data or DEFAULT_DATA:
         ours = {"tool": "tunelab", **measure(path, tokenizer, tokenizer.chat_template, args.repeat)}
@@ -155,6 +213,23 @@ def main() -> None:
             f"{Path(r['data']).name:22} {r['tool']:28} {r['samples']:>8} {r['cold_seconds']:>8} "
             f"{r['cold_samples_per_second']:>9} {r['cached_seconds']:>9} "
             f"{r['cached_samples_per_second']:>10}"
+        )
+
+
+def show_pairs(args, tokenizer, model) -> None:
+    if args.data:  # one entry, for --against's own process
+        name = str(args.data[0])
+        objective = dict(PAIRS)[name]
+        results = [{"tool": "tunelab", **measure_pairs(name, objective, tokenizer, args.repeat)}]
+    else:
+        results = pairs_table(args, tokenizer, model)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'data':14} {'tool':28} {'rows':>6} {'seconds':>8} {'rows/s':>8}")
+    for r in results:
+        print(
+            f"{r['data']:14} {r['tool']:28} {r['rows']:>6} {r['seconds']:>8} {r['rows_per_second']:>8}"
         )
 
 

@@ -1,7 +1,9 @@
 """LLaMA-Factory's side of benchmarks/preprocess.py: its own loading and tokenizing of a file
-(get_dataset, sft stage) into an empty datasets cache, then again from that cache.
+(get_dataset, the sft stage, or dpo/kto for preference rows) into an empty datasets cache,
+then again from that cache.
 
-    python preprocess_llamafactory.py SETTINGS.json   # model, data, columns, workers, workdir
+    python preprocess_llamafactory.py SETTINGS.json
+    # model, data, columns, workers, workdir; optionally stage and entry (a registry entry)
 """
 
 import json
@@ -22,7 +24,8 @@ from llamafactory.model import load_tokenizer  # noqa: E402
 
 folder = settings["workdir"] + "/llamafactory-data"
 os.makedirs(folder, exist_ok=True)
-entry = {"file_name": os.path.abspath(settings["data"])}
+entry = {**(settings.get("entry") or {}), "file_name": os.path.abspath(settings["data"])}
+STAGE = settings.get("stage") or "sft"
 if settings.get("columns"):
     entry["columns"] = settings["columns"]
 with open(folder + "/dataset_info.json", "w", encoding="utf-8") as handle:
@@ -32,7 +35,7 @@ with open(folder + "/dataset_info.json", "w", encoding="utf-8") as handle:
 def arguments(overwrite: bool) -> dict:
     return {
         "model_name_or_path": settings["model"],
-        "stage": "sft",
+        "stage": STAGE,
         "do_train": True,
         "finetuning_type": "lora",
         "dataset": "bench",
@@ -55,7 +58,8 @@ seconds = {}
 for kind, overwrite in (("cold", True), ("cached", False)):
     model_args, data_args, training_args, _, _ = get_train_args(arguments(overwrite))
     start = time.perf_counter()
-    module = get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)
+    stage = "rm" if STAGE == "dpo" else STAGE  # LLaMA-Factory's DPO reads pairs as rm does
+    module = get_dataset(template, model_args, data_args, training_args, stage, **tokenizer_module)
     seconds[kind] = time.perf_counter() - start
 samples = len(module["train_dataset"])
 print(json.dumps({"samples": samples, **{f"{k}_seconds": v for k, v in seconds.items()}}))

@@ -186,8 +186,15 @@ def _stripping_token(backend):  # an added token that takes the spaces before it
     backend.add_special_tokens([AddedToken("<mask>", lstrip=True)])
 
 
+def _subword_prefix(backend):  # tokens written "##ing": not the text's bytes
+    from tokenizers import models
+
+    backend.model = models.BPE({"a": 0, "##b": 1}, [], continuing_subword_prefix="##")
+
+
 @pytest.mark.parametrize(
-    "variant", [_sentencepiece_style, _trimmed_offsets, _prefix_space, _stripping_token]
+    "variant",
+    [_sentencepiece_style, _trimmed_offsets, _prefix_space, _stripping_token, _subword_prefix],
 )
 def test_byte_edges_only_where_tokens_spell_the_text(builtin_tokenizer, variant):
     """Tokenizers that rewrite the text or trim offsets keep the offsets path."""

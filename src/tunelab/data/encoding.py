@@ -56,7 +56,7 @@ def encode_batch(tokenizer, texts: list[str]) -> list:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     with tokenizer_threads():
-        if backend is not None and backend.truncation is None and backend.padding is None:
+        if _plain_backend(backend):
             return backend.encode_batch(texts, add_special_tokens=False)
         return tokenizer(texts, add_special_tokens=False).encodings
 
@@ -117,13 +117,13 @@ class ByteEdges:
     bytes fall in, so a span starts and ends on token edges exactly when its bytes do, and the
     tokens starting inside it are those whose first byte is inside it."""
 
-    def __init__(self, backend, nfc: bool):
+    def __init__(self, backend, added: dict, nfc: bool):
         self.backend = backend
         self.nfc = nfc  # the tokenizer normalises to NFC: only texts already in NFC are exact
         # bytes of each token id, looked up when first seen (reading the whole vocabulary
         # costs more than a small data set's tokenizing saves)
         self.lengths = np.full(backend.get_vocab_size(with_added_tokens=True), -1, np.int64)
-        for index, token in backend.get_added_tokens_decoder().items():
+        for index, token in added.items():
             self.lengths[index] = len(token.content.encode())
 
     @classmethod
@@ -134,11 +134,8 @@ class ByteEdges:
         if not (_plain_backend(backend) and all(hasattr(backend, n) for n in needed)):
             return None
         model = backend.model
-        if (
-            type(model).__name__ != "BPE"
-            or model.continuing_subword_prefix
-            or (model.end_of_word_suffix)
-        ):
+        affixes = ("continuing_subword_prefix", "end_of_word_suffix")  # "##" and the like
+        if type(model).__name__ != "BPE" or any(getattr(model, a, None) for a in affixes):
             return None
         normalizer = _parts(backend.normalizer)
         if not ({p.get("type") for p in normalizer} <= {"NFC"} and _byte_level(backend)):
@@ -146,7 +143,7 @@ class ByteEdges:
         added = backend.get_added_tokens_decoder()
         if any(token.lstrip or token.rstrip or token.single_word for token in added.values()):
             return None
-        return cls(backend, nfc=bool(normalizer))
+        return cls(backend, added, nfc=bool(normalizer))
 
     def labels(self, texts: list[str], ids: list[list[int]], spans: list[list[tuple]]) -> list:
         """For each text (its token ids and answer spans): labels as `answer_labels` makes

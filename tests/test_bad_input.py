@@ -292,6 +292,23 @@ CASES = {
         "d.json:1",
         "not valid UTF-8",
     ),
+    "json-lone-surrogate": (  # a pair (an emoji) is fine; half of one is not text
+        "d.json",
+        b'[{"instruction": "hi \\ud83d\\ude00", "output": "x"},'
+        b' {"instruction": "q", "output": "cut \\ud83d"}]',
+        "d.json[1] field `output`",
+        "lone UTF-16 surrogate (\\ud83d",
+    ),
+    "jsonl-lone-surrogate": (
+        "d.jsonl",
+        jsonl(
+            OK,
+            b'{"conversations": [{"from": "human", "value": "\\udc00?"},'
+            b' {"from": "gpt", "value": "x"}]}',
+        ),  # fmt: skip
+        "d.jsonl:2 field `conversations[0].value`",
+        "lone UTF-16 surrogate (\\udc00",
+    ),
     "unsupported-extension": ("d.txt", b"hello", "d.txt", "unsupported data file type"),
     "unknown-layout": (
         "d.jsonl",

@@ -1,8 +1,8 @@
 """Read record files, keeping each record's location for error messages.
 
 A reader yields (location, record) pairs. A record that cannot be read (a line of broken
-JSON, bytes that are not UTF-8) is yielded as a RowError in its place, so the caller counts
-it with the other bad rows instead of stopping at the first.
+JSON, bytes that are not UTF-8, a JSON escape of half a UTF-16 pair) is yielded as a RowError
+in its place, so the caller counts it with the other bad rows instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,48 @@ def read_records(path: Path) -> Iterator[tuple[Location, object]]:
     yield from reader(path)
 
 
+# A JSON escape of a UTF-16 surrogate; json.loads joins a pair into one character, so one left
+# in a string after loading is half a pair: no tokenizer takes it.
+ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _readable(location: Location, record: object, escapes: bool) -> object:
+    """The record, or a RowError if a string in it holds half a UTF-16 pair (`escapes`: the
+    file has surrogate escapes at all; without them no record is walked)."""
+    found = _surrogate_at(record) if escapes else None
+    if found is None:
+        return record
+    where, char = found
+    return RowError(
+        location,
+        where or None,
+        f"holds a lone UTF-16 surrogate (\\u{ord(char):04x}: half of an emoji or a broken "
+        "escape), which is not text a tokenizer can read; fix or remove that escape",
+    )
+
+
+def _surrogate_at(value: object, where: str = "") -> tuple[str, str] | None:
+    if isinstance(value, str):
+        found = LONE_SURROGATE.search(value)
+        return (where, found.group(0)) if found else None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        path = (
+            f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        )
+        found = _surrogate_at(item, path)
+        if found:
+            return found
+    return None
+
+
 def _decode(data: bytes, path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -40,7 +83,9 @@ def _decode(data: bytes, path: Path) -> str:
 
 
 def _read_json(path: Path) -> Iterator[tuple[Location, object]]:
-    text = _decode(path.read_bytes(), path)
+    raw = path.read_bytes()
+    escapes = ESCAPED_SURROGATE.search(raw) is not None
+    text = _decode(raw, path)
     if not text.strip():
         raise TunelabError(f"{path} is empty; it should hold a JSON array of records.")
     try:
@@ -57,13 +102,15 @@ def _read_json(path: Path) -> Iterator[tuple[Location, object]]:
             f"{path}: expected a JSON array of records, found a {type(data).__name__}."
         )
     for index, record in enumerate(data):
-        yield Location(str(path), index=index), record
+        location = Location(str(path), index=index)
+        yield location, _readable(location, record, escapes)
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[Location, object]]:
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    escapes = ESCAPED_SURROGATE.search(raw) is not None
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -77,12 +124,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[Location, object]]:
             )
             continue
         try:
-            yield location, json.loads(text)
+            record = json.loads(text)
         except json.JSONDecodeError as exc:
             yield (
                 location,
                 RowError(location, None, f"broken JSON ({exc.msg} at column {exc.colno})"),
             )
+            continue
+        yield location, _readable(location, record, escapes)
 
 
 def _read_csv(path: Path) -> Iterator[tuple[Location, object]]:

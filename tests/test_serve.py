@@ -297,6 +297,9 @@ def test_errors_come_in_openai_shape(server):
     assert status == 400 and "n=1" in message
     status, kind, message = error_of(*raw_post(port, b'{"model": "alpha", "messages": []}'))
     assert status == 400 and "`messages`" in message
+    half = b'{"model": "alpha", "messages": [{"role": "user", "content": "hi \\ud83d"}]}'
+    status, kind, message = error_of(*raw_post(port, half))  # half an emoji: not text
+    assert (status, kind) == (400, "invalid_request_error") and "surrogate" in message, message
 
 
 def test_a_client_that_disconnects_stops_its_generation(server):

@@ -39,34 +39,34 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 def _readable(location: Location, record: object, escapes: bool) -> object:
     """The record, or a RowError if a string in it holds half a UTF-16 pair (`escapes`: the
     file has surrogate escapes at all; without them no record is walked)."""
-    found = _surrogate_at(record) if escapes else None
+    found = surrogate_at(record) if escapes else None
     if found is None:
         return record
     where, char = found
-    return RowError(
-        location,
-        where or None,
+    return RowError(location, where or None, f"{half_pair(char)}; fix or remove that escape")
+
+
+def half_pair(char: str) -> str:
+    """What is wrong with a lone surrogate, in words."""
+    return (
         f"holds a lone UTF-16 surrogate (\\u{ord(char):04x}: half of an emoji or a broken "
-        "escape), which is not text a tokenizer can read; fix or remove that escape",
+        "escape), which is not text a tokenizer can read"
     )
 
 
-def _surrogate_at(value: object, where: str = "") -> tuple[str, str] | None:
+def surrogate_at(value: object, where: str = "") -> tuple[str, str] | None:
+    """(where, the character) of the first lone surrogate in a JSON-like value, or None;
+    `where` as `conversations[1].value`."""
     if isinstance(value, str):
         found = LONE_SURROGATE.search(value)
         return (where, found.group(0)) if found else None
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
+    items = value.items() if isinstance(value, dict) else ()
+    items = enumerate(value) if isinstance(value, list) else items
     for key, item in items:
         path = (
             f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
         )
-        found = _surrogate_at(item, path)
+        found = surrogate_at(item, path)
         if found:
             return found
     return None

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tunelab.data.conversation import RowError
+from tunelab.data.readers import half_pair, surrogate_at
 from tunelab.errors import TunelabError
 from tunelab.inference.batch import Row
 from tunelab.inference.chat_model import ChatModel, Sampling
@@ -116,6 +117,9 @@ def _job(model: ChatModel, body: ChatRequest, max_tokens: int) -> Job:
     if body.n != 1:
         raise ApiError(400, "only n=1 is supported.", param="n")
     messages = [message.as_dict() for message in body.messages]
+    found = surrogate_at({"messages": messages, "tools": body.tools or []})
+    if found:
+        raise ApiError(400, f"`{found[0]}` {half_pair(found[1])}; send whole characters.", found[0])
     try:
         prompt = model.prompt_ids(messages, body.tools)
     except (TunelabError, RowError, jinja2.TemplateError, TypeError, ValueError) as exc:

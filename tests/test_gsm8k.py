@@ -99,3 +99,9 @@ def test_read_problems_limit_last_and_errors(tmp_path):
     path.write_text('{"question": "q", "answer": "no marker"}\n')
     with pytest.raises(TunelabError, match=r"p.jsonl:1: needs `question`"):
         read_problems(path)
+    path.write_bytes(b'{"question": "q", "answer": "x #### 1"}\n{"question": "caf\xe9"}\n')
+    with pytest.raises(TunelabError, match=r"p.jsonl:2: byte 17 of the line is not valid UTF-8"):
+        read_problems(path)
+    path.write_text('{"question": "q \\ud83d", "answer": "x #### 1"}\n')
+    with pytest.raises(TunelabError, match=r"p.jsonl:1 field `question`: holds a lone UTF-16"):
+        read_problems(path)

@@ -26,12 +26,12 @@ def read_prompts(path: Path) -> list[dict]:
     if not path.is_file():
         raise TunelabError(f"{path} does not exist; give a .jsonl file of prompts.")
     prompts = []
-    for number, record in read_jsonl(path):
+    for where, record in read_jsonl(path):
         if isinstance(record, str):
             record = {"prompt": record}
         text = record.get("prompt") or record.get("question") if isinstance(record, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise TunelabError(f"{path}:{number}: needs a `prompt` text (and optionally `expect`).")
+            raise TunelabError(f"{where}: needs a `prompt` text (and optionally `expect`).")
         prompts.append({"prompt": text, "expect": record.get("expect")})
     if not prompts:
         raise TunelabError(f"{path} has no prompts.")

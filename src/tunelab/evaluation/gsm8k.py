@@ -8,7 +8,6 @@ both compare to the gold answer after dropping commas, `$` and a trailing period
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -57,16 +56,16 @@ def extract_flexible(output: str) -> str:
 
 
 def read_jsonl(path: Path):
-    """(line number, record) for each non-empty line; broken JSON is one clear error."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TunelabError(
-                f"{path}:{number}: broken JSON ({exc.msg}); fix that line."
-            ) from None
+    """(where, record) for each record of a .jsonl (or .json) file, `where` as `file:line`; a
+    record that cannot be read (broken JSON, bytes that are not UTF-8, half a UTF-16 pair) is
+    one clear error."""
+    from tunelab.data.conversation import RowError
+    from tunelab.data.readers import read_records
+
+    for location, record in read_records(path):
+        if isinstance(record, RowError):
+            raise TunelabError(f"{record}; fix that line.")
+        yield str(location), record
 
 
 def read_problems(path: Path, limit: int | None = None, last: bool = False) -> list[Problem]:
@@ -74,7 +73,7 @@ def read_problems(path: Path, limit: int | None = None, last: bool = False) -> l
     if not path.is_file():
         raise TunelabError(f"{path} does not exist; give a .jsonl file of question/answer records.")
     problems = []
-    for number, record in read_jsonl(path):
+    for where, record in read_jsonl(path):
         if (
             not isinstance(record, dict)
             or not isinstance(record.get("question"), str)
@@ -82,7 +81,7 @@ def read_problems(path: Path, limit: int | None = None, last: bool = False) -> l
             or "####" not in record["answer"]
         ):
             raise TunelabError(
-                f"{path}:{number}: needs `question` and an `answer` ending in `#### <number>`."
+                f"{where}: needs `question` and an `answer` ending in `#### <number>`."
             )
         problems.append(Problem(record["question"], record["answer"]))
     if limit:

@@ -77,7 +77,7 @@ CASES = {
         "d.json",
         array(OK, {**OK, "history": "hi"}),
         "d.json[1] field `history`",
-        "list",
+        "must be a list of [question, answer] pairs",  # printed as written, not as markup
     ),
     "alpaca-history-bad-pair": (
         "d.json",

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -189,7 +190,9 @@ def _template_args(items: list[str]) -> dict:
 
 
 def _interactive(model, system: str | None, max_new_tokens: int, sampling, show: bool) -> None:
-    err.print(f"[bold]{model.description}[/]  /reset clears the history, /exit or Ctrl-D leaves")
+    err.print(
+        f"[bold]{escape(model.description)}[/]  /reset clears the history, /exit or Ctrl-D leaves"
+    )
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     start = list(history)
     while True:
@@ -210,7 +213,7 @@ def _interactive(model, system: str | None, max_new_tokens: int, sampling, show:
             reply = _stream_reply(model, history, max_new_tokens, sampling, show)
         except TunelabError as exc:  # the session goes on without that message
             history.pop()
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             continue
         history.append(reply)
 
@@ -670,7 +673,7 @@ def data_convert(
         out.write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
         )
-    err.print(f"wrote {len(records)} records ({to}) to {out}", highlight=False)
+    err.print(f"wrote {len(records)} records ({to}) to {escape(str(out))}", highlight=False)
     print(out)
 
 
@@ -713,7 +716,10 @@ def recipe_import(
         print(f"mapped   {key} -> {target}")
     for key, why in imported.dropped:
         print(f"dropped  {key}: {why}")
-    err.print(f"wrote {out}; train it with `tunelab train {out}`", highlight=False)
+    err.print(
+        f"wrote {escape(str(out))}; train it with `tunelab train {escape(str(out))}`",
+        highlight=False,
+    )
 
 
 def main() -> None:

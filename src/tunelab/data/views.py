@@ -54,7 +54,7 @@ def show_check(console: Console, target: Target, result: CheckResult) -> None:
     if result.report.bad_rows:
         console.print(f"[bold red]{len(result.report.bad_rows)} bad row(s):[/]")
         for row in result.report.bad_rows:
-            console.print(f"  {row}", highlight=False, soft_wrap=True)
+            console.print(f"  {row}", markup=False, highlight=False, soft_wrap=True)
     for name in result.empty_sources:
         console.print(
             f"[bold red]{escape(name)} holds no records[/]: the file is empty or blank; "
@@ -105,7 +105,7 @@ def show_stats(console: Console, stats: dict) -> None:
             highlight=False,
         )
     if "histogram" in stats:
-        console.print(f"histogram: {stats['histogram']}", highlight=False)
+        console.print(f"histogram: {escape(str(stats['histogram']))}", highlight=False)
 
 
 def show_preview(console: Console, samples, tokenizer, plain: bool) -> None:

@@ -47,6 +47,12 @@ def test_missing_gguf_and_unknown_spec(tmp_path):
         resolve_model(str(tmp_path / "model.gguf"))
     with pytest.raises(TunelabError, match="is not the built-in"):
         resolve_model("not-a-model")
+    for written in ("/nonexistent", str(tmp_path / "gone"), "./gone", "runs/a/model"):
+        # paths, not hub ids (owner/name): said to be missing, not sent to a hub
+        with pytest.raises(
+            TunelabError, match=r"^model folder .* does not exist; check model.path"
+        ):
+            resolve_model(written)
 
 
 def test_gguf_file_loads_its_tokenizer():

@@ -29,12 +29,19 @@ def _builtin(spec: str) -> ModelSource | None:
 def _local_folder(spec: str) -> ModelSource | None:
     path = Path(spec).expanduser()
     if not path.is_dir():
+        if _written_as_path(spec) and path.suffix.lower() != ".gguf":
+            raise TunelabError(f"model folder {path} does not exist; check model.path.")
         return None
     if not (path / "config.json").is_file():
         raise TunelabError(
             f"model folder {path} has no config.json; is it a Hugging Face model folder?"
         )
     return ModelSource(spec, path)
+
+
+def _written_as_path(spec: str) -> bool:
+    """A spec no hub id looks like: absolute, relative to here or home, or deeper than one /."""
+    return spec.startswith(("/", "./", "../", "~", ".\\")) or spec.count("/") > 1
 
 
 def _gguf(spec: str) -> ModelSource | None:

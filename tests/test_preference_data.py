@@ -10,7 +10,12 @@ import pytest
 from tests.conftest import SHARED_DATA
 from tests.test_published_templates import FOLDER, TAG, _source
 from tunelab.data.doctor import check, open_target
-from tunelab.data.preference import read_preferences, render_preference, render_preferences
+from tunelab.data.preference import (
+    _final_turn,
+    read_preferences,
+    render_preference,
+    render_preferences,
+)
 from tunelab.data.render import ConversationRenderer
 
 LF = SHARED_DATA / "llamafactory"
@@ -137,14 +142,18 @@ def test_pairs_rendered_together_are_each_as_served_and_refusals_keep_their_plac
     rows[7].rejected.content = "Refuse me."
     samples = render_preferences(renderer, rows)
     assert len(samples) == len(rows) and "no such answers" in str(samples[7])
-    tokenize = renderer.tokenizer
+
+    def alone(text: str) -> list[int]:  # the answer's text tokenized by itself
+        return renderer.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     for row, sample in zip(rows, samples):
         if row is rows[7]:
             continue
         served = renderer.prompt_ids([m.as_dict() for m in row.prompt.messages])
-        chosen = tokenize.decode(sample.chosen_ids)
+        _, chosen = _final_turn(renderer, row.conversation(row.chosen))
+        _, rejected = _final_turn(renderer, row.conversation(row.rejected))
         assert sample.prompt_ids == served and sample.location == str(row.location)
-        assert sample.chosen_ids == tokenize(chosen, add_special_tokens=False)["input_ids"]
+        assert sample.chosen_ids == alone(chosen) and sample.rejected_ids == alone(rejected)
         assert row.chosen.content[:20] in chosen and sample == render_preference(renderer, row)
 
 

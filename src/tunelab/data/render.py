@@ -65,7 +65,7 @@ class ConversationRenderer:
         # read once (a property); a tuple, so that str.endswith takes them all in one call
         self.specials = tuple(t for t in tokenizer.all_special_tokens if t)
         self._text = text_renderer(tokenizer, template, self.template_args)
-        self._edges: ByteEdges | None | bool = False  # token edges from byte lengths, if exact
+        self._edges = ByteEdges.of(tokenizer)  # None: the tokenizer's offsets find answers
         self.shape = TemplateShape(template, self.render_text)  # what it takes, probed once
         # With a known cutoff, a huge message is cut to its head and tail before rendering,
         # each long enough to hold more than `cut_for` tokens: truncation to `cut_for` gives
@@ -280,9 +280,8 @@ class ConversationRenderer:
         is a sample of its own, its prompt and answer tokenized apart, as when served.
         """
         results: list = []
-        if self._edges is False:  # looked at once; None: the tokenizer's offsets find answers
-            self._edges = ByteEdges.of(self.tokenizer)
         edges = self._edges
+        encode = encode_ids if edges else encode_batch  # offsets only where edges cannot tell
         with (
             ThreadPoolExecutor(1) as tokenizing,
             collection_paused(),
@@ -293,7 +292,6 @@ class ConversationRenderer:
                 wholes = [p for _, pieces in planned if isinstance(pieces, list) for p in pieces]
                 wholes = [p for p in wholes if len(p) == 2]
                 texts = [text for text, _ in wholes]
-                encode = encode_ids if edges else encode_batch
                 encoded = tokenizing.submit(encode, self.tokenizer, texts)
                 if pending:
                     results += self._finish(*pending, edges)

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.data.conversation import RowError
+from tunelab.data.readers import read_records
 from tunelab.errors import TunelabError
 from tunelab.reasoning import split_reasoning
 
@@ -59,9 +61,6 @@ def read_jsonl(path: Path):
     """(where, record) for each record of a .jsonl (or .json) file, `where` as `file:line`; a
     record that cannot be read (broken JSON, bytes that are not UTF-8, half a UTF-16 pair) is
     one clear error."""
-    from tunelab.data.conversation import RowError
-    from tunelab.data.readers import read_records
-
     for location, record in read_records(path):
         if isinstance(record, RowError):
             raise TunelabError(f"{record}; fix that line.")

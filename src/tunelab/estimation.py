@@ -21,7 +21,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.methods import meta_model
-from tunelab.models.load import load_config
+from tunelab.models.config_values import config_value
 from tunelab.recipe import MethodConfig
 
 GiB = 2**30
@@ -67,9 +67,9 @@ class Profile:
 
 def kv_bytes_per_token(config, size: int) -> int:
     """Bytes the generation cache keeps per token: a key and a value per layer and kv head."""
-    heads = getattr(config, "num_attention_heads", 1)
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads = config_value(config, "num_attention_heads", 1)
+    kv_heads = config_value(config, "num_key_value_heads") or heads
+    head_dim = config_value(config, "head_dim") or config.hidden_size // heads
     return 2 * config.num_hidden_layers * kv_heads * head_dim * size
 
 
@@ -302,10 +302,11 @@ def cpu_matmul_rate(seconds: float = 0.5, size: int = 1024) -> float:
 
 def linear_parameters(config) -> int:
     """Parameters that are matrix-multiplied per token: every linear layer and the lm_head."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
+    h, layers = config.hidden_size, config.num_hidden_layers
+    i = config_value(config, "intermediate_size") or 4 * h
+    heads = config_value(config, "num_attention_heads", 1)
+    kv = config_value(config, "num_key_value_heads") or heads
+    head_dim = config_value(config, "head_dim") or h // heads
     attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
     mlp = 3 * h * i
     return layers * (attention + mlp) + h * config.vocab_size
@@ -607,9 +608,10 @@ def estimate_recipe(
     check_batch_tokens(recipe)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_run(recipe, torch.device(device), load=False)
-    config = load_config(plan.source)
+    config = plan.config
+    check_batch_tokens(recipe, None, plan.fit)
     _, _, data = recipe_data(recipe, plan.source, config)
-    check_batch_tokens(recipe, data.max_length)  # refused as the run itself would refuse it
+    check_batch_tokens(recipe, data.max_length, plan.fit)  # refused as the run would refuse it
     prof = profile(config, recipe.method, plan.dtype)
     result = estimate_planned(recipe, plan, config, data, prof, budget, suggest=True)
     if recipe.train.objective == "grpo":

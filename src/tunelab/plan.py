@@ -22,7 +22,8 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.methods import Method, get_method
 from tunelab.models import attention
-from tunelab.models.load import pick_device, pick_dtype
+from tunelab.models.load import load_config, pick_device, pick_dtype
+from tunelab.models.packing import PackingFit, packing_fit
 from tunelab.models.sources import ModelSource, resolve_model
 from tunelab.recipe import Recipe
 
@@ -38,6 +39,8 @@ class RunPlan:
     batching: Batching
     kernels: Kernels
     load_options: dict = field(default_factory=dict)
+    config: object = None
+    fit: PackingFit = field(default_factory=PackingFit)
 
     @property
     def trained_logits_only(self) -> bool:
@@ -52,7 +55,7 @@ class RunPlan:
             return attention.FLASH
         if self.batching.packed:
             return attention.packed_backend(self.device, self.dtype)
-        return "sdpa"
+        return "the model's own (eager)" if self.fit.own_attention else "sdpa"
 
     def notes(self) -> list[str]:
         return [f"{self.batching.describe()}; attention: {self.attention}", *self.kernels.notes]
@@ -62,25 +65,46 @@ def plan_run(recipe: Recipe, device: torch.device | None = None, load: bool = Tr
     """The plan for `recipe` on `device` (default: this process's accelerator, else the CPU).
 
     `load=False` plans without the method's load options (the estimate loads no weights, and
-    needs no bitsandbytes to estimate qlora).
+    needs no bitsandbytes to estimate qlora). The model's config (read, no weights) says
+    whether its layers keep the samples of a packed row apart.
     """
     device = device or pick_device()
     source = resolve_model(recipe.model.path, recipe.model.trust_remote_code)
+    config = load_config(source)
+    fit = packing_fit(config, device)
     method = get_method(recipe.method.type)
     if device.type == "cuda" and recipe.model.dtype == "auto" and not torch.cuda.is_available():
         dtype = torch.bfloat16  # what a CUDA card with bf16 gets (planned without one here)
     else:
         dtype = pick_dtype(recipe.model.dtype, device)
     batching = choose_batching(
-        recipe.data.packing, recipe.train.group_by_length, method.family, recipe.train.objective
+        recipe.data.packing,
+        recipe.train.group_by_length,
+        method.family,
+        recipe.train.objective,
+        fit,
     )
-    kernels = choose_kernels(recipe.train.fused_kernels, device, dtype)
+    kernels = choose_kernels(recipe.train.fused_kernels, device, dtype, fit)
     options = method.load_options(recipe.method, device) if load else {}
+    options["attn_implementation"] = attention_implementation(kernels, batching, fit)
+    return RunPlan(source, method, device, dtype, batching, kernels, options, config, fit)
+
+
+def attention_implementation(kernels: Kernels, batching: Batching, fit: PackingFit) -> str:
+    """What the weights load with: flash-attention when chosen, the model's own attention where
+    sdpa cannot serve it, tunelab's packed attention for packed rows, else sdpa."""
     if kernels.flash_attention:
-        options["attn_implementation"] = "flash_attention_2"
-    elif batching.packed:
-        options["attn_implementation"] = attention.NAME
-    return RunPlan(source, method, device, dtype, batching, kernels, options)
+        return "flash_attention_2"
+    if fit.own_attention:
+        return "eager"
+    return attention.NAME if batching.packed else "sdpa"
+
+
+def padded_instead(plan: RunPlan, reason: str, group_by_length: bool | None) -> RunPlan:
+    """The plan with padded batches (grouped by length unless the recipe says otherwise),
+    because the loaded model showed `reason`."""
+    batching = Batching(False, group_by_length is not False, reason)
+    return replace(plan, batching=batching, fit=replace(plan.fit, packable=False, reason=reason))
 
 
 @dataclass(frozen=True)
@@ -98,9 +122,14 @@ class Batching:
 
 
 def choose_batching(
-    packing: bool, group_by_length: bool | None, method_family: str, objective: str = "sft"
+    packing: bool,
+    group_by_length: bool | None,
+    method_family: str,
+    objective: str = "sft",
+    fit: PackingFit | None = None,
 ) -> Batching:
-    """Packed unless switched off or the method prepends learned tokens (prompt family).
+    """Packed unless switched off, the method prepends learned tokens (prompt family), or the
+    model's layers cannot keep a packed row's samples apart (`fit`).
 
     Prompt-learning adapters add virtual tokens with their own attention mask and positions,
     which a packed row cannot carry, so those runs use padded batches. Preference objectives
@@ -116,6 +145,8 @@ def choose_batching(
         return Batching(False, grouped, why)
     if packing and method_family == "prompt":
         packed, reason = False, "prompt-learning methods need padded batches"
+    elif packing and fit is not None and not fit.packable:
+        packed, reason = False, fit.reason
     elif not packing:
         reason = "data.packing is off"
     grouped = (not packed) if group_by_length is None else group_by_length
@@ -153,8 +184,11 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def choose_kernels(setting: bool | None, device: torch.device, dtype: torch.dtype) -> Kernels:
-    """Which fused kernels to use: `setting` None means whatever is present on a CUDA GPU."""
+def choose_kernels(
+    setting: bool | None, device: torch.device, dtype: torch.dtype, fit: PackingFit | None = None
+) -> Kernels:
+    """Which fused kernels to use: `setting` None means whatever is present on a CUDA GPU.
+    flash-attention is for models that run on sdpa (not soft-capping or sinks)."""
     if setting is False:
         return Kernels()
     notes = []
@@ -163,7 +197,8 @@ def choose_kernels(setting: bool | None, device: torch.device, dtype: torch.dtyp
             notes.append("train.fused_kernels needs a CUDA GPU; training with the standard kernels")
         return Kernels(notes=notes)
     liger = installed("liger_kernel")
-    flash = installed("flash_attn") and dtype in (torch.float16, torch.bfloat16)
+    own = fit is not None and fit.own_attention
+    flash = installed("flash_attn") and dtype in (torch.float16, torch.bfloat16) and not own
     if setting is None:
         return Kernels(flash_attention=flash, liger_standby=liger)
     if not liger:
@@ -175,9 +210,12 @@ def choose_kernels(setting: bool | None, device: torch.device, dtype: torch.dtyp
     return Kernels(liger=liger, flash_attention=flash, notes=notes)
 
 
-def check_batch_tokens(recipe, max_length: int | None = None) -> None:
+def check_batch_tokens(
+    recipe, max_length: int | None = None, fit: PackingFit | None = None
+) -> None:
     """Refuse `train.batch_tokens` where it cannot apply, in one sentence (`max_length`: the
-    cutoff once the data has chosen it; else the recipe's, when it is a number)."""
+    cutoff once the data has chosen it; else the recipe's, when it is a number; `fit`: what
+    the model's layers allow)."""
     budget = recipe.train.batch_tokens
     if budget is None:
         return
@@ -185,6 +223,11 @@ def check_batch_tokens(recipe, max_length: int | None = None) -> None:
         max_length = recipe.data.max_length
     family = get_method(recipe.method.type).family
     packed = choose_batching(recipe.data.packing, None, family, recipe.train.objective).packed
+    if packed and fit is not None and not fit.packable:
+        raise TunelabError(
+            f"train.batch_tokens fills packed rows, and this model trains on padded batches "
+            f"({fit.reason}); remove batch_tokens and set train.batch_size."
+        )
     if recipe.train.objective != "sft":
         raise TunelabError(
             f"train.batch_tokens applies to sft runs, not train.objective "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.methods.lora_targets import all_linear_targets
 from tunelab.recipe import MethodConfig
 
 
@@ -88,12 +89,12 @@ def prepare_lora(model, config: MethodConfig):
     from peft import LoraConfig, get_peft_model
 
     check_targets(model, config)
-
+    target = all_linear_targets(model) if config.target == "all-linear" else config.target
     lora = LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=config.target,
+        target_modules=target,
         use_dora=config.type == "dora",
         task_type="CAUSAL_LM",
     )

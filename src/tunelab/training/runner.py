@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,9 +17,10 @@ from tunelab.data_tools import recipe_data
 from tunelab.errors import TunelabError
 from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import Method, check_method, count_parameters
-from tunelab.models.load import load_config, load_model, remote_code_files
+from tunelab.models.load import load_model, remote_code_files
+from tunelab.models.packing import packed_rows_leak
 from tunelab.models.sources import ModelSource
-from tunelab.plan import RunPlan, check_batch_tokens, plan_run, with_fused_loss
+from tunelab.plan import RunPlan, check_batch_tokens, padded_instead, plan_run, with_fused_loss
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
 from tunelab.ranks import is_main, wait_for_everyone
@@ -259,12 +260,12 @@ def _train_one(
     started_at = time.perf_counter()
     quiet_libraries()
     plan = plan_run(recipe)
-    config = load_config(plan.source)
+    config = plan.config
     check_method(config, recipe.method)
     preference.check_objective(recipe)
     grpo.check_grpo(recipe)
     tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
-    check_batch_tokens(recipe, data.max_length)
+    check_batch_tokens(recipe, data.max_length, plan.fit)
     if run.writer and checkpoint is None:
         _record_distributed(run, recipe, config)
     memory_estimate = _memory_estimate(recipe, plan, config, data, console)
@@ -274,10 +275,10 @@ def _train_one(
             "liger-kernel on: the run fits this GPU only with its fused loss "
             "(train.fused_kernels: false refuses it, true always takes it)",
         )
+    sharded_loading = distributed.prepare(recipe, config)  # alive while training
+    model, plan = _load_model(recipe, plan, init_from, console)
     for note in plan.notes():
         console.print(note, highlight=False)
-    sharded_loading = distributed.prepare(recipe, config)  # alive while training
-    model = _load_model(recipe, plan, init_from, console)
     reference = None
     if preference.needs_reference_copy(recipe, plan.method):
         reference = preference.reference_copy(model)
@@ -342,8 +343,21 @@ def _train_and_save(
     return summary
 
 
+def _check_packed_rows(recipe: Recipe, plan: RunPlan, model) -> RunPlan:
+    """The plan, with padded batches if the loaded model lets a packed row's samples read
+    each other (measured on one short row; see `models.packing`)."""
+    if not plan.batching.packed:
+        return plan
+    leak = packed_rows_leak(model)
+    if leak is None:
+        return plan
+    check_batch_tokens(recipe, None, replace(plan.fit, packable=False, reason=leak))
+    return padded_instead(plan, leak, recipe.train.group_by_length)
+
+
 def _load_model(recipe: Recipe, plan: RunPlan, init_from: Path | None, console: Console):
-    """The model with the method applied (or the previous stage's weights continued)."""
+    """The model with the method applied (or the previous stage's weights continued), and the
+    plan, with padded batches where the loaded weights let packed samples read each other."""
     method = plan.method
     torch.manual_seed(recipe.train.seed)
     weights = plan.source
@@ -351,6 +365,7 @@ def _load_model(recipe: Recipe, plan: RunPlan, init_from: Path | None, console: 
         folder = init_from / MODEL_DIR
         weights = ModelSource(str(folder), folder, None, recipe.model.trust_remote_code)
     model = load_model(weights, plan.dtype, plan.device, **plan.load_options)
+    plan = _check_packed_rows(recipe, plan, model)
     if plan.batching.packed:
         # With a cache the model skips packed-sequence detection and attends across samples.
         model.config.use_cache = False
@@ -367,7 +382,7 @@ def _load_model(recipe: Recipe, plan: RunPlan, init_from: Path | None, console: 
         f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)",
         highlight=False,
     )
-    return model
+    return model, plan
 
 
 def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from) -> Watchers:
@@ -826,6 +841,7 @@ def _summary(recipe, trainer, output, watchers: Watchers, data, plan: RunPlan) -
         "model": recipe.model.path,
         "max_length": data.max_length,
         "packed": plan.batching.packed,
+        "batching_reason": plan.batching.reason or None,
         "group_by_length": plan.batching.group_by_length,
         "fused_kernels": plan.kernels.used,
         "attention": plan.attention,

@@ -172,3 +172,32 @@ def test_harness_missing_is_one_clear_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(TunelabError, match=r"pip install 'tunelab\[harness\]'"):
         evaluate_with_harness("smollm2-135m-instruct", tmp_path / "task.yaml")
+
+
+def test_eval_and_compare_never_replace_files_they_did_not_write(setup):
+    """`--out` the run folder itself, or a folder holding the user's report.md: refused
+    before any work, in one sentence, every byte kept."""
+    root, model = setup
+    run_summary = (root / "run" / "summary.json").read_bytes()
+    result = run_cli(
+        "eval", str(root / "run"), "--data", str(root / "q.jsonl"), "--shots", "0",
+        "--limit", "1", "--max-new-tokens", "4", "--out", str(root / "run"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "summary.json exists and is not an evaluation result tunelab wrote" in result.stderr
+    assert (root / "run" / "summary.json").read_bytes() == run_summary
+    assert not (root / "run" / "items.jsonl").exists()
+
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n", encoding="utf-8")
+    args = ("compare", str(model), str(root / "run"), "--prompts", str(root / "probes.jsonl"))
+    refused = run_cli(*args, "--out", str(mine))
+    assert refused.returncode == 2 and "report.md exists and is not" in refused.stderr
+    assert (mine / "report.md").read_text(encoding="utf-8") == "my notes\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["report.md"]
+
+    fresh = root / "fresh"  # tunelab's own report is replaced on the next run
+    assert run_cli(*args, "--out", str(fresh), "--max-new-tokens", "4").returncode == 0
+    again = run_cli(*args, "--out", str(fresh), "--max-new-tokens", "4")
+    assert again.returncode == 0, again.stderr

@@ -1,5 +1,5 @@
-"""`tunelab export --to gguf|ollama` on tiny llama and qwen2 runs: the GGUF file loads back
-with transformers (`gguf_file=`) and gives the merged model's logits."""
+"""`tunelab export --to gguf|ollama` on tiny llama and LFM2 runs (llama.cpp's own converter):
+the GGUF file loads back with transformers (`gguf_file=`) and gives the merged model's logits."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from tests.conftest import run_cli, tiny_sizes
 PROMPT = "Hello there, how are you today? Tell me about the sea."
 
 
-def tiny_qwen2(root: Path, tokenizer) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def tiny_lfm2(root: Path, tokenizer) -> Path:
+    """A hybrid of short convolutions and attention, which transformers reads back from GGUF."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.zoo import tiny_config
 
     torch.manual_seed(1)
-    config = Qwen2Config(**tiny_sizes(tokenizer), tie_word_embeddings=False)
-    folder = root / "tiny-qwen2"
-    Qwen2ForCausalLM(config).save_pretrained(folder)
+    folder = root / "tiny-lfm2"
+    AutoModelForCausalLM.from_config(tiny_config("lfm2", tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -46,10 +48,10 @@ def train(root: Path, name: str, model: Path, method: str) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir, builtin_tokenizer):
     root = tmp_path_factory.mktemp("gguf")
-    qwen = tiny_qwen2(root, builtin_tokenizer)
+    lfm2 = tiny_lfm2(root, builtin_tokenizer)
     return {
         "llama-lora": train(root, "llama-lora", tiny_model_dir, "lora"),
-        "qwen2-full": train(root, "qwen2-full", qwen, "full"),
+        "lfm2-full": train(root, "lfm2-full", lfm2, "full"),
         "prefix": train(root, "prefix", tiny_model_dir, "prefix"),
     }
 
@@ -61,7 +63,7 @@ def logits(model, tokenizer) -> torch.Tensor:
 
 
 @pytest.mark.slow  # the default suite loads a GGUF back in the Mistral-as-llama case below
-@pytest.mark.parametrize("run_name", ["llama-lora", "qwen2-full"])
+@pytest.mark.parametrize("run_name", ["llama-lora", "lfm2-full"])
 def test_gguf_loads_back_with_the_merged_models_logits(runs, run_name, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,18 +135,21 @@ def test_export_refusals_are_one_sentence(runs, tmp_path):
 
 
 def test_an_architecture_without_gguf_support_is_named(tmp_path, builtin_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
+    from tests.zoo import tiny_config
     from tunelab.errors import TunelabError
     from tunelab.exporters.gguf_file import write_gguf
 
-    folder = tmp_path / "gpt2"
-    GPT2LMHeadModel(
-        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(builtin_tokenizer))
-    ).save_pretrained(folder)
-    with pytest.raises(TunelabError, match="this model is GPT2LMHeadModel"):
+    folder = tmp_path / "phimoe"
+    AutoModelForCausalLM.from_config(tiny_config("phimoe", builtin_tokenizer)).save_pretrained(
+        folder
+    )
+    builtin_tokenizer.save_pretrained(folder)
+    with pytest.raises(TunelabError, match="PhimoeForCausalLM is not supported"):
         write_gguf(folder, tmp_path / "g.gguf", "f16", None)
     assert not (tmp_path / "g.gguf").exists()
+    assert not list(tmp_path.glob("*.converted"))
 
 
 @pytest.mark.slow
@@ -182,7 +187,7 @@ def test_a_mistral_model_is_written_as_llama_and_loads_back(tmp_path, builtin_to
     torch.manual_seed(2)
     config = MistralConfig(
         **tiny_sizes(builtin_tokenizer), sliding_window=None, tie_word_embeddings=False
-    )
+    )  # no window: Mistral v0.2 and later
     folder = tmp_path / "mistral"
     model = MistralForCausalLM(config).eval()
     model.save_pretrained(folder)
@@ -194,20 +199,26 @@ def test_a_mistral_model_is_written_as_llama_and_loads_back(tmp_path, builtin_to
     assert difference.max().item() < 2e-3
 
 
-LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+def test_a_sliding_window_llama_cpp_lacks_caps_the_declared_context(tmp_path, builtin_tokenizer):
+    """Mistral v0.1's window: llama.cpp's llama graph has none, so the GGUF declares the window
+    as its context, inside which the logits are the model's."""
+    import gguf
+    from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
+    from tunelab.exporters.gguf_file import write_gguf
 
-def test_the_pre_tokenizer_is_named_as_llama_cpp_knows_it(builtin_tokenizer, tiny_model_dir):
-    from tunelab.exporters.gguf_file import pre_tokenizer
-
-    def split_then_bytes(regex: str) -> dict:
-        split = {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated"}
-        steps = [split, {"type": "ByteLevel", "use_regex": False}]
-        return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": steps}}
-
-    smollm = json.loads((tiny_model_dir / "tokenizer.json").read_text())
-    assert pre_tokenizer(smollm) == "gpt-2"
-    assert pre_tokenizer(split_then_bytes(LLAMA3_SPLIT)) == "llama-bpe"
-    assert pre_tokenizer(split_then_bytes(QWEN2_SPLIT)) == "qwen2"
-    assert pre_tokenizer({"pre_tokenizer": {"type": "Metaspace"}}) == "default"
+    torch.manual_seed(3)
+    config = MistralConfig(**tiny_sizes(builtin_tokenizer), sliding_window=12)
+    folder = tmp_path / "mistral"
+    model = MistralForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    builtin_tokenizer.save_pretrained(folder)
+    info = write_gguf(folder, folder / "m.gguf", "f16", None)
+    assert info["architecture"] == "llama" and "sliding window" in info["notes"][0]
+    fields = gguf.GGUFReader(str(folder / "m.gguf")).fields
+    assert fields["llama.context_length"].contents() == 12
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file="m.gguf", dtype=torch.float32)
+    ids = torch.tensor([list(range(200, 212))])  # a whole window
+    with torch.no_grad():
+        difference = (loaded.eval()(ids).logits - model(ids).logits).abs().max().item()
+    assert difference < 2e-3

@@ -543,7 +543,9 @@ def compare_models(
 ):
     """The same prompts (and task) through two models: side-by-side table, flips, gain and cost."""
     from tunelab.evaluation import compare as comparison
+    from tunelab.outputs import check_files
 
+    check_files(out, comparison.REPORT_FILES, comparison.REPORT_KIND)  # before the work
     task_options = None
     if task is not None:
         if task not in ("gsm8k", "preference") or data is None:
@@ -644,6 +646,9 @@ def data_preview(
     show_preview(out, samples, tokenizer, use_plain)
 
 
+CONVERTED = "converted data file"
+
+
 @data_app.command("convert")
 def data_convert(
     source: Annotated[Path, typer.Argument(help="data file to read")],
@@ -655,6 +660,7 @@ def data_convert(
     """Rewrite a data file in another format (every bad row is reported, none is written)."""
     from tunelab.data.doctor import convert_records
     from tunelab.data.load import load_conversations
+    from tunelab.outputs import check_target, write_file
     from tunelab.recipe import DataConfig, DataSource
 
     if out.exists() and source.exists() and out.resolve() == source.resolve():
@@ -663,16 +669,15 @@ def data_convert(
         raise TunelabError(f"--out {out} is a folder; give a .jsonl or .json file.")
     if out.exists() and not overwrite:
         raise TunelabError(f"--out {out} exists; pass --overwrite to replace it.")
+    check_target(out, CONVERTED)  # --overwrite replaces only a file this command wrote
     config = DataConfig(train=[DataSource(path=str(source), format=fmt)])
     conversations, report = load_conversations(config)
     records = convert_records(conversations, to)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+        text = json.dumps(records, ensure_ascii=False, indent=1)
     else:
-        out.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-        )
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_file(out, text, CONVERTED)
     err.print(f"wrote {len(records)} records ({to}) to {escape(str(out))}", highlight=False)
     print(out)
 

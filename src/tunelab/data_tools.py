@@ -25,8 +25,11 @@ def _tokenizer_and_template(target: Target):
 def length_stats(target: Target, png: Path | None = None) -> dict:
     """Render the target's data (cached), then measure it; optionally save the histogram."""
     from tunelab.data.pipeline import render_split
-    from tunelab.data.stats import full_report, save_histogram
+    from tunelab.data.stats import PLOT_KIND, full_report, save_histogram
+    from tunelab.outputs import check_target
 
+    if png is not None:  # refused before the work, not after it
+        check_target(Path(png), PLOT_KIND)
     tokenizer, template = _tokenizer_and_template(target)
     config = target.config.model_copy(update={"on_bad_row": "skip"})
     if target.objective == "grpo":

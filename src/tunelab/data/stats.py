@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.data.render import RenderedSample, truncate
+from tunelab.outputs import write_file
 
 PERCENTILES = (50, 90, 95, 99)
 MAX_TRAINED_LOSS = 0.01  # auto max_length loses under 1% of the trained tokens
@@ -113,7 +114,15 @@ def save_histogram(samples: list[RenderedSample], path: Path, suggested: int | N
     axis.set_title(f"token lengths of {len(samples)} samples")
     axis.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
+    try:  # by the rule for written files: a plot tunelab wrote is replaced, nothing else
+        write_file(path, lambda staged: figure.savefig(staged, format=_format(path)), PLOT_KIND)
+    finally:
+        plt.close(figure)
     return path
+
+
+PLOT_KIND = "length plot"
+
+
+def _format(path: Path) -> str:
+    return path.suffix.lstrip(".").lower() or "png"

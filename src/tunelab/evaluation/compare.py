@@ -17,6 +17,7 @@ from rich.table import Table
 from tunelab.errors import TunelabError
 from tunelab.evaluation.gsm8k import flips, read_jsonl
 from tunelab.inference.chat_model import open_chat_model
+from tunelab.outputs import write_files
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import TaskOptions
 
@@ -215,13 +216,18 @@ def show(console: Console, report: dict) -> None:
 
 
 def write_report(folder: Path, report: dict) -> list[Path]:
-    """report.json, report.md and report.html in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "report.json", folder / "report.md", folder / "report.html"]
-    paths[0].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths[1].write_text(_markdown(report), encoding="utf-8")
-    paths[2].write_text(_html(report), encoding="utf-8")
-    return paths
+    """report.json, report.md and report.html in `folder`, by the rule for written files (an
+    earlier comparison's report is replaced, a file of yours never)."""
+    files = {
+        "report.json": json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+        "report.md": _markdown(report),
+        "report.html": _html(report),
+    }
+    return write_files(folder, files, REPORT_KIND)
+
+
+REPORT_KIND = "comparison report"
+REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
 def _cell(text: str) -> str:

@@ -14,6 +14,7 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.models.sources import resolve_model
+from tunelab.outputs import write_files
 from tunelab.run import RunFolder, is_run_target
 
 
@@ -86,12 +87,10 @@ def evaluate_with_harness(
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "harness_summary.json").write_text(
-            json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+        items = "".join(
+            json.dumps(sample, default=str, ensure_ascii=False) + "\n" for sample in samples
         )
-        with (out / "harness_items.jsonl").open("w", encoding="utf-8") as handle:
-            for sample in samples:
-                handle.write(json.dumps(sample, default=str, ensure_ascii=False) + "\n")
+        files = {"harness_summary.json": json.dumps(summary, indent=2) + "\n"}
+        write_files(Path(out), {**files, "harness_items.jsonl": items}, "evaluation result")
     summary["samples"] = samples
     return summary

@@ -18,7 +18,7 @@ import torch
 from tunelab.data.preference import PAIR, read_preferences, render_preference
 from tunelab.errors import TunelabError
 from tunelab.evaluation.gsm8k import mean_and_stderr
-from tunelab.evaluation.runner import write_results
+from tunelab.evaluation.runner import check_results_folder, write_results
 from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.quiet import quiet_libraries
 
@@ -41,6 +41,7 @@ def evaluate_preference(
     """Score held-out preference pairs (the first `limit`, or with `last` the last ones);
     returns the summary, writes items to `out`."""
     quiet_libraries()
+    check_results_folder(out)
     rows, bad = read_preferences(Path(data), PAIR, limit=None if last else limit)
     if last and limit:
         rows = rows[-limit:]

@@ -20,6 +20,7 @@ from tunelab.evaluation.gsm8k import (
     read_problems,
 )
 from tunelab.inference.chat_model import ChatModel, open_chat_model
+from tunelab.outputs import check_files, write_files
 from tunelab.quiet import quiet_libraries
 from tunelab.recipe import TaskOptions
 
@@ -32,6 +33,7 @@ def evaluate_gsm8k(
 ) -> dict:
     """Score a model on question/answer problems; returns the summary, writes items to `out`."""
     quiet_libraries()
+    check_results_folder(out)
     console = console or Console(stderr=True)
     if options.data is None:
         raise TunelabError("the task needs its data: a .jsonl file of question/answer records.")
@@ -110,11 +112,22 @@ def _generate_all(model, prompts, style, batch_size, max_new_tokens, console):
 
 
 def write_results(folder: Path, summary: dict, records: list[dict]) -> None:
-    """summary.json and items.jsonl (one line per question) in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(
-        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    """summary.json and items.jsonl (one line per question) in `folder`, by the rule for
+    written files (an evaluation's own earlier results are replaced, nothing else)."""
+    items = "".join(
+        json.dumps({"index": index, **record}, ensure_ascii=False) + "\n"
+        for index, record in enumerate(records)
     )
-    with (folder / "items.jsonl").open("w", encoding="utf-8") as handle:
-        for index, record in enumerate(records):
-            handle.write(json.dumps({"index": index, **record}, ensure_ascii=False) + "\n")
+    summary_text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    write_files(folder, {"summary.json": summary_text, "items.jsonl": items}, RESULTS_KIND)
+
+
+RESULTS_KIND = "evaluation result"
+RESULT_FILES = ("summary.json", "items.jsonl")
+
+
+def check_results_folder(out: Path | None) -> None:
+    """Refuse, before any work, an `out` whose result files are not an earlier evaluation's
+    (a run folder's own summary.json, a file of the user's)."""
+    if out is not None:
+        check_files(Path(out), RESULT_FILES, RESULTS_KIND)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.methods import get_method
+from tunelab.models.sources import resolve_model
+from tunelab.outputs import place, staging_path
 from tunelab.run import RunFolder, TrainedWeights, refuse_precious
 
 EXPORT_MARK = "tunelab_export.json"
@@ -32,7 +33,7 @@ def export_run(
     top = RunFolder.open(run_dir)
     weights = top.trained()
     run, out = weights.run, Path(out)
-    check_destination(out, [top.path, run.path, Path(weights.base)], overwrite)
+    replaces = check_destination(out, [top.path, run.path, Path(weights.base)], overwrite)
     method = get_method(weights.recipe.method.type)
     if merge and not method.mergeable:
         raise TunelabError(
@@ -40,8 +41,7 @@ def export_run(
             "Export without --merge to save its "
             + ("adapter." if method.saves_adapter else "model.")
         )
-    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_path(out)
     try:
         merged = _write_export(weights, method, merge, staging, max_shard_size)
         provenance = {
@@ -56,12 +56,13 @@ def export_run(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    move_into_place(staging, out)
+    place(staging, out, replaces)
     return out
 
 
-def check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
-    """`out` may be new, empty, or (with overwrite) an earlier export; never a source."""
+def check_destination(out: Path, sources: list[Path], overwrite: bool) -> bool:
+    """`out` may be new, empty, or (with overwrite) an earlier export; never a source.
+    Returns whether an earlier export is to be replaced."""
     target = out.resolve()
     for source in sources[:2]:
         if source.resolve() == target:
@@ -85,6 +86,8 @@ def check_destination(out: Path, sources: list[Path], overwrite: bool) -> None:
                 f"{out} is not empty and is not a tunelab export (no {EXPORT_MARK}); "
                 "--overwrite replaces only an earlier export. Choose another --out folder."
             )
+        return True
+    return False
 
 
 # what a checkpoint holds besides the weights: resume state, never part of an export
@@ -103,10 +106,24 @@ def _write_export(
         if source is not None:
             shutil.copytree(source, folder, ignore=shutil.ignore_patterns(*RESUME_STATE))
             return False
-    chat = merged_model(weights)
+    save_merged(merged_model(weights), weights, folder, shard)
+    return weights.adapter is not None
+
+
+def save_merged(chat: ChatModel, weights: TrainedWeights, folder: Path, shard=None) -> None:
+    """The merged model and its tokenizer in `folder`, with the base's SentencePiece model
+    (`tokenizer.model`), which a fast tokenizer does not save and GGUF converters read."""
     chat.model.save_pretrained(folder, max_shard_size=shard or "5GB")
     chat.tokenizer.save_pretrained(folder)
-    return weights.adapter is not None
+    base = (
+        weights.model or resolve_model(weights.base, weights.recipe.model.trust_remote_code).folder
+    )
+    for name in SENTENCEPIECE_FILES:
+        if (Path(base) / name).is_file() and not (folder / name).exists():
+            shutil.copy2(Path(base) / name, folder / name)
+
+
+SENTENCEPIECE_FILES = ("tokenizer.model",)
 
 
 def merged_model(weights: TrainedWeights) -> ChatModel:
@@ -122,16 +139,3 @@ def merged_model(weights: TrainedWeights) -> ChatModel:
     if weights.adapter is not None:
         chat.model = chat.model.merge_and_unload()
     return chat
-
-
-def move_into_place(staging: Path, out: Path) -> None:
-    """One rename puts the export in place; an earlier export is removed only after it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    aside = None
-    if out.exists():
-        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(out, aside)
-    os.replace(staging, out)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)

@@ -9,14 +9,14 @@ complete, and only an earlier tunelab export is replaced.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.exporters.gguf_file import write_gguf
-from tunelab.exporters.merge import EXPORT_MARK, check_destination, merged_model, move_into_place
+from tunelab.exporters.merge import EXPORT_MARK, check_destination, merged_model, save_merged
 from tunelab.exporters.ollama import modelfile, translate
+from tunelab.outputs import place, staging_path
 from tunelab.run import RunFolder
 
 GGUF_MARK = "tunelab.exported_from"  # metadata key that marks a GGUF file tunelab wrote
@@ -25,10 +25,10 @@ MODEL_FILE = "model.gguf"
 
 def export_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16", overwrite=False) -> Path:
     """The run as one GGUF file at `out`."""
-    weights, out, staging = _opened(run_dir, out, overwrite, _check_file)
+    weights, out, staging, replaces = _opened(run_dir, out, overwrite, _check_file)
     try:
         _write_model(weights, staging, quant)
-        os.replace(staging / MODEL_FILE, out)
+        place(staging / MODEL_FILE, out, replaces)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -38,7 +38,7 @@ def export_ollama(
     run_dir: str | Path, out: str | Path, quant: str = "q8_0", overwrite=False
 ) -> Path:
     """A folder with the run as `model.gguf` and a `Modelfile` for `ollama create`."""
-    weights, out, staging = _opened(run_dir, out, overwrite, check_destination)
+    weights, out, staging, replaces = _opened(run_dir, out, overwrite, check_destination)
     try:
         chat = _write_model(weights, staging, quant)
         stops = [chat.tokenizer.convert_ids_to_tokens(i) for i in chat.stop_token_ids()]
@@ -57,18 +57,17 @@ def export_ollama(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    move_into_place(staging, out)
+    place(staging, out, replaces)
     return out
 
 
 def _opened(run_dir, out, overwrite: bool, check):
-    """(the run's weights, out, a fresh staging folder beside out) once `check` allows out."""
+    """(the run's weights, out, a fresh staging folder beside out, whether an earlier export
+    is replaced) once `check` allows out."""
     top, out = RunFolder.open(run_dir), Path(out)
     weights = top.trained()
-    check(out, [top.path, weights.run.path, Path(weights.base)], overwrite)
-    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    return weights, out, staging
+    replaces = check(out, [top.path, weights.run.path, Path(weights.base)], overwrite)
+    return weights, out, staging_path(out), replaces
 
 
 def _write_model(weights, staging: Path, quant: str):
@@ -76,8 +75,7 @@ def _write_model(weights, staging: Path, quant: str):
     staging.mkdir(parents=True)
     hf = staging / "hf"
     chat = merged_model(weights)
-    chat.model.save_pretrained(hf)
-    chat.tokenizer.save_pretrained(hf)
+    save_merged(chat, weights, hf)
     write_gguf(
         hf,
         staging / MODEL_FILE,
@@ -89,7 +87,7 @@ def _write_model(weights, staging: Path, quant: str):
     return chat
 
 
-def _check_file(out: Path, sources: list[Path], overwrite: bool) -> None:
+def _check_file(out: Path, sources: list[Path], overwrite: bool) -> bool:
     """`out` may be new or (with overwrite) a GGUF file tunelab wrote; never a source."""
     if out.suffix != ".gguf":
         raise TunelabError(f"--out {out} should be a .gguf file name.")
@@ -108,6 +106,8 @@ def _check_file(out: Path, sources: list[Path], overwrite: bool) -> None:
                 f"{out} is not a GGUF file tunelab wrote; --overwrite replaces only an earlier "
                 "export. Choose another --out file."
             )
+        return True
+    return False
 
 
 def _is_our_gguf(path: Path) -> bool:

@@ -115,12 +115,20 @@ def save_merged(chat: ChatModel, weights: TrainedWeights, folder: Path, shard=No
     (`tokenizer.model`), which a fast tokenizer does not save and GGUF converters read."""
     chat.model.save_pretrained(folder, max_shard_size=shard or "5GB")
     chat.tokenizer.save_pretrained(folder)
-    base = (
-        weights.model or resolve_model(weights.base, weights.recipe.model.trust_remote_code).folder
-    )
     for name in SENTENCEPIECE_FILES:
-        if (Path(base) / name).is_file() and not (folder / name).exists():
-            shutil.copy2(Path(base) / name, folder / name)
+        found = [f / name for f in _weight_folders(weights) if (f / name).is_file()]
+        if found and not (folder / name).exists():
+            shutil.copy2(found[0], folder / name)
+
+
+def _weight_folders(weights: TrainedWeights) -> list[Path]:
+    """The folders the run's weights came from: its own model folder, then the recipe's base."""
+    folders = [weights.model] if weights.model else []
+    try:
+        folders.append(resolve_model(weights.base, weights.recipe.model.trust_remote_code).folder)
+    except TunelabError:  # a base that no longer resolves has nothing more to give
+        pass
+    return folders
 
 
 SENTENCEPIECE_FILES = ("tokenizer.model",)

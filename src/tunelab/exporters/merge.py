@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -124,10 +125,8 @@ def save_merged(chat: ChatModel, weights: TrainedWeights, folder: Path, shard=No
 def _weight_folders(weights: TrainedWeights) -> list[Path]:
     """The folders the run's weights came from: its own model folder, then the recipe's base."""
     folders = [weights.model] if weights.model else []
-    try:
+    with contextlib.suppress(TunelabError):  # a base that no longer resolves gives nothing more
         folders.append(resolve_model(weights.base, weights.recipe.model.trust_remote_code).folder)
-    except TunelabError:  # a base that no longer resolves has nothing more to give
-        pass
     return folders
 
 

@@ -83,7 +83,7 @@ SPECIAL: dict[str, dict] = {
 
 def tiny_config(model_type: str, tokenizer):
     """The tiny config of `model_type`, sized for `tokenizer` (vocabulary and special ids)."""
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING
 
     sizes = {
         **COMMON,
@@ -93,4 +93,7 @@ def tiny_config(model_type: str, tokenizer):
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    return AutoConfig.for_model(model_type, **sizes)
+    config_class = CONFIG_MAPPING[model_type]
+    known = set(config_class().to_dict())  # a size the family does not have is not passed:
+    known |= set(SPECIAL.get(model_type, {}))  # it would be saved, and converters read it
+    return config_class(**{key: value for key, value in sizes.items() if key in known})

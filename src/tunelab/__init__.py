@@ -74,15 +74,17 @@ def export(
     to: str = "hf",
     quant: str | None = None,
     max_shard_size: str | None = None,
+    verify: bool = True,
 ) -> Path:
     """Export a run (or `RUN@N`, its checkpoint N) to `out`: an HF folder (LoRA-family runs
     merged by default, weight files up to `max_shard_size`), a GGUF file (`to="gguf"`,
-    `quant` f16/bf16/q8_0/q4_0) or an Ollama folder (`to="ollama"`)."""
+    `quant` f16/bf16/q8_0/q4_0) or an Ollama folder (`to="ollama"`). It is checked against
+    the run before it is kept (`export_report.json`; `verify=False` skips the check)."""
     from tunelab.exporters import export as export_to
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    return export_to(run_dir, out, to, quant, merge, overwrite, max_shard_size)
+    return export_to(run_dir, out, to, quant, merge, overwrite, max_shard_size, verify)
 
 
 def check_data(target: str | Path, model: str | None = None):

@@ -342,14 +342,24 @@ def export(
     max_shard_size: Annotated[
         str | None, typer.Option(help="HF folder: largest weight file, e.g. 2GB (default 5GB)")
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="check the export answers like the run before keeping it (export_report.json)",
+        ),
+    ] = True,
 ):
     """Export a run (RUN@N: its checkpoint N): an HF folder (LoRA merged), a GGUF file, or an
-    Ollama folder."""
+    Ollama folder, checked against the run before it is kept."""
     from tunelab.exporters import export as export_to
+    from tunelab.exporters.gate import describe
     from tunelab.quiet import quiet_libraries
 
     quiet_libraries()
-    print(export_to(run, out, to, quant, merge, overwrite, max_shard_size))
+    written = export_to(run, out, to, quant, merge, overwrite, max_shard_size, verify)
+    err.print(describe(written), highlight=False)
+    print(written)
 
 
 @app.command()

@@ -89,13 +89,17 @@ class ConversationRenderer:
         as JSON text) and tool results as the template takes them, and tool schemas given to
         the template or written into the system prompt when it has no place for them.
         """
+        text = self.prompt_text(messages, tools)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_text(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The text `prompt_ids` tokenizes (another runtime's tokenizer may read it)."""
         conversation = Conversation(
             [message_from_dict(m) for m in messages],
             tools=json.dumps(tools, ensure_ascii=False) if tools else None,
         )
         shaped, tools = self.messages_and_tools(conversation)
-        text = self.render_text(shaped, add_generation_prompt=True, tools=tools)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.render_text(shaped, add_generation_prompt=True, tools=tools)
 
     def texts_and_spans(self, conversation: Conversation) -> list[tuple]:
         """The texts to train on and, in each, the character spans of the answers (and, for a

@@ -17,9 +17,11 @@ def export(
     merge: bool | None = None,
     overwrite: bool = False,
     max_shard_size: str | None = None,
+    verify: bool = True,
 ) -> Path:
     """Export a run to `out` in the format `to`; `quant` is for GGUF (f16 unless given),
-    `max_shard_size` (e.g. "2GB") for an HF folder's weight files."""
+    `max_shard_size` (e.g. "2GB") for an HF folder's weight files. The export is checked
+    against the run before it is placed (`export_report.json`) unless `verify` is False."""
     if to not in TARGETS:
         raise TunelabError(f"--to {to} is not one of {', '.join(TARGETS)}.")
     if to == "hf":
@@ -30,7 +32,9 @@ def export(
         from tunelab.exporters.merge import export_run
 
         shard = check_shard_size(max_shard_size)
-        return export_run(run_dir, out, merge=merge, overwrite=overwrite, max_shard_size=shard)
+        return export_run(
+            run_dir, out, merge=merge, overwrite=overwrite, max_shard_size=shard, verify=verify
+        )
     if max_shard_size is not None:
         raise TunelabError(f"--max-shard-size is for --to hf; --to {to} writes one file.")
     if merge is False:
@@ -44,7 +48,7 @@ def export(
         raise TunelabError(f"--quant {quant} is not one of {', '.join(QUANTS)}.")
 
     writer = export_gguf if to == "gguf" else export_ollama
-    return writer(run_dir, out, quant or "f16", overwrite)
+    return writer(run_dir, out, quant or "f16", overwrite, verify)
 
 
 def check_shard_size(size: str | None) -> int | None:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.exporters.gate import REPORT, Gate
 from tunelab.inference.chat_model import ChatModel, open_chat_model
 from tunelab.methods import get_method
 from tunelab.models.sources import resolve_model
@@ -23,13 +24,15 @@ def export_run(
     merge: bool | None = None,
     overwrite: bool = False,
     max_shard_size: int | None = None,
+    verify: bool = True,
 ) -> Path:
     """Write the run's result to `out`.
 
     merge=None does what the method allows: LoRA-family runs are merged into the base (a plain
     HF folder), prompt-style runs export their adapter, full and freeze runs their model. The
     export is written beside `out` and moved into place when complete; `overwrite` replaces
-    only an earlier tunelab export.
+    only an earlier tunelab export. A whole model is checked against the run first (the
+    parity gate, `export_report.json`); `verify=False` skips that and says so there.
     """
     top = RunFolder.open(run_dir)
     weights = top.trained()
@@ -43,8 +46,11 @@ def export_run(
             + ("adapter." if method.saves_adapter else "model.")
         )
     staging = staging_path(out)
+    gate = Gate(weights, verify)
     try:
-        merged = _write_export(weights, method, merge, staging, max_shard_size)
+        merged = _write_export(weights, method, merge, staging, max_shard_size, gate)
+        report = _check_export(gate, staging)
+        (staging / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
         provenance = {
             "exported_from": str(Path(run.target).resolve()),
             "method": method.name,
@@ -96,8 +102,14 @@ RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*", "trainer_state.jso
                 "training_args.bin", "tunelab_checkpoint.json")  # fmt: skip
 
 
+def _check_export(gate: Gate, folder: Path) -> dict:
+    if not (folder / "config.json").is_file():
+        return {"passed": None, "verified": False, "reason": "an adapter folder, not a model"}
+    return gate.check_folder(folder)
+
+
 def _write_export(
-    weights: TrainedWeights, method, merge: bool | None, folder: Path, shard: int | None
+    weights: TrainedWeights, method, merge: bool | None, folder: Path, shard: int | None, gate
 ) -> bool:
     """The weights into `folder` (in files of at most `shard` bytes); whether a
     LoRA-family adapter was merged."""
@@ -107,7 +119,7 @@ def _write_export(
         if source is not None:
             shutil.copytree(source, folder, ignore=shutil.ignore_patterns(*RESUME_STATE))
             return False
-    save_merged(merged_model(weights), weights, folder, shard)
+    save_merged(merged_model(weights, gate.before_merge), weights, folder, shard)
     return weights.adapter is not None
 
 
@@ -133,7 +145,7 @@ def _weight_folders(weights: TrainedWeights) -> list[Path]:
 SENTENCEPIECE_FILES = ("tokenizer.model",)
 
 
-def merged_model(weights: TrainedWeights) -> ChatModel:
+def merged_model(weights: TrainedWeights, before_merge=None) -> ChatModel:
     """The run's model in full precision with a LoRA-family adapter merged in (a QLoRA run's
     base is loaded unquantised, so the merge is not into 4-bit weights)."""
     method = get_method(weights.recipe.method.type)
@@ -143,6 +155,8 @@ def merged_model(weights: TrainedWeights) -> ChatModel:
             "needs; export it without --to to save the adapter."
         )
     chat = open_chat_model(weights.run.target, with_adapter=True, quantized=False)
+    if before_merge is not None:  # e.g. the parity gate reads the run as trained
+        before_merge(chat)
     if weights.adapter is not None:
         chat.model = chat.model.merge_and_unload()
     return chat

@@ -13,34 +13,44 @@ import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.exporters.gate import REPORT, Gate, report_of
 from tunelab.exporters.gguf_file import write_gguf
 from tunelab.exporters.merge import EXPORT_MARK, check_destination, merged_model, save_merged
 from tunelab.exporters.ollama import modelfile, translate
-from tunelab.outputs import place, staging_path
+from tunelab.outputs import check_target, place, staging_path, write_file
 from tunelab.run import RunFolder
+
+REPORT_KIND = "export report"
 
 GGUF_MARK = "tunelab.exported_from"  # metadata key that marks a GGUF file tunelab wrote
 MODEL_FILE = "model.gguf"
 
 
-def export_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16", overwrite=False) -> Path:
-    """The run as one GGUF file at `out`."""
+def export_gguf(
+    run_dir: str | Path, out: str | Path, quant: str = "f16", overwrite=False, verify=True
+) -> Path:
+    """The run as one GGUF file at `out`, checked against the run (its report beside it as
+    NAME.export_report.json)."""
     weights, out, staging, replaces = _opened(run_dir, out, overwrite, _check_file)
+    report_path = report_of(out)
+    check_target(report_path, REPORT_KIND)
     try:
-        _write_model(weights, staging, quant)
+        _, report = _write_model(weights, staging, quant, Gate(weights, verify))
         place(staging / MODEL_FILE, out, replaces)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    write_file(report_path, json.dumps(report, indent=2), REPORT_KIND)
     return out
 
 
 def export_ollama(
-    run_dir: str | Path, out: str | Path, quant: str = "q8_0", overwrite=False
+    run_dir: str | Path, out: str | Path, quant: str = "q8_0", overwrite=False, verify=True
 ) -> Path:
     """A folder with the run as `model.gguf` and a `Modelfile` for `ollama create`."""
     weights, out, staging, replaces = _opened(run_dir, out, overwrite, check_destination)
     try:
-        chat = _write_model(weights, staging, quant)
+        chat, report = _write_model(weights, staging, quant, Gate(weights, verify))
+        (staging / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
         stops = [chat.tokenizer.convert_ids_to_tokens(i) for i in chat.stop_token_ids()]
 
         def render(messages):
@@ -70,13 +80,14 @@ def _opened(run_dir, out, overwrite: bool, check):
     return weights, out, staging_path(out), replaces
 
 
-def _write_model(weights, staging: Path, quant: str):
-    """Merge into staging/hf, write staging/model.gguf, drop the HF folder; the merged model."""
+def _write_model(weights, staging: Path, quant: str, gate: Gate):
+    """Merge into staging/hf, write staging/model.gguf, drop the HF folder, check the file
+    against the run; the merged model and the gate's report."""
     staging.mkdir(parents=True)
     hf = staging / "hf"
-    chat = merged_model(weights)
+    chat = merged_model(weights, gate.before_merge)
     save_merged(chat, weights, hf)
-    write_gguf(
+    info = write_gguf(
         hf,
         staging / MODEL_FILE,
         quant,
@@ -84,7 +95,8 @@ def _write_model(weights, staging: Path, quant: str):
         {GGUF_MARK: str(weights.run.path.resolve())},
     )
     shutil.rmtree(hf)
-    return chat
+    report = gate.check_gguf(staging / MODEL_FILE, quant, info["architecture"])
+    return chat, {**report, "gguf": info}
 
 
 def _check_file(out: Path, sources: list[Path], overwrite: bool) -> bool:

@@ -166,3 +166,17 @@ def test_a_planted_mismatch_in_a_gguf_fails_the_gate(
     gate = Gate(RunFolder.open(run).trained())
     with pytest.raises(TunelabError, match=words):
         gate.check_gguf(planted, "f16", "llama")
+
+
+def test_serving_checks_the_prompt_training_rendered(run, tmp_path):
+    from tunelab.inference.chat_model import open_chat_models
+    from tunelab.serve.server import check_served_prompts
+
+    models = open_chat_models([str(run)])
+    assert check_served_prompts(models, [str(run)]) == [run.name]
+    broken = tmp_path / run.name
+    shutil.copytree(run, broken)
+    (broken / "adapter" / "chat_template.jinja").write_text(OTHER_TEMPLATE, encoding="utf-8")
+    models = open_chat_models([str(broken)])
+    with pytest.raises(TunelabError, match="would be served with another prompt than its train"):
+        check_served_prompts(models, [str(broken)])

@@ -216,3 +216,38 @@ def check(report: dict, what: str) -> None:
             f"the {what} does not answer like the run: {'; '.join(report['differences'])}; "
             "it was not kept (--no-verify keeps an export unchecked)."
         )
+
+
+def training_renderer(recipe) -> ConversationRenderer:
+    """The renderer a run's training used: the base's tokenizer, the recipe's template and
+    template arguments."""
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.sources import resolve_model
+    from tunelab.templates import resolve_template
+
+    tokenizer = load_tokenizer(resolve_model(recipe.model.path, recipe.model.trust_remote_code))
+    template = resolve_template(recipe.model.template, tokenizer, recipe.source_dir)
+    return ConversationRenderer(tokenizer, template, template_args=recipe.model.template_args)
+
+
+def check_served_prompt(name: str, chat, recipe) -> None:
+    """Raise if `chat` prompts the probes otherwise than the run's training rendered them
+    (nothing is said where the training renderer cannot be rebuilt, e.g. a base gone)."""
+    try:
+        trained = training_renderer(recipe)
+    except TunelabError:
+        return
+    for probe in probes(recipe, trained.template)[:2]:
+        messages = probe.messages
+        if recipe.data.system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": recipe.data.system}, *messages]
+        expected_ids = trained.prompt_ids(messages, probe.tools)
+        served = prompt_ids(chat, probe)
+        if served != expected_ids:
+            at = next((i for i, (a, b) in enumerate(zip(served, expected_ids)) if a != b), None)
+            at = min(len(served), len(expected_ids)) if at is None else at
+            raise TunelabError(
+                f"{name} would be served with another prompt than its training rendered (the "
+                f"{probe.name} probe differs from token {at}: the served tokenizer or chat "
+                "template is not the run's); check model.template in the run's recipe."
+            )

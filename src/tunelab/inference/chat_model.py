@@ -269,7 +269,7 @@ def open_chat_models(targets: list[str], with_base: bool = False) -> dict[str, C
     opened: dict[str, ChatModel] = {}
     groups: dict[tuple, list[tuple[str, TrainedWeights]]] = {}
     first_run: RunFolder | None = None
-    for name, target in _served_names(targets).items():
+    for name, target in served_names(targets).items():
         if not is_run_target(target):
             opened[name] = open_chat_model(target)
             continue
@@ -297,7 +297,7 @@ def open_chat_models(targets: list[str], with_base: bool = False) -> dict[str, C
     return opened
 
 
-def _served_names(targets: list[str]) -> dict[str, str]:
+def served_names(targets: list[str]) -> dict[str, str]:
     names: dict[str, str] = {}
     for target in targets:
         name = Path(str(target).rstrip("/")).name or str(target)

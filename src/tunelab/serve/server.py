@@ -37,9 +37,15 @@ def serve(
     console = console or Console(stderr=True)
     sock = _bind(host, port)  # before loading, so that a taken port fails at once
     models = open_chat_models(targets, with_base)
+    checked = check_served_prompts(models, targets)
     app = create_app(models, Scheduler(max_batch), api_key, max_tokens)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
     bound_port = sock.getsockname()[1]
+    if checked:
+        console.print(
+            f"prompts checked: {', '.join(checked)} prompt as their training rendered",
+            highlight=False,
+        )
     console.print(
         f"serving {', '.join(models)} at http://{host}:{bound_port}/v1 "
         f"({'API key required' if api_key else 'no API key'}); Ctrl-C stops",
@@ -77,3 +83,18 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+def check_served_prompts(models: dict, targets: list[str]) -> list[str]:
+    """Refuse to serve a run whose prompt for a probe differs from what its training rendered
+    (the served tokenizer or template is not the run's); returns the names checked."""
+    from tunelab.exporters.parity import check_served_prompt
+    from tunelab.inference.chat_model import served_names
+    from tunelab.run import RunFolder, is_run_target
+
+    checked = []
+    for name, target in served_names(targets).items():
+        if name in models and is_run_target(target):
+            check_served_prompt(name, models[name], RunFolder.open(target).trained().recipe)
+            checked.append(name)
+    return checked

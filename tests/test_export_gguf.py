@@ -99,7 +99,8 @@ def test_ollama_folder_has_gguf_and_modelfile(runs, tmp_path):
     out = tmp_path / "ollama"
     export(runs["llama-lora"], out, to="ollama", quant="q8_0")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["Modelfile", "model.gguf", "tunelab_export.json"]
+    assert names == ["Modelfile", "export_report.json", "model.gguf", "tunelab_export.json"]
+    assert json.loads((out / "export_report.json").read_text())["passed"]
     text = (out / "Modelfile").read_text()
     assert text.startswith('FROM ./model.gguf\nTEMPLATE """')
     assert 'SYSTEM """You are Tiny."""' in text

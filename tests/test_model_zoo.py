@@ -80,3 +80,75 @@ def test_architecture_plans_packing_and_trains(model_type, builtin_tokenizer):
     grads = [p.grad for n, p in lora.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None for g in grads)
     assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+ROWS = [{"instruction": f"What is {a} plus {b}?", "output": f"It is {a + b}."}
+        for a in range(3) for b in range(3)]  # fmt: skip
+
+
+def _train(root, model, method: str) -> dict:
+    import json
+
+    import yaml
+
+    from tests.conftest import run_cli
+
+    recipe = {
+        "model": {"path": str(model)},
+        "data": {"train": [str(root / "d.json")], "max_length": 96},
+        "method": {"type": method, "r": 4} if method == "lora" else {"type": method},
+        "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "tensorboard": False,
+                  "save_every": 1, "sample_prompts": ["What is 1 plus 1?"]},
+        "output": str(root / method),
+    }  # fmt: skip
+    (root / f"{method}.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    done = run_cli("train", str(root / f"{method}.yaml"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((root / method / "summary.json").read_text())
+
+
+def _served_answer(run) -> str:
+    from tests.test_serve import client, free_port, start_server, wait_healthy
+
+    port = free_port()
+    server = start_server(str(run), "--api-key", "k", port=port)
+    try:
+        wait_healthy(port, server)
+        reply = client(port, "k").chat.completions.create(
+            model=run.name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        return reply.choices[0].message.content or ""
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_architecture_end_to_end(model_type, builtin_tokenizer, tmp_path):
+    """train LoRA and full -> chat -> export (merged, checked by the parity gate) -> serve,
+    through the CLI; `pytest -m slow tests/test_model_zoo.py` (about 40 minutes)."""
+    import json
+    import os
+
+    from tests.conftest import run_cli
+    from tests.zoo import save_tiny_model
+
+    save_tiny_model(model_type, builtin_tokenizer, tmp_path / "model")
+    (tmp_path / "d.json").write_text(json.dumps(ROWS), encoding="utf-8")
+    lora = _train(tmp_path, tmp_path / "model", "lora")
+    full = _train(tmp_path, tmp_path / "model", "full")
+    chat = run_cli("chat", str(tmp_path / "lora"), "-p", "Hi", "--max-new-tokens", "4")
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    export = run_cli("export", str(tmp_path / "lora"), "--out", str(tmp_path / "merged"))
+    assert export.returncode == 0, export.stderr[-2000:]
+    report = json.loads((tmp_path / "merged" / "export_report.json").read_text())
+    assert report["passed"], report
+    answer = _served_answer(tmp_path / "lora")
+    row = {"model_type": model_type, "packed": lora["packed"], "attention": lora["attention"],
+           "reason": lora["batching_reason"], "lora_loss": lora["final_loss"],
+           "full_loss": full["final_loss"], "parity": max(p["relative"] for p in report["probes"]),
+           "served": bool(answer)}  # fmt: skip
+    if os.environ.get("ZOO_TABLE"):
+        with open(os.environ["ZOO_TABLE"], "a", encoding="utf-8") as table:
+            table.write(json.dumps(row) + "\n")

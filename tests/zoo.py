@@ -97,3 +97,44 @@ def tiny_config(model_type: str, tokenizer):
     known = set(config_class().to_dict())  # a size the family does not have is not passed:
     known |= set(SPECIAL.get(model_type, {}))  # it would be saved, and converters read it
     return config_class(**{key: value for key, value in sizes.items() if key in known})
+
+
+# The family's published chat template (trl's chat_templates/), where trl ships one; the
+# others keep the borrowed tokenizer's ChatML.
+TEMPLATES = {
+    "llama": "llama3_1", "llama4_text": "llama3_2", "qwen2": "qwen2_5", "qwen2_moe": "qwen2_5",
+    "qwen3": "qwen3", "qwen3_moe": "qwen3", "qwen3_next": "qwen3_instruct_2507",
+    "qwen3_5_text": "qwen3_5_think", "qwen3_5_moe_text": "qwen3_5_nothink", "gemma": "gemma",
+    "gemma2": "gemma", "gemma3_text": "gemma3", "gemma4_text": "gemma4", "phi3": "phi3",
+    "phimoe": "phi3_5", "glm4_moe": "glm4moe", "deepseek_v3": "deepseekv3", "gpt_oss": "gptoss",
+    "cohere": "cohere", "cohere2": "cohere2", "lfm2": "lfm2", "nemotron_h": "nemotron_3_nano",
+}  # fmt: skip
+TAG = r"<\|[^|<>]{1,40}\|>|<｜[^｜<>]{1,40}｜>|<\|[a-z_]{1,20}>|<[a-z_]{1,20}\|>|</?(?:think|start_of_turn|end_of_turn)>|\[/?INST\]"
+
+
+def save_tiny_model(model_type: str, tokenizer, folder) -> None:
+    """A tiny random model of `model_type` in `folder`, with the built-in tokenizer carrying
+    the family's published template (its tag strings added as special tokens)."""
+    import copy
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = copy.deepcopy(tokenizer)
+    name = TEMPLATES.get(model_type)
+    spec = importlib.util.find_spec("trl")
+    if name and spec is not None:
+        source = Path(spec.submodule_search_locations[0]) / "chat_templates" / f"{name}.jinja"
+        template = source.read_text(encoding="utf-8")
+        tags = sorted(set(re.findall(TAG, template)))
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": tags}, replace_extra_special_tokens=False
+        )
+        tokenizer.chat_template = template
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -26,6 +26,7 @@ class FolderReader:
 
         self.chat = open_chat_model(folder)
         self.name = "transformers"
+        self.context = None
 
     def prompt_ids(self, probe: Probe) -> list[int]:
         return prompt_ids(self.chat, probe)
@@ -47,8 +48,9 @@ class LlamaCppReader:
         import llama_cpp
 
         self.llm = llama_cpp.Llama(
-            str(file), n_ctx=2048, logits_all=True, verbose=False, n_threads=2, seed=0
-        )
+            str(file), n_ctx=0, logits_all=True, verbose=False, n_threads=2, seed=0
+        )  # n_ctx 0: the context the file declares
+        self.context = self.llm.n_ctx()
         self.metadata = self.llm.metadata
         template = self.metadata.get("tokenizer.chat_template", "")
         self.renderer = ConversationRenderer(tokenizer, template)
@@ -97,6 +99,7 @@ class TransformersGgufReader(FolderReader):
         renderer = ConversationRenderer(tokenizer, tokenizer.chat_template or "")
         self.chat = ChatModel(model, tokenizer, renderer, model.device, str(file), system)
         self.name = "transformers (gguf_file)"
+        self.context = None
 
 
 def _with_system(messages: list[dict], system: str | None) -> list[dict]:

@@ -53,10 +53,11 @@ COMMON = {
 }
 
 SPECIAL: dict[str, dict] = {
-    "falcon_h1": {"mamba_d_ssm": 128},
+    "falcon_h1": {"mamba_d_ssm": 128, "head_dim": 16},  # converters read head_dim
+    "olmoe": {"head_dim": 16},
     "deepseek_v2": {"num_key_value_heads": 4, "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8,
                     "qk_nope_head_dim": 8, "v_head_dim": 16},
-    "deepseek_v3": {"num_key_value_heads": 4, "head_dim": 8, "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8,
+    "deepseek_v3": {"num_key_value_heads": 4, "head_dim": 8, "norm_topk_prob": True, "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8,
                     "qk_nope_head_dim": 8, "v_head_dim": 16},
     "glm4_moe_lite": {"num_key_value_heads": 4, "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8,
                       "qk_nope_head_dim": 8, "v_head_dim": 16},
@@ -72,9 +73,15 @@ SPECIAL: dict[str, dict] = {
     "qwen3_5_moe_text": {"layer_types": ["linear_attention", "full_attention"]},
     "minimax": {"layer_types": ["linear_attention", "full_attention"], "block_size": 16},
     "lfm2": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
-    "gemma3_text": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    # Gemma 3 scales queries by query_pre_attn_scalar, which its models set to head_dim; its
+    # models have five sliding layers to a global one (llama.cpp assumes that pattern)
+    "gemma3_text": {"sliding_window": 8, "query_pre_attn_scalar": 16,
+                    "layer_types": ["sliding_attention", "sliding_attention"]},
+    "qwen3_moe": {"norm_topk_prob": True},  # as Qwen3 MoE models (llama.cpp always normalises)
     "gemma2": {"sliding_window": 8},
-    "cohere2": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    "cohere": {"tie_word_embeddings": True},  # as every Command-R (llama.cpp's graph ties them)
+    "cohere2": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+                "tie_word_embeddings": True},
     "gpt_oss": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
     "mistral": {"sliding_window": 8},
     "ministral": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},

@@ -330,7 +330,7 @@ def export(
         str, typer.Option(help="hf (a model folder), gguf (one file) or ollama (GGUF + Modelfile)")
     ] = "hf",
     quant: Annotated[
-        str | None, typer.Option(help="GGUF weights: f16 (default), bf16, q8_0 or q4_0")
+        str | None, typer.Option(help="GGUF weights: f16 (default), bf16, q8_0, q4_0 or f32")
     ] = None,
     merge: Annotated[
         bool | None,

@@ -21,7 +21,7 @@ import numpy as np
 from tunelab.errors import TunelabError
 from tunelab.exporters.llama_cpp import convert
 
-QUANTS = ("f16", "bf16", "q8_0", "q4_0")
+QUANTS = ("f16", "bf16", "q8_0", "q4_0", "f32")
 
 
 def write_gguf(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.data.render import ConversationRenderer
+from tunelab.errors import TunelabError
 from tunelab.exporters.parity import Probe, model_logits, prompt_ids
 
 
@@ -47,10 +48,10 @@ class LlamaCppReader:
     def __init__(self, file: Path, tokenizer, system: str | None):
         import llama_cpp
 
+        self.context = min(declared_context(file), PROBE_CONTEXT)
         self.llm = llama_cpp.Llama(
-            str(file), n_ctx=0, logits_all=True, verbose=False, n_threads=2, seed=0
-        )  # n_ctx 0: the context the file declares
-        self.context = self.llm.n_ctx()
+            str(file), n_ctx=self.context, logits_all=True, verbose=False, n_threads=2, seed=0
+        )  # logits for every position of the context are held: the probes' length is enough
         self.metadata = self.llm.metadata
         template = self.metadata.get("tokenizer.chat_template", "")
         self.renderer = ConversationRenderer(tokenizer, template)
@@ -111,6 +112,12 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
 def gguf_reader(file: Path, architecture: str, tokenizer, system: str | None):
     """The best reader of a GGUF file here, or None where nothing can run it."""
     if llama_cpp_installed():
+        failure = llama_cpp_failure(file)
+        if failure:
+            raise TunelabError(
+                f"llama.cpp cannot run the GGUF file it was written for ({failure}); the export "
+                "was not kept (--no-verify keeps it unchecked)."
+            )
         return LlamaCppReader(file, tokenizer, system)
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -123,3 +130,41 @@ def llama_cpp_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+PROBE_CONTEXT = 1024
+
+
+def declared_context(file: Path) -> int:
+    """The context length a GGUF file declares (`{arch}.context_length`)."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(file)).fields
+    arch = fields["general.architecture"].contents()
+    found = fields.get(f"{arch}.context_length")
+    return int(found.contents()) if found is not None else PROBE_CONTEXT
+
+
+SMOKE = (
+    "import sys, llama_cpp\n"
+    "llm = llama_cpp.Llama(sys.argv[1], n_ctx=int(sys.argv[2]), verbose=False)\n"
+    "llm.eval([llm.token_bos() if llm.token_bos() >= 0 else 0])\n"
+)
+
+
+def llama_cpp_failure(file: Path) -> str | None:
+    """Why llama.cpp cannot load and run `file` (None when it can), found in a child process:
+    llama.cpp aborts the whole process on some files, which must not take tunelab with it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SMOKE, str(file), str(min(declared_context(file), PROBE_CONTEXT))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else f"exit {done.returncode}")[:300]

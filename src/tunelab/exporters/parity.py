@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 
+from tunelab.data.conversation import RowError
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
 
@@ -109,10 +111,14 @@ def prompt_ids(chat, probe: Probe) -> list[int]:
 
 
 def expected(chat, found: list[Probe]) -> list[Expected]:
-    """The run's prompts, greedy answers and logits for each probe (the run as trained)."""
+    """The run's prompts, greedy answers and logits for each probe (the run as trained); a
+    probe the run's template refuses (Gemma's takes no system turn) is left out."""
     rows = []
     for probe in found:
-        prompt = prompt_ids(chat, probe)
+        try:
+            prompt = prompt_ids(chat, probe)
+        except (TemplateError, TunelabError, RowError):
+            continue
         ids = torch.tensor([prompt], device=chat.device)
         with torch.no_grad():
             out = chat.model.generate(
@@ -248,7 +254,10 @@ def check_served_prompt(name: str, chat, recipe) -> None:
         messages = probe.messages
         if recipe.data.system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": recipe.data.system}, *messages]
-        expected_ids = trained.prompt_ids(messages, probe.tools)
+        try:
+            expected_ids = trained.prompt_ids(messages, probe.tools)
+        except (TemplateError, TunelabError, RowError):
+            continue  # a probe the template refuses (no system turn) says nothing here
         served = prompt_ids(chat, probe)
         if served != expected_ids:
             at = next((i for i, (a, b) in enumerate(zip(served, expected_ids)) if a != b), None)

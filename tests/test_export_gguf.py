@@ -180,6 +180,7 @@ def test_qlora_run_merges_into_the_full_precision_base(tmp_path):
     print(f"4-bit base + adapter agrees with the merged model on {same}/{len(probes)} probes")
 
 
+@pytest.mark.slow  # the GGUF zoo runs it in llama.cpp; the window test below stays in the suite
 def test_a_mistral_model_is_written_as_llama_and_loads_back(tmp_path, builtin_tokenizer):
     from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 

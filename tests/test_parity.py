@@ -64,12 +64,16 @@ def test_no_verify_says_the_export_was_not_checked(run, tmp_path):
     assert report["verified"] is False and "--no-verify" in report["reason"]
 
 
-def _planted_folder(run, tmp_path, plant) -> object:
-    folder = tunelab.export(run, tmp_path / "hf")
+@pytest.fixture(scope="module")
+def hf_export(run, tmp_path_factory):
+    return tunelab.export(run, tmp_path_factory.mktemp("hf") / "hf")
+
+
+def _planted_folder(folder, tmp_path, plant) -> object:
     planted = tmp_path / "planted"
     shutil.copytree(folder, planted)
     plant(planted)
-    return Gate(RunFolder.open(run).trained()), planted
+    return planted
 
 
 def _other_template(folder):
@@ -104,8 +108,9 @@ def _permuted_tensor(folder):
         (_permuted_tensor, "logits differ by"),
     ],
 )
-def test_a_planted_mismatch_in_a_folder_fails_the_gate(run, tmp_path, plant, words):
-    gate, planted = _planted_folder(run, tmp_path, plant)
+def test_a_planted_mismatch_in_a_folder_fails_the_gate(run, hf_export, tmp_path, plant, words):
+    planted = _planted_folder(hf_export, tmp_path, plant)
+    gate = Gate(RunFolder.open(run).trained())
     with pytest.raises(TunelabError, match=words):
         gate.check_folder(planted)
 

@@ -195,3 +195,19 @@ def test_serving_checks_the_prompt_training_rendered(run, tmp_path):
     models = open_chat_models([str(broken)])
     with pytest.raises(TunelabError, match="would be served with another prompt than its train"):
         check_served_prompts(models, [str(broken)])
+
+
+def test_where_nothing_runs_the_file_its_template_and_stops_are_still_checked(
+    run, gguf_export, tmp_path, monkeypatch
+):
+    from tunelab.exporters import readers
+
+    monkeypatch.setattr(readers, "gguf_reader", lambda *args: None)
+    gate = Gate(RunFolder.open(run).trained())
+    report = gate.check_gguf(gguf_export, "f16", "llama")
+    assert report["verified"] is False and report["passed"] is None
+    assert report["chat_template_same"] and report["stop_tokens"]["same"]
+    planted = tmp_path / "planted.gguf"
+    _copy_gguf(gguf_export, planted, template=OTHER_TEMPLATE)
+    with pytest.raises(TunelabError, match="chat template is not the run's"):
+        gate.check_gguf(planted, "f16", "llama")

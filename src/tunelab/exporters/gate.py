@@ -27,6 +27,7 @@ class Gate:
         self.rows = parity.expected(chat, found)
         self.stops = chat.stop_token_ids()
         self.tokenizer, self.system = chat.tokenizer, chat.system
+        self.template = chat.renderer.template
 
     def _reference(self) -> None:
         if self.rows is None:
@@ -54,7 +55,9 @@ class Gate:
         self._reference()
         reader = gguf_reader(file, architecture, self.tokenizer, self.system)
         if reader is None:
-            return _metadata_only(file, self.rows, self.stops, architecture)
+            report = _metadata_only(file, self.template, self.stops, architecture)
+            parity.check(report, f"GGUF file ({quant})")
+            return report
         report = parity.compare(self.rows, reader, self.stops, quant)
         parity.check(report, f"GGUF file ({quant})")
         return report
@@ -64,22 +67,29 @@ def _unverified() -> dict:
     return {"passed": None, "verified": False, "reason": "--no-verify: the export was not checked"}
 
 
-def _metadata_only(file: Path, rows, stops, architecture: str) -> dict:
-    """Where nothing here runs the architecture: the file's template and stop id are read."""
+def _metadata_only(file: Path, template: str, stops, architecture: str) -> dict:
+    """Where nothing here runs the architecture: the file's chat template and declared stop
+    ids are compared with the run's (the answers are not checked)."""
     import gguf
 
     fields = gguf.GGUFReader(str(file)).fields
     keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
     theirs = [int(fields[key].contents()) for key in keys if key in fields]
+    written = fields.get("tokenizer.chat_template")
     report = {
-        "passed": None,
         "verified": False,
         "reason": (
             f"neither llama-cpp-python nor transformers runs the {architecture} architecture "
             "here; install llama-cpp-python to check the answers"
         ),
         "stop_tokens": parity.same_stops(stops, theirs, theirs),
+        "chat_template_same": written is not None and written.contents() == template,
     }
+    report["differences"] = [
+        *([] if report["chat_template_same"] else ["the file's chat template is not the run's"]),
+        *([] if report["stop_tokens"]["same"] else ["its declared stop tokens are not the run's"]),
+    ]
+    report["passed"] = None if not report["differences"] else False
     return report
 
 

@@ -224,7 +224,7 @@ def _differences(report: dict) -> list[str]:
 
 def check(report: dict, what: str) -> None:
     """Raise the gate's sentence when the report found a difference."""
-    if not report["passed"]:
+    if report["passed"] is False:
         raise TunelabError(
             f"the {what} does not answer like the run: {'; '.join(report['differences'])}; "
             "it was not kept (--no-verify keeps an export unchecked)."

@@ -100,7 +100,10 @@ def test_ollama_folder_has_gguf_and_modelfile(runs, tmp_path):
     export(runs["llama-lora"], out, to="ollama", quant="q8_0")
     names = sorted(p.name for p in out.iterdir())
     assert names == ["Modelfile", "export_report.json", "model.gguf", "tunelab_export.json"]
-    assert json.loads((out / "export_report.json").read_text())["passed"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["passed"] and report["ollama_template"]["passed"], report
+    rendered = [p for p in report["ollama_template"]["probes"] if p.get("prompt_identical")]
+    assert len(rendered) == 3 and report["ollama_template"]["engine"] == "Go text/template"
     text = (out / "Modelfile").read_text()
     assert text.startswith('FROM ./model.gguf\nTEMPLATE """')
     assert 'SYSTEM """You are Tiny."""' in text

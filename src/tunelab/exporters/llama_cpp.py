@@ -87,8 +87,9 @@ def _extract(archive: Path, into: Path) -> None:
             tar.extract(member, into, filter="data")
 
 
-def convert(folder: Path, out: Path, out_type: str) -> None:
-    """Write the HF model in `folder` as the GGUF file `out` with llama.cpp's converter.
+def convert(folder: Path, out: Path, out_type: str, name: str | None = None) -> None:
+    """Write the HF model in `folder` as the GGUF file `out` with llama.cpp's converter
+    (`name` is the file's general.name: llama.cpp tokenizes some families, Phi-3's, by it).
 
     A saved model never holds multi-token-prediction layers (transformers drops them), so a
     converter that wants them (Qwen3-Next, Qwen3.5) is told `--no-mtp`."""
@@ -101,6 +102,7 @@ def convert(folder: Path, out: Path, out_type: str) -> None:
         str(out),
         "--outtype",
         out_type,
+        *(["--model-name", name] if name else []),
     ]
     done = _run(command)
     if done.returncode != 0 and "mtp" in done.stderr:

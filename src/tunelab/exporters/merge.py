@@ -124,14 +124,30 @@ def _write_export(
 
 
 def save_merged(chat: ChatModel, weights: TrainedWeights, folder: Path, shard=None) -> None:
-    """The merged model and its tokenizer in `folder`, with the base's SentencePiece model
-    (`tokenizer.model`), which a fast tokenizer does not save and GGUF converters read."""
+    """The merged model and its tokenizer in `folder` (see `save_tokenizer`)."""
     chat.model.save_pretrained(folder, max_shard_size=shard or "5GB")
-    chat.tokenizer.save_pretrained(folder)
+    save_tokenizer(chat.tokenizer, folder, _weight_folders(weights))
+
+
+def save_tokenizer(tokenizer, folder: Path, sources: list[Path]) -> None:
+    """The tokenizer in `folder`, with the first SentencePiece model (`tokenizer.model`) found
+    in `sources`, which a fast tokenizer does not save and GGUF converters read; beside one,
+    the added tokens are listed in tokenizer_config.json as converters read them (a
+    SentencePiece model lacks Phi-3's <|end|> or GLM's <|user|>)."""
+    tokenizer.save_pretrained(folder)
     for name in SENTENCEPIECE_FILES:
-        found = [f / name for f in _weight_folders(weights) if (f / name).is_file()]
+        found = [f / name for f in sources if (f / name).is_file()]
         if found and not (folder / name).exists():
             shutil.copy2(found[0], folder / name)
+    config_file = folder / "tokenizer_config.json"
+    if (folder / "tokenizer.model").is_file() and config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.setdefault("added_tokens_decoder", {
+            str(i): {"content": t.content, "special": t.special, "lstrip": t.lstrip,
+                     "rstrip": t.rstrip, "normalized": t.normalized, "single_word": t.single_word}
+            for i, t in tokenizer.added_tokens_decoder.items()
+        })  # fmt: skip
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _weight_folders(weights: TrainedWeights) -> list[Path]:

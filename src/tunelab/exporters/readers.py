@@ -137,12 +137,11 @@ PROBE_CONTEXT = 1024
 
 def declared_context(file: Path) -> int:
     """The context length a GGUF file declares (`{arch}.context_length`)."""
-    import gguf
+    from tunelab.exporters.gguf_metadata import gguf_metadata
 
-    fields = gguf.GGUFReader(str(file)).fields
-    arch = fields["general.architecture"].contents()
-    found = fields.get(f"{arch}.context_length")
-    return int(found.contents()) if found is not None else PROBE_CONTEXT
+    fields = gguf_metadata(file)
+    found = fields.get(f"{fields.get('general.architecture')}.context_length")
+    return int(found) if found is not None else PROBE_CONTEXT
 
 
 SMOKE = (

@@ -49,19 +49,10 @@ def export_ollama(
     """A folder with the run as `model.gguf` and a `Modelfile` for `ollama create`."""
     weights, out, staging, replaces = _opened(run_dir, out, overwrite, check_destination)
     try:
-        chat, report = _write_model(weights, staging, quant, Gate(weights, verify))
+        gate = Gate(weights, verify)
+        chat, report = _write_model(weights, staging, quant, gate)
+        report["ollama_template"] = _write_modelfile(chat, gate, staging)
         (staging / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
-        stops = [chat.tokenizer.convert_ids_to_tokens(i) for i in chat.stop_token_ids()]
-
-        def render(messages):
-            return chat.renderer.render_text(messages, add_generation_prompt=True)
-
-        # a BOS the template writes itself; ChatML's <|im_start|> can be a tokenizer's BOS too
-        bos = chat.tokenizer.bos_token if "bos_token" in chat.renderer.template else None
-        adds_bos = chat.tokenizer("x")["input_ids"][:1] == [chat.tokenizer.bos_token_id]
-        translated = translate(render, bos, adds_bos)
-        text = modelfile(MODEL_FILE, translated, chat.system, stops)
-        (staging / "Modelfile").write_text(text, encoding="utf-8")
         mark = {"exported_from": str(weights.run.path.resolve()), "to": "ollama", "quant": quant}
         (staging / EXPORT_MARK).write_text(json.dumps(mark, indent=2), encoding="utf-8")
     except BaseException:
@@ -69,6 +60,24 @@ def export_ollama(
         raise
     place(staging, out, replaces)
     return out
+
+
+def _write_modelfile(chat, gate: Gate, staging: Path) -> dict:
+    """staging/Modelfile with the run's template translated for Ollama; the gate's report on
+    that TEMPLATE as Go renders it."""
+    stops = [chat.tokenizer.convert_ids_to_tokens(i) for i in chat.stop_token_ids()]
+
+    def render(messages):
+        return chat.renderer.render_text(messages, add_generation_prompt=True)
+
+    # a BOS the template writes itself; ChatML's <|im_start|> can be a tokenizer's BOS too
+    bos = chat.tokenizer.bos_token if "bos_token" in chat.renderer.template else None
+    adds_bos = chat.tokenizer("x")["input_ids"][:1] == [chat.tokenizer.bos_token_id]
+    translated = translate(render, bos, adds_bos)
+    report = gate.check_ollama_template(translated.template, chat.system, adds_bos)
+    text = modelfile(MODEL_FILE, translated, chat.system, stops)
+    (staging / "Modelfile").write_text(text, encoding="utf-8")
+    return report
 
 
 def _opened(run_dir, out, overwrite: bool, check):
@@ -93,6 +102,7 @@ def _write_model(weights, staging: Path, quant: str, gate: Gate):
         quant,
         chat.renderer.template,
         {GGUF_MARK: str(weights.run.path.resolve())},
+        name=Path(str(weights.base).rstrip("/")).name,  # the base's name, e.g. Phi-3-mini-...
     )
     shutil.rmtree(hf)
     report = gate.check_gguf(staging / MODEL_FILE, quant, info["architecture"])
@@ -123,9 +133,9 @@ def _check_file(out: Path, sources: list[Path], overwrite: bool) -> bool:
 
 
 def _is_our_gguf(path: Path) -> bool:
-    import gguf
+    from tunelab.exporters.gguf_metadata import gguf_metadata
 
     try:
-        return GGUF_MARK in gguf.GGUFReader(str(path)).fields
-    except Exception:  # not a GGUF file at all
+        return GGUF_MARK in gguf_metadata(path)
+    except Exception:  # not a GGUF file at all (or a damaged one)
         return False

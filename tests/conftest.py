@@ -62,15 +62,72 @@ def tiny_sizes(tokenizer) -> dict:
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run the real `tunelab` command in a child process (in `env`, else this one's)."""
-    return subprocess.run(
-        [sys.executable, "-m", "tunelab", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
-    )
+    """Run the real `tunelab` command line in a child process (in `env`, else this one's):
+    a fork of a warm process that has imported torch and transformers (tests/cli_zygote.py)
+    where the environment is this one's, else a fresh `python -m tunelab`."""
+    wanted = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+    if os.environ.get("TUNELAB_TEST_FRESH_CHILDREN") or not _forkable(wanted):
+        return subprocess.run(
+            [sys.executable, "-m", "tunelab", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=wanted,
+        )
+    return _forked(list(args), Path(cwd or os.getcwd()), timeout, wanted)
+
+
+_ZYGOTE: list[subprocess.Popen] = []
+_ZYGOTE_ENV: dict[str, str] = {}
+# environment variables libraries read when imported: a child that needs other values than
+# the warm process imported with starts afresh
+READ_AT_IMPORT = ("HF_", "HUGGINGFACE", "TRANSFORMERS", "MODELSCOPE", "TORCH", "PYTORCH",
+                  "OMP_", "MKL_", "CUDA", "TOKENIZERS", "XDG_", "HOME", "PYTHON")  # fmt: skip
+
+
+def _forkable(wanted: dict) -> bool:
+    started = _ZYGOTE_ENV or {**os.environ, "PYTHONUNBUFFERED": "1"}
+    differs = {k for k in set(wanted) | set(started) if wanted.get(k) != started.get(k)}
+    return not any(k.startswith(READ_AT_IMPORT) for k in differs)
+
+
+def _zygote() -> subprocess.Popen:
+    if not _ZYGOTE or _ZYGOTE[0].poll() is not None:
+        started = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("cli_zygote.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert started.stdout.readline().strip() == "ready"
+        _ZYGOTE[:] = [started]
+        _ZYGOTE_ENV.update({**os.environ, "PYTHONUNBUFFERED": "1"})
+    return _ZYGOTE[0]
+
+
+def _forked(args: list[str], cwd: Path, timeout: int, env: dict) -> subprocess.CompletedProcess:
+    import json
+    import signal
+    import tempfile
+    import time
+
+    zygote = _zygote()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {name: str(Path(tmp) / name) for name in ("stdout", "stderr", "status")}
+        request = {"args": args, "cwd": str(cwd), "env": env, **files}
+        zygote.stdin.write(json.dumps(request) + "\n")
+        zygote.stdin.flush()
+        pid = int(zygote.stdout.readline())
+        status, deadline = Path(files["status"]), time.monotonic() + timeout
+        while not status.is_file():
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(["tunelab", *args], timeout)
+            time.sleep(0.02)
+        out, err = (Path(files[n]).read_text(errors="replace") for n in ("stdout", "stderr"))
+        return subprocess.CompletedProcess(["tunelab", *args], int(status.read_text()), out, err)
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +148,9 @@ def thinker_dir(tmp_path_factory, tiny_model_dir) -> Path:
     config_file.write_text(json.dumps(config))
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     return folder
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for zygote in _ZYGOTE:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)

@@ -446,3 +446,31 @@ def test_registry_entries_that_cannot_train_say_why(tmp_path, entry, words):
     result = runner.invoke(app, ["train", str(recipe)])
     assert result.exit_code == 2
     assert words in " ".join(result.output.split())
+
+
+def test_a_registry_that_is_not_utf8_names_its_line(tmp_path):
+    registry = tmp_path / "dataset_info.json"
+    registry.write_bytes(
+        '{\n  "mine": {\n    "file_name": "caf\u00e9.json"\n  }\n}\n'.encode("latin-1")
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"data:\n  train: [mine]\n  registry: {registry}\noutput: {tmp_path / 'run'}\n"
+    )
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"{registry}:3: the registry is not UTF-8 text" in said and "save it as UTF-8" in said
+
+
+def test_sft_on_rated_kto_rows_is_refused_not_trained(tmp_path):
+    data = SHARED_DATA / "llamafactory" / "kto_en_demo.json"
+    if not data.is_file():
+        pytest.skip("../shared/data not present")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  train: [{data}]\noutput: {tmp_path / 'run'}\n")
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "the rows are rated answers (a `label` true or false, KTO data)" in said
+    assert "train.objective: kto" in said and not (tmp_path / "run").exists()

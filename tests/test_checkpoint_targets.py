@@ -81,3 +81,49 @@ def test_a_checkpoint_exports_and_a_missing_one_names_those_kept(run, tmp_path):
         TunelabError, match="has no checkpoint-1; its checkpoints are at steps 2, 3"
     ):
         tunelab.chat(f"{run}@1", "Say 3")
+
+
+@pytest.mark.parametrize("step", ["abc", "-1", "2.5"])
+def test_a_step_that_is_not_a_number_names_the_steps_kept(run, tmp_path, step):
+    done = run_cli("export", f"{run}@{step}", "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    said = " ".join(done.stderr.split())
+    assert (
+        f"what follows @ is a checkpoint's step number; {run} has checkpoints at steps 2, 3" in said
+    )
+
+
+def test_a_project_folder_holding_a_recipe_is_not_taken_for_a_run(tmp_path):
+    project = tmp_path / "my-project"
+    project.mkdir()
+    (project / "recipe.yaml").write_text("model: {path: smollm2-135m-instruct}\n")
+    for command in (
+        ["chat", str(project), "--prompt", "hi"],
+        ["export", str(project), "--out", str(tmp_path / "o")],
+    ):
+        done = run_cli(*command)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "holds a recipe.yaml but is not a tunelab run folder" in " ".join(
+            done.stderr.split()
+        )
+
+
+def test_a_checkpoint_whose_weights_file_is_damaged_is_named(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    weights = next((copy / "checkpoints" / "checkpoint-2").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[8:40] = b"\x00not json at all, damaged on disk"[:32]
+    weights.write_bytes(bytes(data))
+    for command in (
+        ["chat", f"{copy}@2", "--prompt", "hi"],
+        ["export", f"{copy}@2", "--out", str(tmp_path / "o")],
+    ):
+        done = run_cli(*command)
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "Traceback" not in said, said
+        assert f"{weights} has a broken header: these weights are damaged" in said
+        assert "steps 2, 3" in said
+    assert not (tmp_path / "o").exists()

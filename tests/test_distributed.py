@@ -351,3 +351,40 @@ def test_token_budget_batches_shared_by_two_processes(tmp_path, tiny_model_dir):
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
     a, b = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two"))
     assert b["tokens"] == a["tokens"]
+
+
+def test_a_process_killed_under_nproc_ends_the_others_with_one_sentence(tmp_path, tiny_model_dir):
+    """Rank 1 of `--nproc 2` SIGKILLed after its first checkpoint: the launcher stops rank 0
+    within seconds and says which process was killed; no gloo error, no traceback, and the
+    checkpoint stays whole."""
+    import signal
+    import time
+
+    import psutil
+
+    recipe = ddp_recipe(tmp_path, tiny_model_dir, "killed", 2, max_steps=400, save_every=2)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "train", str(recipe), "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 240
+    while not checkpoint.is_dir() and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.is_dir(), launcher.communicate(timeout=60)
+    workers = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+               if p.environ().get("RANK") == "1"]  # fmt: skip
+    assert workers
+    workers[0].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    out, err = launcher.communicate(timeout=120)
+    assert time.monotonic() - killed_at < 60
+    said = " ".join(err.split())
+    assert launcher.returncode == 2, said[-3000:]
+    assert "process 1 of 2 was killed (SIGKILL" in said and "--resume" in said
+    assert "Traceback" not in err and "internal error" not in said and "gloo" not in said.lower()
+    from tunelab.training.checkpoints import checkpoint_problem, latest_checkpoint
+
+    kept = latest_checkpoint(checkpoint.parent)
+    assert kept is not None and checkpoint_problem(kept) is None

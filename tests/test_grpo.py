@@ -285,3 +285,112 @@ def test_grpo_on_a_gpu_samples_with_the_engine_it_says(tmp_path, tiny_model_dir)
     assert result.summary["generation"] == engine and result.summary["device"] == "cuda"
     metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and all("reward" in m for m in metrics)
+
+
+BAD_REWARDS = """
+import math, time
+
+def raises(completions, **kwargs):
+    return [1 / 0 for _ in completions]
+
+def nan(completions, **kwargs):
+    return [math.nan for _ in completions]
+
+def none(completions, **kwargs):
+    return [None] * len(completions)
+
+def text(completions, **kwargs):
+    return ["good" for _ in completions]
+
+def short(completions, **kwargs):
+    return [1.0]
+
+def scalar(completions, **kwargs):
+    return 1.0
+
+def hangs(completions, **kwargs):
+    print("reward started", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("function", "words"),
+    [
+        ("raises", "reward raises (bad_rewards.py:raises) raised ZeroDivisionError"),
+        ("nan", "reward nan (bad_rewards.py:nan) returned nan for completion 0; every value must be a finite"),
+        ("none", "returned None (NoneType) for completion 0; every value must be a number"),
+        ("text", "returned 'good' (str) for completion 0"),
+        ("short", "returned 1 values for 4 completions"),
+        ("scalar", "returned 1.0 (float); it must return a list of 4 numbers"),
+    ],
+)  # fmt: skip
+def test_a_reward_that_misbehaves_is_one_sentence_naming_it(function, words):
+    from tunelab.rewards import _named
+
+    namespace: dict = {}
+    exec(BAD_REWARDS, namespace)
+    reward = _named(namespace[function], function, f"bad_rewards.py:{function}")
+    with pytest.raises(TunelabError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        reward(prompts=["p"] * 4, completions=["a", "b", "c", "d"], completion_ids=[[1]] * 4)
+
+
+def test_a_run_whose_reward_returns_nan_stops_at_the_first_step_with_one_sentence(
+    tmp_path, tiny_model_dir
+):
+    from tests.conftest import run_cli
+
+    (tmp_path / "bad_rewards.py").write_text(BAD_REWARDS, encoding="utf-8")
+    recipe = grpo_recipe(tmp_path, tiny_model_dir, rewards=["bad_rewards.py:nan"])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    done = run_cli("train", str(tmp_path / "r.yaml"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    said = done.stdout + done.stderr
+    assert "reward nan (bad_rewards.py:nan) returned nan for completion 0" in said
+    assert "Traceback" not in said and "internal error" not in said
+
+
+def test_ctrl_c_stops_a_reward_that_hangs(tmp_path, tiny_model_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "bad_rewards.py").write_text(BAD_REWARDS, encoding="utf-8")
+    recipe = grpo_recipe(tmp_path, tiny_model_dir, rewards=["bad_rewards.py:hangs"])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "train", str(tmp_path / "r.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if "reward started" in line:
+            break
+    started = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=60)
+    said = "".join(lines) + out
+    assert time.monotonic() - started < 30
+    assert child.returncode == 2, said[-2000:]
+    assert "Ctrl-C while reward hangs (bad_rewards.py:hangs) ran" in said
+    assert "Traceback" not in said
+
+
+def test_the_strict_reward_says_when_no_answer_can_score(capsys):
+    strict = gsm8k_reward("strict")
+    prompts, answers = ["What is 2 + 3?"] * 2, ["2 + 3 = 5\n#### 5"] * 2
+    for _ in range(3):
+        assert strict(prompts, ["It is 5.", "5"], answer=answers) == [0.0, 0.0]
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("warning:") == 1 and "no answer of the first 2 steps" in said
+    assert "set match: flexible" in said
+    marked = gsm8k_reward("strict")
+    for _ in range(3):
+        marked(prompts, ["#### 5", "5"], answer=answers)
+    assert "warning" not in capsys.readouterr().err

@@ -74,6 +74,11 @@ CASES: dict[str, Case] = {
         recipe() + "x: &x\n  y: *x\n", "r.yaml:", "refers to itself"
     ),
     "yaml-alias-bomb": train_case(BOMB + recipe(), "r.yaml:", "expands to over 20,000 values"),
+    "yaml-huge-without-alias": train_case(
+        recipe() + "x:\n" + "".join(f"  k{i}: {i}\n" for i in range(21_000)),
+        "r.yaml:",
+        "it holds over 20,000 values, where a recipe has a few hundred",
+    ),
     "yaml-deep-nesting": train_case(DEEP, "r.yaml:3", "nested deeper than 64"),
     "yaml-broken-indentation": train_case(
         "data:\n  train: [d.jsonl]\n   max_length: 64\n", "r.yaml:3", "not valid YAML"
@@ -246,7 +251,7 @@ CASES: dict[str, Case] = {
     "resume-folder-tunelab-did-not-make": train_case(
         recipe(output="output: mine\n"),
         "mine",
-        "no .tunelab-run marker",
+        "holds a recipe.yaml but is not a tunelab run folder",
         "--resume",
         **{"mine/recipe.yaml": recipe(output="output: mine\n")},
     ),

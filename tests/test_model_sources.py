@@ -135,3 +135,49 @@ def test_download_from_modelscope_by_its_own_client(hub, tmp_path, tiny_model_di
     assert (to / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
     missing = run_cli("download", "someone/nothing", "--from", "modelscope", env=env)
     assert missing.returncode == 2 and "no model `someone/nothing`" in missing.stderr
+
+
+def test_a_hub_that_takes_the_connection_and_never_answers_is_named(tmp_path):
+    """A socket on 127.0.0.1 that accepts and never writes: the download ends in seconds,
+    naming the host, instead of waiting for ever."""
+    import socket
+    import threading
+    import time
+
+    from tests.conftest import run_cli
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(16)],
+                     daemon=True).start()  # fmt: skip
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {**online(endpoint, tmp_path / "home"), "TUNELAB_HUB_TIMEOUT": "2"}
+    started = time.monotonic()
+    done = run_cli("download", "someone/tiny", "--to", str(tmp_path / "here"), env=env, timeout=90)
+    assert time.monotonic() - started < 45
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert f"{endpoint} cannot be reached (it did not answer within 2 s" in said
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["own er/na me"], "`own er/na me` is not a model id: Repo id must use alphanumeric chars"),
+        (["../escape"], "is not a model id"),
+        (["someone/tiny", "--to", "{file}"], "is a file; give a new or empty folder"),
+    ],
+)
+def test_download_arguments_a_user_got_wrong_are_one_sentence(tmp_path, args, words):
+    from tests.conftest import run_cli
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    args = [a.replace("{file}", str(mine)) for a in args]
+    done = run_cli("download", *args, env=online("http://127.0.0.1:9", tmp_path / "home"))
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and words in said and "Traceback" not in said, said
+    assert mine.read_text() == "mine"

@@ -126,8 +126,9 @@ def _served_answer(run) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_architecture_end_to_end(model_type, builtin_tokenizer, tmp_path):
-    """train LoRA and full -> chat -> export (merged, checked by the parity gate) -> serve,
-    through the CLI; `pytest -m slow tests/test_model_zoo.py` (about 40 minutes)."""
+    """train LoRA and full -> chat -> export (merged, checked by the parity gate) -> resume
+    the LoRA run for a third step -> serve, through the CLI; `pytest -m slow
+    tests/test_model_zoo.py`."""
     import json
     import os
 
@@ -144,11 +145,15 @@ def test_architecture_end_to_end(model_type, builtin_tokenizer, tmp_path):
     assert export.returncode == 0, export.stderr[-2000:]
     report = json.loads((tmp_path / "merged" / "export_report.json").read_text())
     assert report["passed"], report
+    resumed = run_cli("train", str(tmp_path / "lora.yaml"), "train.max_steps=3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = json.loads((tmp_path / "lora" / "summary.json").read_text())
+    assert (after["steps"], after["resumed_from"]) == (3, "checkpoint-2")
     answer = _served_answer(tmp_path / "lora")
     row = {"model_type": model_type, "packed": lora["packed"], "attention": lora["attention"],
            "reason": lora["batching_reason"], "lora_loss": lora["final_loss"],
            "full_loss": full["final_loss"], "parity": max(p["relative"] for p in report["probes"]),
-           "served": bool(answer)}  # fmt: skip
+           "served": bool(answer), "resumed": after["steps"] == 3}  # fmt: skip
     if os.environ.get("ZOO_TABLE"):
         with open(os.environ["ZOO_TABLE"], "a", encoding="utf-8") as table:
             table.write(json.dumps(row) + "\n")

@@ -56,8 +56,8 @@ def test_llamafactory_sft_files_import_as_recipes_that_validate(tmp_path, name, 
     said = done.stdout
     assert "cutoff_len" in said and "data.max_length" in said  # what was mapped
     assert "trust_remote_code" in said and "model.trust_remote_code: true" in said  # and why not
-    if "deepspeed" in source:
-        assert "several processes are not in tunelab yet" in said
+    if "deepspeed" in source:  # examples/deepspeed/ds_z3_config.json, from their repo root
+        assert recipe.train.distributed == "zero3" and "ZeRO stage 3" in said
 
 
 @pytest.mark.parametrize(
@@ -106,3 +106,48 @@ def test_an_imported_recipe_trains(tmp_path, tiny_model_dir):
     assert trained.returncode == 0, trained.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2
+
+
+CARELESS = """\
+model_name_or_path: Qwen/Qwen3-4B
+stage: sft
+finetuning_type: lora
+dataset: identity
+cutoff_len: 512
+learning_rate: 1.0e-4
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ("learning_rate: fast\n", "learning_rate is 'fast', which is not a number"),
+        ("1: one\n", "the key 1 is not a name"),
+        ("lora_rnak: 16\n", "lora_rnak is not a LLaMA-Factory setting; did you mean lora_rank?"),
+        ("learnig_rate: 1.0e-3\n", "did you mean learning_rate?"),
+        ("deepspeed: nowhere/ds_z9.json\n", "deepspeed names nowhere/ds_z9.json, which does not exist"),
+        ("per_device_train_batch_size: many\n", "refused (from per_device_train_batch_size)"),
+    ],
+)  # fmt: skip
+def test_a_careless_file_is_one_sentence_and_writes_nothing(tmp_path, change, words):
+    source = tmp_path / "careless.yaml"
+    text = (
+        CARELESS.replace("learning_rate: 1.0e-4\n", "") if "learning_rate" in change else CARELESS
+    )
+    source.write_text(text + change, encoding="utf-8")
+    out = tmp_path / "recipe.yaml"
+    done = run_cli("recipe", "import", str(source), "--out", str(out))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in " ".join(done.stderr.split()), done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_a_deepspeed_config_beside_the_file_sets_the_strategy_and_offload(tmp_path):
+    config = EXAMPLES / "deepspeed" / "ds_z3_offload_config.json"
+    (tmp_path / "ds.json").write_bytes(config.read_bytes())
+    source = tmp_path / "lf.yaml"
+    source.write_text(CARELESS + "deepspeed: ds.json\n", encoding="utf-8")
+    done = run_cli("recipe", "import", str(source), "--out", str(tmp_path / "r.yaml"))
+    assert done.returncode == 0, done.stderr
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert (recipe.train.distributed, recipe.train.offload) == ("zero3", "all")

@@ -314,3 +314,56 @@ def test_a_run_saved_before_a_recipe_section_existed_still_resumes(tmp_path, tin
     saved.write_text(yaml.safe_dump(written))
     result = tunelab.train(recipe, ["train.max_steps=3"], resume=True)
     assert result.summary["steps"] == 3 and result.summary["resumed_from"] == "checkpoint-2"
+
+
+def test_resume_leaves_a_users_copy_alone_and_names_a_state_it_cannot_read(
+    tmp_path, tiny_model_dir
+):
+    """A user's checkpoint-2.bak beside the checkpoints is neither read nor deleted (keep_last
+    would have removed it); an optimizer state of other parameters is one sentence."""
+    import shutil
+
+    import torch
+
+    import tunelab
+    from tunelab.errors import TunelabError
+
+    short = write_recipe(tmp_path, tiny_model_dir, "short", max_steps=2, save_every=1, keep_last=1)
+    tunelab.train(short)
+    checkpoints = tmp_path / "short" / "checkpoints"
+    shutil.copytree(checkpoints / "checkpoint-2", checkpoints / "checkpoint-2.bak")
+    tunelab.train(short, ["train.max_steps=4"], resume=True)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2.bak", "checkpoint-4"]
+
+    state = checkpoints / "checkpoint-4" / "optimizer.pt"
+    torch.save({"state": {}, "param_groups": [{"lr": 1.0, "params": [0, 1, 2]}]}, state)
+    mark = checkpoints / "checkpoint-4" / "tunelab_checkpoint.json"
+    saved = json.loads(mark.read_text())
+    saved["files"]["optimizer.pt"] = state.stat().st_size  # as a version that wrote it so
+    mark.write_text(json.dumps(saved))
+    with pytest.raises(
+        TunelabError, match="checkpoint-4 cannot be resumed from: reading its state failed"
+    ):
+        tunelab.train(short, ["train.max_steps=6"], resume=True)
+
+
+def test_resume_on_changed_data_is_refused_unless_asked(tmp_path, tiny_model_dir):
+    import tunelab
+    from tests.conftest import run_cli
+    from tunelab.errors import TunelabError
+
+    short = write_recipe(tmp_path, tiny_model_dir, "short", max_steps=2, save_every=1)
+    tunelab.train(short)
+    data = tmp_path / "data.json"
+    rows = json.loads(data.read_text())
+    data.write_text(json.dumps(rows[::-1]), encoding="utf-8")  # same rows, another order
+    with pytest.raises(TunelabError, match=f"the data file {data} changed since"):
+        tunelab.train(short, ["train.max_steps=3"], resume=True)
+    done = run_cli("train", str(short), "train.max_steps=3", "--resume")
+    assert done.returncode == 2 and "--resume --data-changed" in " ".join(done.stderr.split())
+    done = run_cli("train", str(short), "train.max_steps=3", "--data-changed")
+    assert done.returncode == 2 and "goes with --resume" in done.stderr
+    done = run_cli("train", str(short), "train.max_steps=3", "--resume", "--data-changed")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming on changed data" in done.stderr
+    assert json.loads((tmp_path / "short" / "summary.json").read_text())["steps"] == 3

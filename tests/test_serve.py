@@ -302,6 +302,63 @@ def test_errors_come_in_openai_shape(server):
     assert (status, kind) == (400, "invalid_request_error") and "surrogate" in message, message
 
 
+def test_logprobs_are_those_of_the_engine_and_its_greedy_choice(server, runs):
+    """logprobs: true gives each answer token's log-probability (the largest at every step
+    of a greedy answer) and top_logprobs the most likely alternatives, as the model's own
+    log-softmax gives them."""
+    import torch
+
+    from tunelab.inference.chat_model import open_chat_model
+
+    port, _ = server
+    reply = ask(port, "alpha", PROMPTS[0], logprobs=True, top_logprobs=3, max_tokens=8)
+    content = reply.choices[0].logprobs.content
+    answer = reply.choices[0].message.content
+    assert content and "".join(t.token for t in content).strip() == answer.strip()
+    engine = open_chat_model(str(runs[0]))
+    prompt = engine.prompt_ids([{"role": "user", "content": PROMPTS[0]}])
+    ids = prompt + engine.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
+    expected = torch.log_softmax(logits[len(prompt) - 1 : len(ids) - 1], -1)
+    for step, token in enumerate(content):
+        assert len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].logprob == pytest.approx(token.logprob, abs=1e-6)
+        assert token.logprob == pytest.approx(float(expected[step].max()), abs=1e-3)
+        assert token.bytes == list(token.token.encode())
+    plain = ask(port, "alpha", PROMPTS[0], max_tokens=8)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == answer
+
+
+def test_what_the_server_cannot_do_is_a_400_never_ignored(server):
+    port, _ = server
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    cases = [
+        ({"response_format": {"type": "json_object"}}, "`response_format` json_object"),
+        ({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "other"}}},
+         "names `other`, which is not in `tools` (get_time)"),
+        ({"tool_choice": "required"}, "required with no `tools`"),
+        ({"tools": [tool], "tool_choice": "required"}, "cannot force a tool call"),
+        ({"tools": [{"type": "function"}]}, "`tools.0.function`"),
+        ({"tools": [{"type": "function", "function": {"name": 5}}]}, "`tools.0.function.name`"),
+        ({"seed": 2**65}, "`seed`"),
+        ({"frequency_penalty": 0.5}, "no frequency penalty"),
+        ({"best_of": 2}, "`best_of` is not a parameter this server takes"),
+        ({"top_logprobs": 2}, "needs `logprobs: true`"),
+        ({"logprobs": True, "stream": True}, "ask with `stream: false`"),
+    ]  # fmt: skip
+    for extra, words in cases:
+        body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], **extra}
+        status, kind, message = error_of(*raw_post(port, json.dumps(body).encode()))
+        assert (status, kind) == (400, "invalid_request_error"), (extra, status, message)
+        assert words in message, (extra, message)
+    taken = {"frequency_penalty": 0, "presence_penalty": 0, "user": "me", "seed": 2**63,
+             "tools": [tool], "tool_choice": "none", "response_format": {"type": "text"}}  # fmt: skip
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], **taken}
+    status, reply = raw_post(port, json.dumps(body).encode())
+    assert status == 200, reply
+
+
 def test_a_client_that_disconnects_stops_its_generation(server):
     port, _ = server
     before = health(port)
@@ -360,6 +417,9 @@ def test_a_taken_port_and_bad_targets_are_one_sentence(runs, tmp_path):
 
     result = run_cli("serve", str(tmp_path / "missing"), "--port", str(free_port()))
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+    result = run_cli("serve", str(runs[0]), "--api-key", "", "--port", str(free_port()))
+    assert result.returncode == 2 and "--api-key is empty" in " ".join(result.stderr.split())
 
 
 def test_dora_and_lora_runs_share_a_base_and_each_answers_as_alone(runs, tmp_path):

@@ -127,3 +127,30 @@ def test_ui_auth_must_be_user_and_password(tmp_path):
     result = run_cli("ui", "--root", str(tmp_path), "--auth", "admin", "--port", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--auth takes USER:PASSWORD" in result.stderr
+
+
+def test_ui_on_a_taken_port_is_one_sentence_and_port_0_picks_a_free_one(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli("ui", "--root", str(tmp_path), "--port", str(port))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in result.stderr
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "ui", "--root", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = child.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and not url.rstrip("/").endswith(":0"), url
+        assert int(url.rstrip("/").rsplit(":", 1)[1]) > 0
+    finally:
+        child.terminate()
+        child.wait(timeout=30)

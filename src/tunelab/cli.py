@@ -59,18 +59,29 @@ def train(
             min=1, help="train as N processes (torchrun; one per GPU, or CPU cores shared)"
         ),
     ] = 1,
+    data_changed: Annotated[
+        bool, typer.Option(help="with --resume: continue although a data file changed")
+    ] = False,
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
     from tunelab.ranks import is_main
+    from tunelab.training.runner import DATA_CHANGED
     from tunelab.training.runner import train as run_training
 
+    if data_changed and not resume:
+        raise TunelabError("--data-changed goes with --resume; a new run reads its data as it is.")
     if nproc > 1:
         from tunelab.training.distributed import launch
 
-        flags = ["--overwrite"] * overwrite + ["--resume"] * resume
+        flags = (
+            ["--overwrite"] * overwrite + ["--resume"] * resume + ["--data-changed"] * data_changed
+        )
         raise typer.Exit(launch(nproc, [str(recipe), *(overrides or []), *flags]))
 
-    result = run_training(recipe, overrides or [], overwrite=overwrite, resume=resume, console=err)
+    resume_as = DATA_CHANGED if data_changed else resume
+    result = run_training(
+        recipe, overrides or [], overwrite=overwrite, resume=resume_as, console=err
+    )
     if is_main():  # launched as several processes, the run is told once
         print(result.run_dir)
 
@@ -706,6 +717,8 @@ def download(
     """Download a model with the hub's own client; prints its folder, for model.path."""
     from tunelab.models.download import download as fetch
 
+    if to is not None and to.exists() and not to.is_dir():
+        raise TunelabError(f"--to {to} is a file; give a new or empty folder to put the model in.")
     if to is not None and to.exists() and any(to.iterdir()) and not (to / "config.json").exists():
         raise TunelabError(f"--to {to} holds other files; give an empty or new folder.")
     print(fetch(model_id, source, revision, to))

@@ -20,8 +20,27 @@ from tunelab.errors import TunelabError
 from tunelab.ranks import is_main
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-NO_SPACE_WORDS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27")
+NO_SPACE_WORDS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27",
+                  "failed writing file")  # the last: torch's writer, which says no more  # fmt: skip
 NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+LAUNCHED = "TUNELAB_LAUNCHED"  # set in the processes `--nproc N` starts (its launcher tells)
+PEER_WORDS = ("connection closed by peer", "connection reset by peer", "broken pipe",
+              "gloo", "nccl", "socket timeout")  # fmt: skip
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether a failure is this process losing the others of a distributed run (one of them
+    died or stopped): a collective that could not complete."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in PEER_WORDS)
 
 
 def is_disk_full(exc: BaseException | None) -> bool:
@@ -56,6 +75,14 @@ def report_failure(exc: BaseException, console: Console) -> int | None:
         return _say(
             console, f"{exc.filename}: {exc.strerror.lower()}; fix its permissions or the path.", 2
         )
+    if peer_lost(exc):  # another process stopped first; it (or the launcher) says why
+        if os.environ.get(LAUNCHED) != "1":
+            from tunelab.ranks import rank
+
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            _say(console, f"process {rank()} lost contact with the other processes ({first}); "
+                 "another one stopped first: its message says why.", 1)  # fmt: skip
+        return 3
     log = write_crash_log(exc)
     console.print(
         f"[bold red]internal error:[/] {escape(type(exc).__name__)}: "

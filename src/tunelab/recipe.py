@@ -664,10 +664,12 @@ class RecipeLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._sizes: dict[int, int] = {}
         self._open: list[str | None] = []  # anchors of the collections being composed
+        self._aliased = False  # whether any alias was met
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
+            self._aliased = True
             if event.anchor in self._open:
                 raise yaml.composer.ComposerError(
                     None, None, f"the alias *{event.anchor} refers to itself", event.start_mark
@@ -703,9 +705,13 @@ class RecipeLoader(yaml.SafeLoader):
         )
         size = 1 + sum(self._sizes.get(id(child), 1) for child in children)
         if size > self.MAX_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"it expands to over {self.MAX_NODES:,} values through aliases", start
+            why = (
+                f"it expands to over {self.MAX_NODES:,} values through aliases"
+                if self._aliased
+                else f"it holds over {self.MAX_NODES:,} values, where a recipe has a few "
+                "hundred (is it a data file?)"
             )
+            raise yaml.composer.ComposerError(None, None, why, start)
         self._sizes[id(node)] = size
         return node
 

@@ -7,6 +7,7 @@ did. Its own template names are not needed: tunelab renders with the model's own
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ IGNORED = {  # settled by tunelab itself: why each has no key of its own
     "do_train": "tunelab train always trains",
     "preprocessing_num_workers": "tunelab renders with the tokenizer's own threads and caches it",
     "dataloader_num_workers": "data is tokenized once, before training",
-    "ddp_timeout": "one process; several processes are not in tunelab yet",
+    "ddp_timeout": "tunelab sets the timeouts of its own processes",
     "plot_loss": "every run writes its loss plot",
     "save_only_model": "checkpoints always hold what exact resume needs",
     "overwrite_output_dir": "pass --overwrite to tunelab train (only a tunelab run is replaced)",
@@ -32,6 +33,32 @@ IGNORED = {  # settled by tunelab itself: why each has no key of its own
     "model.trust_remote_code: true yourself, after reading its .py files",
     "neat_packing": "tunelab's packing never attends across samples (data.packing)",
 }
+
+
+PLAIN_TRAIN = {  # LLaMA-Factory key: train.<name>
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "warmup_ratio": "warmup_ratio",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "seed": "seed",
+    "logging_steps": "log_every",
+    "save_steps": "save_every",
+    "save_total_limit": "keep_last",
+    "eval_steps": "eval_every",
+    "enable_liger_kernel": "fused_kernels",
+}
+# Every key the import reads; a key close to one of these is taken for a misspelling of it.
+OTHER_KEYS = (
+    "stage", "model_name_or_path", "template", "finetuning_type", "use_dora", "lora_rank",
+    "lora_alpha", "lora_dropout", "lora_target", "freeze_trainable_layers",
+    "freeze_trainable_modules", "quantization_bit", "quantization_method", "dataset_dir",
+    "max_samples", "dataset", "eval_dataset", "cutoff_len", "packing", "val_size",
+    "default_system", "max_steps", "lr_scheduler_type", "disable_gradient_checkpointing",
+    "report_to", "output_dir", "deepspeed", "resume_from_checkpoint",
+)  # fmt: skip
 
 
 @dataclass
@@ -52,19 +79,19 @@ def import_llamafactory(raw: dict[str, Any], origin: str) -> Imported:
             "files (lora, qlora, full, freeze) only."
         )
     out = Imported({"model": {}, "data": {}, "method": {}, "train": {}})
+    _check_keys(raw, origin)
     keys = dict(raw)
     keys.pop("stage", None)
     out.mapped.append(("stage", "(sft: tunelab train)"))
     _model(keys, out)
     _method(keys, out, origin)
     _data(keys, out)
-    _train(keys, out)
+    _train(keys, out, origin)
+    _deepspeed(keys, out, origin)
     for key in list(keys):
         value = keys.pop(key)
         if key in IGNORED:
             out.dropped.append((key, IGNORED[key]))
-        elif key == "deepspeed":
-            out.dropped.append((key, f"{value}: several processes are not in tunelab yet"))
         elif key == "resume_from_checkpoint":
             why = "resume with tunelab train RECIPE --resume" if value else "not set"
             out.dropped.append((key, why))
@@ -75,12 +102,80 @@ def import_llamafactory(raw: dict[str, Any], origin: str) -> Imported:
     return out
 
 
-def _take(keys: dict, out: Imported, key: str, section: str, name: str, convert=None) -> None:
+def _take(keys: dict, out: Imported, key: str, section: str, name: str, convert=None,
+          origin: str = "the file") -> None:  # fmt: skip
     if key not in keys:
         return
     value = keys.pop(key)
-    out.recipe[section][name] = convert(value) if convert else value
+    try:
+        out.recipe[section][name] = convert(value) if convert else value
+    except (TypeError, ValueError):
+        raise TunelabError(
+            f"{origin}: {key} is {value!r}, which is not a number; write it like 1.0e-4 or 3."
+        ) from None
     out.mapped.append((key, f"{section}.{name}"))
+
+
+def _check_keys(raw: dict, origin: str) -> None:
+    """Every key a name, and none a misspelling of a key tunelab reads (it would be dropped
+    and the run would train otherwise than the file says)."""
+    for key in raw:
+        if not isinstance(key, str):
+            raise TunelabError(
+                f"{origin}: the key {key!r} is not a name; LLaMA-Factory's keys are names "
+                "such as learning_rate."
+            )
+        if key in KNOWN:
+            continue
+        close = difflib.get_close_matches(key, KNOWN, n=1, cutoff=0.8)
+        if close:
+            raise TunelabError(
+                f"{origin}: {key} is not a LLaMA-Factory setting; did you mean {close[0]}?"
+            )
+
+
+def _deepspeed(keys: dict, out: Imported, origin: str) -> None:
+    """A DeepSpeed config file as train.distributed (its ZeRO stage) and train.offload."""
+    if "deepspeed" not in keys:
+        return
+    value = keys.pop("deepspeed")
+    config = _deepspeed_file(str(value), Path(origin), origin)
+    zero = config.get("zero_optimization") or {}
+    stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
+    train = out.recipe["train"]
+    train["distributed"] = {0: "ddp", 1: "zero2", 2: "zero2"}.get(stage, "zero3")
+    devices = [
+        (zero.get(part) or {}).get("device") for part in ("offload_optimizer", "offload_param")
+    ]
+    if devices[0] == "cpu":
+        train["offload"] = "all" if devices[1] == "cpu" and stage == 3 else "optimizer"
+    how = f"train.distributed: {train['distributed']}" + (
+        f", train.offload: {train['offload']}" if "offload" in train else ""
+    )
+    out.mapped.append(("deepspeed", f"{how} (ZeRO stage {stage} in {value}; run with --nproc N)"))
+
+
+def _deepspeed_file(value: str, source: Path, origin: str) -> dict:
+    """The DeepSpeed config named by `value`: as given, or beside the training file or in a
+    folder above it (LLaMA-Factory names it from its own root, examples/deepspeed/...)."""
+    import json
+
+    given = Path(value).expanduser()
+    tails = [given, Path(*given.parts[1:])] if len(given.parts) > 1 else [given]
+    folders = [Path.cwd(), source.parent, *source.parent.parents]
+    found = next((f / t for f in folders for t in tails if (f / t).is_file()), None)
+    if found is None:
+        raise TunelabError(
+            f"{origin}: deepspeed names {value}, which does not exist (looked as given, beside "
+            "the file and in the folders above it); give the config's path."
+        )
+    try:
+        config = json.loads(found.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TunelabError(f"{found}: the DeepSpeed config is not JSON ({exc}).") from None
+    if not isinstance(config, dict):
+        raise TunelabError(f"{found}: the DeepSpeed config is not a JSON object.")
+    return config
 
 
 def _model(keys: dict, out: Imported) -> None:
@@ -154,24 +249,10 @@ def _data(keys: dict, out: Imported) -> None:
     _take(keys, out, "default_system", "data", "system")
 
 
-def _train(keys: dict, out: Imported) -> None:
-    plain = {
-        "per_device_train_batch_size": "batch_size",
-        "gradient_accumulation_steps": "grad_accum",
-        "learning_rate": "lr",
-        "num_train_epochs": "epochs",
-        "warmup_ratio": "warmup_ratio",
-        "weight_decay": "weight_decay",
-        "max_grad_norm": "max_grad_norm",
-        "seed": "seed",
-        "logging_steps": "log_every",
-        "save_steps": "save_every",
-        "save_total_limit": "keep_last",
-        "eval_steps": "eval_every",
-        "enable_liger_kernel": "fused_kernels",
-    }
-    for key, name in plain.items():
-        _take(keys, out, key, "train", name, float if name in ("lr", "epochs") else None)
+def _train(keys: dict, out: Imported, origin: str) -> None:
+    for key, name in PLAIN_TRAIN.items():
+        convert = float if name in ("lr", "epochs", "warmup_ratio", "weight_decay") else None
+        _take(keys, out, key, "train", name, convert, origin)
     if isinstance(keys.get("max_steps"), int) and keys["max_steps"] > 0:  # -1: by epochs
         _take(keys, out, "max_steps", "train", "max_steps")
     if keys.get("lr_scheduler_type") in SCHEDULERS:
@@ -212,9 +293,17 @@ def import_file(path: Path, out: Path) -> Imported:
             "finetuning_type, dataset, cutoff_len ...)."
         )
     imported = import_llamafactory(raw, str(path))
-    load_recipe(imported.recipe)  # the recipe it writes validates, or nothing is written
+    try:  # the recipe it writes validates, or nothing is written
+        load_recipe(imported.recipe)
+    except TunelabError as exc:
+        sources = {target.split(":")[0]: key for key, target in imported.mapped}
+        named = next((f" (from {sources[t]})" for t in sources if f"`{t}`" in str(exc)), "")
+        raise TunelabError(f"{path}: the recipe it imports as is refused{named}: {exc}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     header = f"# imported from the LLaMA-Factory file {path} by `tunelab recipe import`\n"
     body = yaml.safe_dump(imported.recipe, sort_keys=False, allow_unicode=True)
     out.write_text(header + body, encoding="utf-8")
     return imported
+
+
+KNOWN = (*OTHER_KEYS, *PLAIN_TRAIN, *IGNORED)

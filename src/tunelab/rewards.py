@@ -8,11 +8,16 @@ from and the file's SHA-256, for the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import math
+import numbers
+import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +65,8 @@ def build_rewards(specs: list[RewardConfig], base_dir: Path | None, context: Rew
         else:
             function, entry = load_function(spec.function, base_dir, where)
             check_columns(function, columns, where)
-        function = _named(function, _unique(spec.label, rewards.names))
+        origin = entry.get("function", f"the built-in {spec.name} reward")
+        function = _named(function, _unique(spec.label, rewards.names), origin)
         rewards.functions.append(function)
         rewards.weights.append(spec.weight)
         rewards.record.append({"reward": function.__name__, "weight": spec.weight, **entry})
@@ -74,14 +80,85 @@ def _unique(label: str, taken: list[str]) -> str:
     return name
 
 
-def _named(function, name: str):
-    """The function under the name the run's metrics give it (`rewards/<name>/mean`)."""
+def _named(function, name: str, origin: str):
+    """The function under the name the run's metrics give it (`rewards/<name>/mean`), its
+    answers checked (one number per completion) and a first Ctrl-C stopping it."""
 
     def reward(*args, **kwargs):
-        return function(*args, **kwargs)
+        with _interruptible(name, origin):
+            try:
+                values = function(*args, **kwargs)
+            except (TunelabError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # the user's code failed: say which reward and what
+                raise TunelabError(
+                    f"reward {name} ({origin}) raised {type(exc).__name__}: {exc}; the run "
+                    "stopped at this step (the last checkpoint is kept)."
+                ) from None
+        completions = kwargs["completions"] if "completions" in kwargs else args[1]
+        return checked_values(values, len(completions), name, origin)
 
     reward.__name__ = reward.__qualname__ = name
     return reward
+
+
+def checked_values(values, count: int, name: str, origin: str) -> list[float]:
+    """A reward's answer as floats, or one sentence on what it returned instead of one
+    finite number per completion."""
+    said = f"reward {name} ({origin}) returned"
+    if hasattr(values, "tolist"):  # a numpy array or a tensor
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise TunelabError(
+            f"{said} {_shown(values)} ({type(values).__name__}); it must return a list of "
+            f"{count} numbers, one per completion."
+        )
+    if len(values) != count:
+        raise TunelabError(
+            f"{said} {len(values)} values for {count} completions; return one number per "
+            "completion, in their order."
+        )
+    for index, value in enumerate(values):
+        if not isinstance(value, numbers.Real):
+            raise TunelabError(
+                f"{said} {_shown(value)} ({type(value).__name__}) for completion {index}; "
+                "every value must be a number (0.0 where the reward does not apply)."
+            )
+        if not math.isfinite(value):
+            raise TunelabError(
+                f"{said} {value} for completion {index}; every value must be a finite number."
+            )
+    return [float(value) for value in values]
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@contextlib.contextmanager
+def _interruptible(name: str, origin: str):
+    """While a reward runs, the first Ctrl-C stops it (a reward that hangs would never let
+    the step end, where the run's own Ctrl-C saves a checkpoint)."""
+    started = time.monotonic()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, stop)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise TunelabError(
+            f"Ctrl-C while reward {name} ({origin}) ran ({time.monotonic() - started:.0f} s); "
+            "the run stopped without this step (the last checkpoint is kept)."
+        ) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _builtin(spec: RewardConfig, context: RewardContext, columns: set[str], where: str):
@@ -111,7 +188,11 @@ def gsm8k_reward(match: str):
     """1.0 when the completion's answer is the reference's number, as `tunelab eval` judges it
     (`match`: strict or flexible), else 0.0."""
 
+    unmarked = [0]  # calls so far in which no completion wrote the `#### N` line
+
     def gsm8k(prompts, completions, answer, **kwargs) -> list[float]:
+        if match == "strict" and unmarked[0] >= 0:
+            _warn_unmarked(completions, unmarked)
         verdicts = [
             judge(Problem("", str(gold)), text, _opened(prompt))
             for prompt, text, gold in zip(prompts, completions, answer)
@@ -119,6 +200,28 @@ def gsm8k_reward(match: str):
         return [float(v[f"{match}_correct"]) for v in verdicts]
 
     return gsm8k
+
+
+UNMARKED_CALLS = 2  # steps without any `#### N` answer before the strict reward says so
+
+
+def _warn_unmarked(completions, unmarked: list[int]) -> None:
+    """Say once when no completion of the first steps holds `#### N`: the strict reward can
+    then only give 0, and the run would learn nothing from it."""
+    if any("####" in str(text) for text in completions):
+        unmarked[0] = -1  # an answer wrote it: nothing to say
+        return
+    unmarked[0] += 1
+    if unmarked[0] >= UNMARKED_CALLS:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] no answer of the first {unmarked[0]} steps ends with a "
+            "`#### N` line, which the strict gsm8k reward needs, so every reward is 0; show "
+            "that format in the prompts (data.system or examples), or set match: flexible.",
+            highlight=False,
+        )
+        unmarked[0] = -1
 
 
 def format_reward(context: RewardContext):

@@ -113,17 +113,18 @@ class RunFolder:
         folder = cls(run_path, checkpoint=checkpoint)
         if not (folder.path / RECIPE_FILE).is_file():
             raise TunelabError(f"{path} is not a tunelab run folder (no {RECIPE_FILE} in it).")
-        if checkpoint is not None and not checkpoint.is_dir():
-            saved = sorted(
-                (
-                    p.name.removeprefix("checkpoint-")
-                    for p in folder.checkpoints_dir.glob("checkpoint-*")
-                ),
-                key=lambda step: int(step) if step.isdigit() else -1,
+        made = (MARKER_FILE, SUMMARY_FILE, CHECKPOINTS_DIR)
+        if not any((folder.path / name).exists() for name in made):
+            raise TunelabError(
+                f"{path} holds a {RECIPE_FILE} but is not a tunelab run folder (tunelab marks "
+                f"each run it makes with {MARKER_FILE}); give a run folder, such as the output "
+                "of that recipe."
             )
+        if checkpoint is not None and not checkpoint.is_dir():
             raise TunelabError(
                 f"{run_path} has no {checkpoint.name}; its checkpoints are at steps "
-                f"{', '.join(saved) or '(none)'} (keep_last keeps only the newest)."
+                f"{', '.join(saved_steps(run_path)) or '(none)'} (keep_last keeps only the "
+                "newest)."
             )
         return folder
 
@@ -267,7 +268,38 @@ class RunFolder:
                 "did the run finish? A stopped run continues with --resume, and its "
                 f"checkpoints can be read as {run.path}@STEP."
             )
+        for folder in {model, adapter} - {None}:
+            _check_weight_files(folder, run.path)
         return TrainedWeights(run, recipe, model, adapter)
+
+
+def _check_weight_files(folder: Path, run_path: Path) -> None:
+    """A damaged weights file is one sentence naming it, before anything loads it."""
+    for file in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            steps = ", ".join(saved_steps(run_path)) or "none"
+            raise TunelabError(
+                f"{file} {problem}: these weights are damaged and cannot be read; use another "
+                f"checkpoint ({run_path}@STEP, steps {steps}) or train again."
+            )
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Whether a safetensors file's header parses and its data is all there."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if length <= 0 or 8 + length > size:
+                return "has a broken header"
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError):
+        return "has a broken header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if 8 + length + max(ends, default=0) != size:
+        return "is truncated"
+    return None
 
 
 @dataclass
@@ -295,11 +327,25 @@ def split_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
     or `RUN/checkpoints/checkpoint-N`."""
     path = Path(target)
     base, at, step = str(target).rpartition("@")
-    if at and step.isdigit() and (Path(base) / RECIPE_FILE).is_file():
+    if at and not path.exists() and (Path(base) / RECIPE_FILE).is_file():
+        if not step.isdigit():
+            raise TunelabError(
+                f"{target}: what follows @ is a checkpoint's step number; {base} has "
+                f"checkpoints at steps {', '.join(saved_steps(Path(base))) or '(none)'}."
+            )
         return Path(base), Path(base) / CHECKPOINTS_DIR / f"checkpoint-{step}"
     if path.parent.name == CHECKPOINTS_DIR and path.name.startswith("checkpoint-"):
         return path.parent.parent, path
     return path, None
+
+
+def saved_steps(run_path: Path) -> list[str]:
+    """The steps of the checkpoint folders a run holds, in order."""
+    names = (
+        p.name.removeprefix("checkpoint-")
+        for p in (run_path / CHECKPOINTS_DIR).glob("checkpoint-*")
+    )
+    return sorted(names, key=lambda step: int(step) if step.isdigit() else -1)
 
 
 def is_run_target(target: str | Path) -> bool:

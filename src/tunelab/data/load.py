@@ -200,6 +200,7 @@ def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversati
                         "or columns for this data set."
                     )
             if columns is None:
+                _refuse_rated_rows(record, location)
                 columns = Columns.for_format(fmt.name, resolved.columns)
             if not isinstance(record, dict):
                 raise RowError(
@@ -221,6 +222,17 @@ def read_source(resolved: ResolvedSource, report: DataReport) -> list[Conversati
         }
     )
     return conversations
+
+
+def _refuse_rated_rows(record: object, location: str) -> None:
+    """KTO rows (an answer rated true or false) are not conversations to imitate: supervised
+    fine-tuning would train the answers rated false as well."""
+    if isinstance(record, dict) and (isinstance(record.get("label"), bool) or "kto_tag" in record):
+        raise TunelabError(
+            f"{location}: the rows are rated answers (a `label` true or false, KTO data); "
+            "supervised fine-tuning would train the answers rated false too. Train them with "
+            "train.objective: kto, or give conversations to imitate."
+        )
 
 
 def _evidence(resolved: ResolvedSource, fmt: Format | None) -> str:

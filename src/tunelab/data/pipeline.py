@@ -99,6 +99,20 @@ def fingerprint(
     return digest.hexdigest()[:16]
 
 
+def data_files(config: DataConfig, base_dir: Path | None) -> dict[str, str]:
+    """The SHA-256 of every data file the data section reads (train and eval), by path."""
+    found = {}
+    for split in ("train", "eval"):
+        for source in config.sources(split):
+            try:
+                file = resolve_source(source, config, base_dir).file
+            except TunelabError:  # said where the data is read
+                continue
+            if file.is_file():
+                found[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
+
+
 SHAPING_MODULES = (  # tunelab.data modules whose code decides the rendered samples
     "chat_text",
     "conversation",

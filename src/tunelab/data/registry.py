@@ -29,8 +29,17 @@ def read_registry(path: Path) -> dict[str, dict]:
         raise TunelabError(
             f"data.registry: {path} does not exist; point it at a dataset_info.json."
         )
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TunelabError(
+            f"{path}:{line}: the registry is not UTF-8 text (byte {raw[exc.start]:#04x} at "
+            f"offset {exc.start}); save it as UTF-8."
+        ) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TunelabError(
             f"{path}:{exc.lineno}: broken JSON in the registry ({exc.msg})."

@@ -30,23 +30,29 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # "stop", "length" or "cancelled" once done
+    logprobs: int | None = None  # keep each token's log-probability and this many others
+    token_logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
     _sent: int = 0
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def add(self, token: int, stop_ids: set[int], decode: Callable[[list[int]], str]) -> None:
-        """Take the next generated token; ends the row on a stop token, stop string or limit."""
+    def add(self, token: int, stop_ids: set[int], decode: Callable[[list[int]], str],
+            logprobs: torch.Tensor | None = None) -> None:  # fmt: skip
+        """Take the next generated token (and the log-probabilities it was drawn from); ends
+        the row on a stop token, stop string or limit."""
         if self.done:
             return
         if self.cancelled.is_set():
             self.finish_reason = "cancelled"
             return
         self.tokens.append(token)
-        if token in stop_ids:
+        if token in stop_ids:  # the stop token is not part of the answer, nor its logprob
             self._finish("stop", decode, self.tokens[:-1])
             return
+        if logprobs is not None and self.logprobs is not None:
+            self.token_logprobs.append(_chosen(logprobs, token, self.logprobs))
         if self.on_text is not None or self.stop_strings:
             self.text = decode(self.tokens)
             if self._cut_at_stop_string():
@@ -93,14 +99,35 @@ class Row:
         self._send(len(self.text))
 
 
+def _chosen(logprobs: torch.Tensor, token: int, others: int):
+    """(token, its log-probability, the `others` most likely tokens with theirs)."""
+    top = torch.topk(logprobs, others) if others else None
+    alternatives = [] if top is None else list(zip(top.indices.tolist(), top.values.tolist()))
+    return token, float(logprobs[token]), [(i, v) for i, v in alternatives if v > float("-inf")]
+
+
+class StepLogprobs:
+    """A logits processor that keeps the log-probabilities of the distribution each step's
+    tokens are drawn from (after temperature, top-k and top-p, which come before it)."""
+
+    def __init__(self):
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+
 class RowFollower:
     """A `generate` streamer and stopping criterion in one: hands each step's tokens to their
     rows and tells `generate` which rows are finished."""
 
-    def __init__(self, rows: list[Row], stop_ids: set[int], decode: Callable[[list[int]], str]):
+    def __init__(self, rows: list[Row], stop_ids: set[int], decode: Callable[[list[int]], str],
+                 logprobs: StepLogprobs | None = None):  # fmt: skip
         self.rows = rows
         self.stop_ids = stop_ids
         self.decode = decode
+        self.logprobs = logprobs
         self._prompt_seen = False
 
     # streamer protocol
@@ -108,8 +135,9 @@ class RowFollower:
         if not self._prompt_seen:  # the first call carries the prompts
             self._prompt_seen = True
             return
-        for row, token in zip(self.rows, value.reshape(-1).tolist()):
-            row.add(token, self.stop_ids, self.decode)
+        step = self.logprobs.last if self.logprobs is not None else None
+        for index, (row, token) in enumerate(zip(self.rows, value.reshape(-1).tolist())):
+            row.add(token, self.stop_ids, self.decode, None if step is None else step[index])
 
     def end(self) -> None:
         for row in self.rows:

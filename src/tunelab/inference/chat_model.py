@@ -22,7 +22,7 @@ import torch
 
 from tunelab.data.render import ConversationRenderer
 from tunelab.errors import TunelabError
-from tunelab.inference.batch import Row, RowFollower
+from tunelab.inference.batch import Row, RowFollower, StepLogprobs
 from tunelab.methods import get_method
 from tunelab.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunelab.models.sources import ModelSource, resolve_model
@@ -152,13 +152,16 @@ class ChatModel:
     def run_rows(self, rows: list[Row], sampling: Sampling = GREEDY) -> None:
         """Generate one batch of rows; each ends on its own stop token, stop string or limit
         (or when cancelled), and hands out its text as it grows."""
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         for row in rows:
             row.max_new_tokens = self.room_for(len(row.prompt), row.max_new_tokens)
         input_ids, attention = self._batch([row.prompt for row in rows])
-        follower = RowFollower(rows, set(self.stop_token_ids()), self._decode)
+        logprobs = StepLogprobs() if any(r.logprobs is not None for r in rows) else None
+        follower = RowFollower(rows, set(self.stop_token_ids()), self._decode, logprobs)
         context, options = self._adapter_choice(rows)
+        if logprobs is not None:
+            options["logits_processor"] = LogitsProcessorList([logprobs])
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         with context:

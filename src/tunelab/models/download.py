@@ -51,12 +51,19 @@ def cached_snapshot(repo_id: str) -> Path | None:
 def _from_hf(repo_id: str, revision: str | None, to: Path | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise TunelabError(f"`{repo_id}` is not a model id: {_first_sentence(exc)}") from None
     where = hf_endpoint()
+    _set_timeouts()
     try:
         return Path(snapshot_download(repo_id, revision=revision, local_dir=to))
     except RepositoryNotFoundError:
@@ -68,6 +75,36 @@ def _from_hf(repo_id: str, revision: str | None, to: Path | None) -> Path:
         raise TunelabError(f"`{repo_id}` has no revision `{revision}` at {where}.") from None
     except LocalEntryNotFoundError as exc:
         raise TunelabError(_unreachable(repo_id, where, exc, "hf")) from None
+
+
+def _first_sentence(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text.split(". ")[0].rstrip(".") + "."
+
+
+# A hub that takes the connection and never answers would hold a download for ever: each
+# request waits at most this long for a connection, and for each read (TUNELAB_HUB_TIMEOUT).
+CONNECT_SECONDS = 10.0
+
+
+def _set_timeouts() -> None:
+    """huggingface_hub's shared HTTP client, with a timeout on every request where it gives
+    none (it has none by default, and passes none for its repository listing)."""
+    from huggingface_hub.utils import _http
+
+    read = float(os.environ.get("TUNELAB_HUB_TIMEOUT") or 30)
+    limits = {"connect": min(CONNECT_SECONDS, read), "read": read, "write": read, "pool": read}
+
+    def timed(request) -> None:
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {k: given.get(k) or v for k, v in limits.items()}
+
+    def client():
+        made = _http.default_client_factory()
+        made.event_hooks["request"].append(timed)
+        return made
+
+    _http.set_client_factory(client)
 
 
 def _from_modelscope(repo_id: str, revision: str | None, to: Path | None) -> Path:
@@ -93,6 +130,9 @@ def _unreachable(repo_id: str, where: str, exc: Exception, source: str) -> str:
     cause = exc.__cause__ or exc.__context__ or exc
     offline = "offline mode (HF_HUB_OFFLINE) is on" if "offline" in str(cause).lower() else None
     reason = offline or (str(cause).splitlines() or [type(cause).__name__])[0][:160]
+    if "timed out" in reason.lower():
+        seconds = os.environ.get("TUNELAB_HUB_TIMEOUT") or "30"
+        reason = f"it did not answer within {seconds} s; TUNELAB_HUB_TIMEOUT sets the wait"
     return (
         f"model `{repo_id}` is not downloaded and {where} cannot be reached ({reason}); run "
         f"`{command_for(repo_id, source)}` where the hub can be reached (HF_ENDPOINT names a "

@@ -87,9 +87,15 @@ def create_app(
             return JSONResponse({}, status_code=499)  # the client is gone; nobody reads this
         row = job.row
         reasoning, answer = split_reasoning(row.text, model.opens_thinking(row.prompt))
+        logprobs = None
+        if body.logprobs:
+            logprobs = schemas.logprobs_content(
+                row.token_logprobs, lambda i: model.tokenizer.decode([i])
+            )
         return schemas.completion(
-            cid, body.model, answer, row.finish_reason, len(row.prompt), len(row.tokens), reasoning
-        )
+            cid, body.model, answer, row.finish_reason, len(row.prompt), len(row.tokens),
+            reasoning, logprobs,
+        )  # fmt: skip
 
     return app
 
@@ -116,12 +122,16 @@ def _job(model: ChatModel, body: ChatRequest, max_tokens: int) -> Job:
     """The request as a row for the engine; a prompt that fills the context is refused."""
     if body.n != 1:
         raise ApiError(400, "only n=1 is supported.", param="n")
+    problem = body.unsupported()
+    if problem is not None:
+        raise problem
     messages = [message.as_dict() for message in body.messages]
-    found = surrogate_at({"messages": messages, "tools": body.tools or []})
+    tools = body.tool_dicts()
+    found = surrogate_at({"messages": messages, "tools": tools or []})
     if found:
         raise ApiError(400, f"`{found[0]}` {half_pair(found[1])}; send whole characters.", found[0])
     try:
-        prompt = model.prompt_ids(messages, body.tools)
+        prompt = model.prompt_ids(messages, tools)
     except (TunelabError, RowError, jinja2.TemplateError, TypeError, ValueError) as exc:
         raise ApiError(400, f"the chat template refused the messages: {exc}", "messages") from exc
     wanted = body.max_completion_tokens or body.max_tokens or max_tokens
@@ -143,6 +153,8 @@ def _job(model: ChatModel, body: ChatRequest, max_tokens: int) -> Job:
         body.repetition_penalty or 1.0,
     )
     row = Row(prompt, room, body.stop_strings(), model.adapter)
+    if body.logprobs:
+        row.logprobs = body.top_logprobs or 0
     return Job(model, row, sampling, asyncio.get_running_loop(), streamed=body.stream)
 
 

@@ -39,8 +39,33 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: ToolFunction
+
+
+# OpenAI parameters taken only at the value that changes nothing, and what they change
+NEUTRAL = {
+    "frequency_penalty": ((0, None), "frequency penalty (it takes repetition_penalty)"),
+    "presence_penalty": ((0, None), "presence penalty (it takes repetition_penalty)"),
+    "logit_bias": ((None, {}), "logit bias"),
+    "parallel_tool_calls": ((True, None), "way to limit an answer to one tool call"),
+    "store": ((False, None), "store of completions"),
+    "service_tier": ((None, "auto", "default"), "service tiers"),
+}
+NOTES = ("user", "metadata")  # identify the caller; they change no answer
+
+
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # checked by `unsupported`
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -52,9 +77,60 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     n: int = Field(1, ge=1)
-    tools: list[dict] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict | None = None
+
+    def tool_dicts(self) -> list[dict] | None:
+        """The tools as the chat template reads them; none where tool_choice is `none`."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]
+
+    def unsupported(self) -> ApiError | None:
+        """The first parameter this server would have to ignore, as a 400; None if none."""
+        for key, value in (self.model_extra or {}).items():
+            if key in NOTES:
+                continue
+            if key not in NEUTRAL:
+                return ApiError(400, f"`{key}` is not a parameter this server takes.", key)
+            allowed, what = NEUTRAL[key]
+            if value not in allowed:
+                return ApiError(400, f"`{key}`: this server has no {what}.", key)
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            return ApiError(400, f"`response_format` {kind}: answers are not constrained to "
+                            "JSON here; ask for the format in the messages.", "response_format")  # fmt: skip
+        if self.top_logprobs is not None and not self.logprobs:
+            return ApiError(400, "`top_logprobs` needs `logprobs: true`.", "top_logprobs")
+        if self.logprobs and self.stream:
+            return ApiError(400, "`logprobs` are returned with whole answers here; ask with "
+                            "`stream: false`.", "logprobs")  # fmt: skip
+        return self._tool_choice_problem()
+
+    def _tool_choice_problem(self) -> ApiError | None:
+        choice, names = self.tool_choice, [t.function.name for t in self.tools or []]
+        if choice in (None, "auto", "none"):
+            return None
+        if choice == "required" and not names:
+            return ApiError(400, "`tool_choice` required with no `tools`.", "tool_choice")
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name")
+            if choice.get("type") != "function" or not isinstance(name, str):
+                return ApiError(400, "`tool_choice` names a function as {\"type\": "
+                                "\"function\", \"function\": {\"name\": ...}}.", "tool_choice")  # fmt: skip
+            if name not in names:
+                return ApiError(400, f"`tool_choice` names `{name}`, which is not in `tools` "
+                                f"({', '.join(names) or 'none'}).", "tool_choice")  # fmt: skip
+        elif choice != "required":
+            return ApiError(400, f"`tool_choice` {choice!r} is not none, auto or required.",
+                            "tool_choice")  # fmt: skip
+        return ApiError(400, "`tool_choice` cannot force a tool call here (the model chooses); "
+                        "use auto.", "tool_choice")  # fmt: skip
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -87,7 +163,14 @@ def completion_id() -> str:
 
 
 def completion(
-    cid: str, model: str, text: str, finish: str, prompt: int, generated: int, reasoning=None
+    cid: str,
+    model: str,
+    text: str,
+    finish: str,
+    prompt: int,
+    generated: int,
+    reasoning=None,
+    logprobs=None,
 ):
     message = {"role": "assistant", "content": text}
     if reasoning is not None:
@@ -102,7 +185,7 @@ def completion(
                 "index": 0,
                 "message": message,
                 "finish_reason": finish,
-                "logprobs": None,
+                "logprobs": logprobs,
             }
         ],
         "usage": usage(prompt, generated),
@@ -128,4 +211,21 @@ def usage(prompt: int, generated: int) -> dict:
         "prompt_tokens": prompt,
         "completion_tokens": generated,
         "total_tokens": prompt + generated,
+    }
+
+
+def logprobs_content(entries, decode) -> dict:
+    """OpenAI's `logprobs` of an answer: each token, its log-probability and bytes, and the
+    most likely alternatives at its position."""
+
+    def token(token_id: int, logprob: float) -> dict:
+        text = decode(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [
+            {**token(chosen, value), "top_logprobs": [token(i, v) for i, v in others]}
+            for chosen, value, others in entries
+        ],
+        "refusal": None,
     }

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import signal
-import socket
 
 from rich.console import Console
 
 from tunelab.errors import TunelabError
+from tunelab.listening import listen_on
 
 
 def serve(
@@ -22,6 +21,11 @@ def serve(
     console: Console | None = None,
 ) -> None:
     """Serve the targets (run folders, model folders, aliases) until stopped."""
+    if api_key is not None and not api_key.strip():
+        raise TunelabError(
+            "--api-key is empty, which no client could send; give a key, or leave the option "
+            "out to serve without one."
+        )
     try:
         import uvicorn
 
@@ -35,7 +39,7 @@ def serve(
     from tunelab.serve.scheduler import Scheduler
 
     console = console or Console(stderr=True)
-    sock = _bind(host, port)  # before loading, so that a taken port fails at once
+    sock = listen_on(host, port)  # before loading, so that a taken port fails at once
     models = open_chat_models(targets, with_base)
     checked = check_served_prompts(models, targets)
     app = create_app(models, Scheduler(max_batch), api_key, max_tokens)
@@ -63,26 +67,6 @@ def serve(
 
 def _stopped(signum, frame) -> None:
     raise SystemExit(0)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise TunelabError(
-                f"port {port} on {host} is in use; choose another with --port."
-            ) from exc
-        raise TunelabError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); check --host."
-        ) from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def check_served_prompts(models: dict, targets: list[str]) -> list[str]:

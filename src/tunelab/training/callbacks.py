@@ -29,6 +29,10 @@ class StepTimer(TrainerCallback):
         self.train_begin = time.perf_counter()
         self.tokens_before = int(state.num_input_tokens_seen)  # a resumed run's earlier tokens
 
+    def began(self) -> bool:
+        """Whether training began (a resumed run's checkpoint was read back)."""
+        return self.train_begin is not None
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.first_step_end is None:
             self.first_step_end = time.perf_counter()

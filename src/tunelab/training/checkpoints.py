@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from tunelab.errors import TunelabError
 from tunelab.failures import is_disk_full
 from tunelab.ranks import wait_for_everyone
-from tunelab.run import CHECKPOINTS_DIR
+from tunelab.run import CHECKPOINTS_DIR, safetensors_problem
 
 STAGING = ".staging"
 COMPLETE_MARK = "tunelab_checkpoint.json"
@@ -33,7 +33,11 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints in a run's checkpoints folder, oldest first."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob(f"{PREFIX}*") if (p / COMPLETE_MARK).is_file()]
+    found = [  # checkpoint-N only: a user's copy beside them (checkpoint-2.bak) is not ours
+        p
+        for p in folder.glob(f"{PREFIX}*")
+        if p.name[len(PREFIX) :].isdigit() and (p / COMPLETE_MARK).is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
@@ -61,23 +65,6 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = safetensors_problem(file)
         if problem:
             return f"{file.name} {problem}"
-    return None
-
-
-def safetensors_problem(file: Path) -> str | None:
-    """Whether a safetensors file's header parses and its data is all there."""
-    size = file.stat().st_size
-    try:
-        with file.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if length <= 0 or 8 + length > size:
-                return "has a broken header"
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError):
-        return "has a broken header"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    if 8 + length + max(ends, default=0) != size:
-        return "is truncated"
     return None
 
 
@@ -181,6 +168,24 @@ class CarryOptimizer(TrainerCallback):
 
             optimizer.load_state_dict(torch.load(self.path, weights_only=True))
             self.path = Path()  # once
+
+
+@contextmanager
+def checkpoint_read(checkpoint: Path | None, begun):
+    """A checkpoint whose state cannot be read back (an optimizer or scheduler file from
+    another version, a state of other parameters) is one sentence naming it; `begun()` says
+    whether training got past reading it."""
+    try:
+        yield
+    except Exception as exc:
+        if checkpoint is None or begun() or isinstance(exc, TunelabError):
+            raise
+        raise TunelabError(
+            f"{checkpoint} cannot be resumed from: reading its state failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+            "it may come from another version of tunelab or of torch. Resume from an earlier "
+            "checkpoint (move this one aside) or start again with --overwrite."
+        ) from None
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.failures import LAUNCHED
 from tunelab.models.load import pick_device, pick_dtype
 from tunelab.ranks import world_size
 
@@ -43,10 +44,22 @@ def launch(nproc: int, arguments: list[str]) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0",
                           run_id=f"tunelab-{os.getpid()}", max_restarts=0)  # fmt: skip
+    os.environ[LAUNCHED] = "1"
     try:
         elastic_launch(config, sys.executable)("-m", "tunelab", "train", *arguments)
     except ChildFailedError as failed:
+        killed = {r: f for r, f in failed.failures.items() if (f.exitcode or 0) < 0}
+        if killed:
+            # the one killed from outside, not those the launcher then stopped (SIGTERM)
+            rank, failure = min(killed.items(), key=lambda i: (i[1].exitcode == -15, i[0]))
+            raise TunelabError(
+                f"process {rank} of {nproc} was killed ({failure.signal_name()}: out of memory, "
+                "or stopped from outside), and the others were stopped; the checkpoints saved "
+                "before it are kept: continue with `tunelab train ... --resume`."
+            ) from None
         return next(iter(failed.failures.values())).exitcode or 1
+    finally:
+        os.environ.pop(LAUNCHED, None)
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from tunelab.data.pipeline import data_files
 from tunelab.data.render import ConversationRenderer
 from tunelab.data.token_batches import TokenBudgetSampler
 from tunelab.data_tools import recipe_data
@@ -56,6 +57,7 @@ from tunelab.training.checkpoints import (
     Diverged,
     NonFiniteGuard,
     SaveOnInterrupt,
+    checkpoint_read,
     clear_staging,
     latest_checkpoint,
     resumable_checkpoint,
@@ -93,11 +95,12 @@ def train(
     recipe: Recipe | str | Path | dict,
     overrides: list[str] | tuple[str, ...] = (),
     overwrite: bool = False,
-    resume: bool = False,
+    resume: bool | str = False,
     console: Console | None = None,
     callbacks: list | tuple = (),
 ) -> TrainResult:
-    """Fine-tune as the recipe says and return the run folder with its summary."""
+    """Fine-tune as the recipe says and return the run folder with its summary. `resume`
+    continues from the newest checkpoint; "data-changed" also where a data file changed."""
     console = console or Console(stderr=True)
     if not is_main():  # launched as several processes, the main one tells the run
         console = Console(stderr=True, quiet=True)
@@ -191,7 +194,7 @@ def _train_stages(
                 console.print("finished earlier; skipped", highlight=False)
                 result = TrainResult(folder.path, finished)
             else:
-                again = resume and latest_checkpoint(folder.checkpoints_dir) is not None
+                again = resume if latest_checkpoint(folder.checkpoints_dir) is not None else False
                 stage_run, checkpoint = _open_run(stage, True, again, protected, console)
                 with _writing(stage_run):
                     result = _train_one(
@@ -417,7 +420,7 @@ def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from
 
 def _run_trainer(trainer, run: RunFolder, checkpoint: Path | None, watchers):
     """Train (from the checkpoint, if any); Ctrl-C ends as `Interrupted` once it has saved."""
-    with saving_into(run.path):
+    with saving_into(run.path), checkpoint_read(checkpoint, watchers.timer.began):
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if watchers.interrupt.requested:
         saved = latest_checkpoint(run.checkpoints_dir)
@@ -591,6 +594,7 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
         try:
             check_same_recipe(run, recipe)
             distributed.check_same_processes(run, recipe)
+            check_same_data(run, recipe, accept=resume == DATA_CHANGED, console=console)
         except TunelabError:
             run.release()
             raise
@@ -598,9 +602,34 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
         run = RunFolder.create(recipe.output, overwrite=overwrite, protected=protected)
         run.write_recipe(recipe)
         run.write_json(ENVIRONMENT_FILE, describe_environment())
+        run.write_json(DATA_FILES, data_files(recipe.data, recipe.source_dir))
     for note in run.notes:
         console.print(note, highlight=False)
     return run
+
+
+DATA_FILES = "data_files.json"  # the SHA-256 of each data file when the run started
+DATA_CHANGED = "data-changed"  # `resume` that continues on data files changed since
+
+
+def check_same_data(run: RunFolder, recipe: Recipe, accept: bool, console: Console) -> None:
+    """A run resumes on the data files it started with: a changed file would feed the steps
+    after the checkpoint other rows than its position counts. `accept` continues anyway."""
+    if not run.file(DATA_FILES).is_file():
+        return  # a run from before files were recorded
+    saved, now = run.read_json(DATA_FILES), data_files(recipe.data, recipe.source_dir)
+    changed = sorted(f for f in set(saved) | set(now) if saved.get(f) != now.get(f))
+    if not changed:
+        return
+    if not accept:
+        raise TunelabError(
+            f"the data file {changed[0]} changed since {run.path} started (its contents "
+            f"differ{f', and {len(changed) - 1} more' if len(changed) > 1 else ''}); the "
+            "steps after the checkpoint would read other rows. Resume on it anyway with "
+            "--resume --data-changed, or start again with --overwrite."
+        )
+    console.print(f"note: resuming on changed data ({', '.join(changed)})", highlight=False)
+    run.write_json(DATA_FILES, now)
 
 
 def check_same_recipe(run: RunFolder, recipe: Recipe) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.listening import listen_on
 from tunelab.ui.form import NONE_CHOICE, FormField
 from tunelab.ui.workbench import EXAMPLES, Workbench
 
@@ -205,6 +206,8 @@ def serve(root: Path, host: str, port: int, auth: str | None, share: bool) -> No
         if not user or not password:
             raise TunelabError("--auth takes USER:PASSWORD, e.g. --auth admin:secret.")
         credentials = (user, password)
+    with listen_on(host, port) as probe:  # a taken port is one sentence; 0 picks a free one
+        port = probe.getsockname()[1]
     page, bench = build(root)
     page.queue().launch(
         server_name=host, server_port=port, auth=credentials, share=share,

@@ -63,6 +63,11 @@ BAD = {
          "chosen": {"from": "gpt", "value": "b"}, "rejected": {"from": "gpt", "value": "c"}},
         "d.jsonl:1 field `rejected`: its prompt must end with the user's turn",
     ),
+    "answer-is-a-user-turn": (
+        {"conversations": [{"from": "human", "value": "q"}],
+         "chosen": {"from": "human", "value": "b"}, "rejected": {"from": "gpt", "value": "c"}},
+        "d.jsonl:1 field `chosen.from`: is 'human': an answer must be the assistant's turn",
+    ),
     "answer-not-text": (
         {"prompt": "q", "chosen": 3, "rejected": "b"},
         "d.jsonl:1 field `chosen`: must be text or a message, found int",
@@ -196,3 +201,25 @@ def test_preference_accuracy_scores_answers_as_served(tmp_path, tiny_model_dir):
     bad = run_cli("eval", str(tiny_model_dir), "--task", "preference", "--data",
                   str(tmp_path / "bad.jsonl"))  # fmt: skip
     assert bad.returncode == 2 and "bad.jsonl:1 field `rejected`: missing" in bad.stderr
+
+
+def test_data_preview_of_a_preference_recipe_shows_each_answer_after_its_prompt(
+    tmp_path, tiny_model_dir
+):
+    from tests.conftest import run_cli
+
+    rows = [{"prompt": f"Pick {i}.", "chosen": f"Good {i}.", "rejected": f"Bad {i}."}
+            for i in range(3)]  # fmt: skip
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "r.yaml").write_text(
+        f"model: {{path: {tiny_model_dir}}}\ndata: {{train: [p.jsonl]}}\n"
+        f"train: {{objective: dpo}}\noutput: {tmp_path / 'run'}\n"
+    )
+    import os
+
+    wide = {**os.environ, "COLUMNS": "400"}  # the rule line holds the whole path
+    done = run_cli("data", "preview", str(tmp_path / "r.yaml"), "-n", "2", "--plain", env=wide)
+    assert done.returncode == 0, done.stderr
+    assert "p.jsonl:1 chosen" in done.stdout and "p.jsonl:1 rejected" in done.stdout
+    assert "[[Good 0.<|im_end|>]]" in done.stdout and "[[Bad 0.<|im_end|>]]" in done.stdout
+    assert "p.jsonl:2 rejected" in done.stdout and "p.jsonl:3" not in done.stdout

@@ -188,7 +188,35 @@ def preview_samples(target: Target, n: int) -> tuple[list[RenderedSample], objec
     from tunelab.data.pipeline import prepare_data
 
     tokenizer, template = _tokenizer_and_template(target)
+    if target.objective not in ("sft", "grpo"):
+        return _preference_preview(target, tokenizer, template, n), tokenizer
     data = prepare_data(
         target.config, target.base_dir, tokenizer, template, 0, template_args=target.template_args
     )
     return data.train[:n], tokenizer
+
+
+def _preference_preview(target: Target, tokenizer, template: str, n: int) -> list:
+    """The first `n` rows of a preference recipe as the trainer reads them: the prompt, then
+    each answer (chosen and rejected, or the rated one), trained tokens marked."""
+    from dataclasses import replace
+
+    from tunelab.data.preference_pipeline import answer_sequences, prepare_preferences
+
+    prepared = prepare_preferences(
+        target.config.model_copy(update={"val_ratio": None, "eval": None}),
+        target.base_dir,
+        tokenizer,
+        template,
+        0,
+        target.objective,
+        template_args=target.template_args,
+    )
+    shown = []
+    for sample in prepared.train[:n]:
+        names = ["chosen", "rejected"] if sample.rejected_ids is not None else [
+            {True: "rated desirable", False: "rated undesirable"}.get(sample.label, "answer")
+        ]  # fmt: skip
+        for name, sequence in zip(names, answer_sequences(sample)):
+            shown.append(replace(sequence, location=f"{sample.location or ''} {name}".strip()))
+    return shown

@@ -167,6 +167,13 @@ def _answer(record: dict, location: Location, key: str, names: dict) -> Message:
         raise RowError(location, key, f"must be text or a message, found {type(value).__name__}")
     layout = "messages" if "role" in value else "sharegpt"
     columns = Columns.for_format(layout)
+    role = value.get(columns.role_tag)
+    if role not in (None, "assistant", "gpt", "function_call", "model"):
+        raise RowError(
+            location,
+            f"{key}.{columns.role_tag}",
+            f"is {role!r}: an answer must be the assistant's turn (gpt or assistant)",
+        )
     return read_turn(
         value, "assistant", value.get(columns.role_tag) == "function_call", columns, location, key
     )

@@ -207,10 +207,10 @@ def test_a_mistral_model_is_written_as_llama_and_loads_back(tmp_path, builtin_to
 def test_a_sliding_window_llama_cpp_lacks_caps_the_declared_context(tmp_path, builtin_tokenizer):
     """Mistral v0.1's window: llama.cpp's llama graph has none, so the GGUF declares the window
     as its context, inside which the logits are the model's."""
-    import gguf
     from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
     from tunelab.exporters.gguf_file import write_gguf
+    from tunelab.exporters.gguf_metadata import gguf_metadata
 
     torch.manual_seed(3)
     config = MistralConfig(**tiny_sizes(builtin_tokenizer), sliding_window=12)
@@ -220,8 +220,7 @@ def test_a_sliding_window_llama_cpp_lacks_caps_the_declared_context(tmp_path, bu
     builtin_tokenizer.save_pretrained(folder)
     info = write_gguf(folder, folder / "m.gguf", "f16", None)
     assert info["architecture"] == "llama" and "sliding window" in info["notes"][0]
-    fields = gguf.GGUFReader(str(folder / "m.gguf")).fields
-    assert fields["llama.context_length"].contents() == 12
+    assert gguf_metadata(folder / "m.gguf")["llama.context_length"] == 12
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file="m.gguf", dtype=torch.float32)
     ids = torch.tensor([list(range(200, 212))])  # a whole window
     with torch.no_grad():

@@ -122,10 +122,15 @@ def test_a_planted_mismatch_in_a_folder_fails_the_gate(gate, hf_export, tmp_path
         gate.check_folder(planted)
 
 
+_READERS: dict = {}  # a GGUF file's reader, built once (its 49k-token arrays take seconds)
+
+
 def _copy_gguf(source, target, template=None, eos=None, permute=None):
     import gguf
 
-    reader = gguf.GGUFReader(str(source))
+    if str(source) not in _READERS:
+        _READERS[str(source)] = gguf.GGUFReader(str(source))
+    reader = _READERS[str(source)]
     arch = reader.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(str(target), arch)
     for field in reader.fields.values():

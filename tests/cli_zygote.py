@@ -37,8 +37,12 @@ def child(request: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        opened = {}
         for fd, name in ((1, "stdout"), (2, "stderr")):
-            os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            path = request[name]  # stdout and stderr may be one file
+            if path not in opened:
+                opened[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+            os.dup2(opened[path], fd)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         sys.argv = ["tunelab", *request["args"]]

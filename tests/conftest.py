@@ -108,26 +108,87 @@ def _zygote() -> subprocess.Popen:
 
 
 def _forked(args: list[str], cwd: Path, timeout: int, env: dict) -> subprocess.CompletedProcess:
-    import json
-    import signal
-    import tempfile
-    import time
+    process = ForkedProcess(args, cwd, env)
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    out, err = process.output("stdout"), process.output("stderr")
+    return subprocess.CompletedProcess(["tunelab", *args], code, out, err)
 
-    zygote = _zygote()
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {name: str(Path(tmp) / name) for name in ("stdout", "stderr", "status")}
+
+def start_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
+    """A `tunelab` command started in the background, its stderr into its stdout: a fork of
+    the warm process where the environment allows (a `ForkedProcess`), else a `Popen`."""
+    wanted = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+    if os.environ.get("TUNELAB_TEST_FRESH_CHILDREN") or not _forkable(wanted):
+        return subprocess.Popen(
+            [sys.executable, "-m", "tunelab", *args], cwd=cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, env=wanted,
+        )  # fmt: skip
+    return ForkedProcess(list(args), Path(cwd or os.getcwd()), wanted, merged=True)
+
+
+class ForkedProcess:
+    """A command run as a fork of the warm process, with the Popen methods the tests use
+    (its output is in files, read once it has ended)."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict, merged: bool = False):
+        import json
+        import tempfile
+
+        self._folder = tempfile.TemporaryDirectory()
+        files = {n: str(Path(self._folder.name) / n) for n in ("stdout", "stderr", "status")}
+        if merged:
+            files["stderr"] = files["stdout"]
+        self.files = files
+        zygote = _zygote()
         request = {"args": args, "cwd": str(cwd), "env": env, **files}
         zygote.stdin.write(json.dumps(request) + "\n")
         zygote.stdin.flush()
-        pid = int(zygote.stdout.readline())
-        status, deadline = Path(files["status"]), time.monotonic() + timeout
-        while not status.is_file():
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                raise subprocess.TimeoutExpired(["tunelab", *args], timeout)
+        self.pid = int(zygote.stdout.readline())
+        self.args = ["tunelab", *args]
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        status = Path(self.files["status"])
+        if self.returncode is None and status.is_file():
+            self.returncode = int(status.read_text())
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
             time.sleep(0.02)
-        out, err = (Path(files[n]).read_text(errors="replace") for n in ("stdout", "stderr"))
-        return subprocess.CompletedProcess(["tunelab", *args], int(status.read_text()), out, err)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def output(self, name: str = "stdout") -> str:
+        return Path(self.files[name]).read_text(errors="replace")
+
+    @property
+    def stdout(self):
+        import io
+
+        return io.StringIO(self.output())
 
 
 @pytest.fixture(scope="session")

@@ -88,15 +88,10 @@ def test_second_writer_is_refused_with_the_holders_pid_and_a_dead_holders_lock_i
 def test_two_trainings_started_on_one_folder_leave_one_consistent_run(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path, tiny_model_dir, run, max_steps=3)
-    command = [sys.executable, "-m", "tunelab", "train", str(recipe)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        for _ in range(2)
-    ]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    from tests.conftest import start_cli
+
+    procs = [start_cli("train", str(recipe)) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     loser = next(text for code, text in results if code == 2)

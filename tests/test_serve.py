@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -35,12 +34,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(*args: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "COLUMNS": "200"}
-    command = [sys.executable, "-m", "tunelab", "serve", *args, "--port", str(port)]
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+def start_server(*args: str, port: int):
+    """`tunelab serve ARGS --port PORT` in the background (a Popen-like process)."""
+    from tests.conftest import start_cli
+
+    return start_cli("serve", *args, "--port", str(port), env={**os.environ, "COLUMNS": "200"})
 
 
 def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 180) -> dict:

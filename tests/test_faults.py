@@ -342,3 +342,16 @@ def test_an_unreadable_data_file_is_named(tmp_path):
         )
         assert_refused(result, words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "r.yaml"]
+
+
+def test_disk_full_while_the_final_model_is_saved_is_one_sentence(
+    tmp_path, tiny_model_dir, small_disk
+):
+    """A full fine-tune (13 MB of weights) without checkpoints into a 6 MiB disk: the final
+    save fails as `no space left`, not as torch's or safetensors' own error."""
+    run = small_disk / "run"
+    recipe = write_recipe(tmp_path, tiny_model_dir, run, max_steps=1)
+    recipe.write_text(recipe.read_text().replace("type: lora", "type: full"))
+    full = run_cli("train", str(recipe))
+    assert_refused(full, "no space left in")
+    assert not (run / "summary.json").exists()

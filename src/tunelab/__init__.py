@@ -34,6 +34,7 @@ __all__ = [
     "evaluate",
     "export",
     "load_recipe",
+    "sweep",
     "train",
 ]
 
@@ -49,6 +50,15 @@ def train(recipe, overrides=(), overwrite: bool = False, resume: bool = False, c
     return run_training(
         recipe, list(overrides), overwrite=overwrite, resume=resume, callbacks=callbacks
     )
+
+
+def sweep(recipe, overrides=(), resume: bool = False):
+    """Train the recipe's sweep (Optuna over its sweep.space); returns a SweepResult with the
+    sweep folder, every trial ranked, and the best one."""
+    from tunelab.recipe import load_recipe
+    from tunelab.sweep import sweep as run_sweep
+
+    return run_sweep(load_recipe(recipe, list(overrides)), resume=resume)
 
 
 def chat(

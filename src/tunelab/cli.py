@@ -87,6 +87,26 @@ def train(
 
 
 @app.command()
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file with a sweep: section")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="go on with the sweep in the recipe's output folder")
+    ] = False,
+    show: Annotated[bool, typer.Option(help="print the ranking so far; train nothing")] = False,
+):
+    """Train the recipe as trials over its sweep.space, ranked by sweep.objective (Optuna);
+    writes sweep_report.md/.json and best_recipe.yaml into the output folder."""
+    from tunelab.recipe import load_recipe
+    from tunelab.sweep import show as show_sweep
+    from tunelab.sweep import sweep as run_sweep
+
+    loaded = load_recipe(recipe, overrides or [])
+    result = show_sweep(Path(loaded.output), err) if show else run_sweep(loaded, resume, err)
+    print(result.folder)
+
+
+@app.command()
 def estimate(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,

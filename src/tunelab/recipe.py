@@ -478,6 +478,50 @@ class EvaluateConfig(TaskOptions):
         return self
 
 
+class SweepRange(Section):
+    """The values one recipe key takes in a sweep: `choices`, or a `low`-`high` range (whole
+    numbers when both are, `log` for a log scale, `step` for a grid of steps)."""
+
+    choices: list[Any] | None = Field(None, min_length=1, description="the values to try")
+    low: float | None = Field(None, description="smallest value of a range")
+    high: float | None = Field(None, description="largest value of a range")
+    log: bool = Field(False, description="draw the range on a log scale (learning rates)")
+    step: float | None = Field(None, gt=0, description="spacing of the range's values")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either choices: [...] or low and high")
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low {self.low} is not below high {self.high}")
+        if self.log and self.low is not None and self.low <= 0:
+            raise ValueError("a log range needs low above 0")
+        return self
+
+
+class SweepConfig(Section):
+    """`tunelab sweep`: trials of the recipe over a search space, ranked by an objective."""
+
+    space: dict[str, SweepRange] = Field(
+        min_length=1, description="recipe keys (e.g. train.lr, method.r) and their values"
+    )
+    objective: str = Field(
+        "eval_loss",
+        description="a number every trial's summary.json has: eval_loss (validation), "
+        "final_loss, tokens_per_second, peak_memory_bytes, or a dotted key",
+    )
+    direction: Literal["auto", "minimize", "maximize"] = Field(
+        "auto", description="auto: maximize rates, accuracies and rewards, else minimize"
+    )
+    trials: int = Field(8, gt=0, le=10_000, description="how many trials to run")
+    timeout: float | None = Field(None, gt=0, description="start no trial after this many seconds")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna's sampler")
+    seed: int = Field(0, ge=0, description="the sampler's seed (the same seed, the same trials)")
+    prune: bool = Field(
+        True, description="stop trials whose validation loss is worse than the median so far"
+    )
+
+
 class Recipe(Section):
     """A whole fine-tuning run."""
 
@@ -503,6 +547,9 @@ class Recipe(Section):
         default_factory=list,
         description="overrides run in order (e.g. other data, epochs, lr); each stage starts "
         "from the previous stage's trained weights with a fresh optimizer and schedule",
+    )
+    sweep: SweepConfig | None = Field(
+        None, description="`tunelab sweep`: a search space, an objective and a trial budget"
     )
 
     # Where the recipe came from, so relative data paths can be resolved beside it.

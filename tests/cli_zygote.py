@@ -45,10 +45,14 @@ def child(request: dict) -> None:
             os.dup2(opened[path], fd)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        sys.argv = ["tunelab", *request["args"]]
-        from tunelab.cli import main
+        if "code" in request:  # a test's own script, as `python -c CODE ARGS`
+            sys.argv = ["-c", *request["args"]]
+            exec(compile(request["code"], "<test script>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = ["tunelab", *request["args"]]
+            from tunelab.cli import main
 
-        main()
+            main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

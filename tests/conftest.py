@@ -118,6 +118,22 @@ def _forked(args: list[str], cwd: Path, timeout: int, env: dict) -> subprocess.C
     return subprocess.CompletedProcess(["tunelab", *args], code, out, err)
 
 
+def run_python(code: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` as a fork of the warm process (a test's own training script)."""
+    wanted = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if os.environ.get("TUNELAB_TEST_FRESH_CHILDREN") or not _forkable(wanted):
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
+    process = ForkedProcess(list(args), Path(os.getcwd()), wanted, code=code)
+    try:
+        returncode = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    out, err = process.output("stdout"), process.output("stderr")
+    return subprocess.CompletedProcess(["python", "-c", "..."], returncode, out, err)
+
+
 def start_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
     """A `tunelab` command started in the background, its stderr into its stdout: a fork of
     the warm process where the environment allows (a `ForkedProcess`), else a `Popen`."""
@@ -134,7 +150,9 @@ class ForkedProcess:
     """A command run as a fork of the warm process, with the Popen methods the tests use
     (its output is in files, read once it has ended)."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict, merged: bool = False):
+    def __init__(
+        self, args: list[str], cwd: Path, env: dict, merged: bool = False, code: str | None = None
+    ):
         import json
         import tempfile
 
@@ -145,6 +163,8 @@ class ForkedProcess:
         self.files = files
         zygote = _zygote()
         request = {"args": args, "cwd": str(cwd), "env": env, **files}
+        if code is not None:
+            request["code"] = code
         zygote.stdin.write(json.dumps(request) + "\n")
         zygote.stdin.flush()
         self.pid = int(zygote.stdout.readline())

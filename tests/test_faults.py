@@ -118,9 +118,9 @@ def _killed_run(tmp_path: Path, model: Path) -> tuple[Path, Path]:
     """A run stopped by SIGKILL in step 7, with checkpoints 2, 4 and 6."""
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path, model, run, max_steps=8, save_every=2, keep_last=3)
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, str(recipe), "7"], capture_output=True, text=True
-    )
+    from tests.conftest import run_python
+
+    killed = run_python(KILLER, str(recipe), "7")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     names = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
     assert names == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]

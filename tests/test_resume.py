@@ -60,12 +60,9 @@ def killed_at(recipe, step: int, stage: str | None = None) -> None:
             "state.global_step == int(sys.argv[2])",
             f"state.global_step == int(sys.argv[2]) and {stage!r} in args.output_dir",
         )
-    killed = subprocess.run(
-        [sys.executable, "-c", killer, str(recipe), str(step)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from tests.conftest import run_python
+
+    killed = run_python(killer, str(recipe), str(step), timeout=300)
     assert killed.returncode == -9, killed.stderr
 
 
@@ -101,12 +98,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
     tunelab.train(whole)  # in this process: the resumed run is the command's
 
     broken = write_recipe(tmp_path, tiny_model_dir, "broken")
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, str(broken), "5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from tests.conftest import run_python
+
+    killed = run_python(KILLER, str(broken), "5", timeout=300)
     assert killed.returncode == -9, killed.stderr
     run = tmp_path / "broken"
     assert not (run / "summary.json").exists()

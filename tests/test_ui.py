@@ -148,6 +148,10 @@ def test_ui_on_a_taken_port_is_one_sentence_and_port_0_picks_a_free_one(tmp_path
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
+        import select
+
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        assert ready, "tunelab ui printed no address in 120 s"
         url = child.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and not url.rstrip("/").endswith(":0"), url
         assert int(url.rstrip("/").rsplit(":", 1)[1]) > 0

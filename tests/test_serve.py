@@ -416,7 +416,9 @@ def test_a_taken_port_and_bad_targets_are_one_sentence(runs, tmp_path):
     result = run_cli("serve", str(tmp_path / "missing"), "--port", str(free_port()))
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
-    result = run_cli("serve", str(runs[0]), "--api-key", "", "--port", str(free_port()))
+    result = run_cli(
+        "serve", str(runs[0]), "--api-key", "", "--port", str(free_port()), timeout=120
+    )
     assert result.returncode == 2 and "--api-key is empty" in " ".join(result.stderr.split())
 
 

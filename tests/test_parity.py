@@ -60,12 +60,15 @@ def test_real_exports_pass_with_identical_prompts(run, tmp_path):
     assert report["passed"] and report["engine"] == "transformers" and len(report["probes"]) == 3
     assert all(p["prompt_identical"] and p["greedy"] == "agrees" for p in report["probes"])
     assert max(p["relative"] for p in report["probes"]) < 1e-4
-    for quant in ("f16",):  # q8_0 and the others: tests/test_builtin_model.py (slow)
-        file = tunelab.export(run, tmp_path / f"m-{quant}.gguf", to="gguf", quant=quant)
-        report = json.loads(report_of(file).read_text())
-        assert report["passed"] and report["format"] == quant, report
-        assert all(p["prompt_identical"] for p in report["probes"])
-        assert report["stop_tokens"]["same"] and report["gguf"]["architecture"] == "llama"
+
+
+@pytest.mark.slow  # a GGUF through the gate in the default suite: test_export_gguf's Ollama q8_0
+def test_a_real_f16_gguf_passes_with_identical_prompts(run, tmp_path):
+    file = tunelab.export(run, tmp_path / "m-f16.gguf", to="gguf", quant="f16")
+    report = json.loads(report_of(file).read_text())
+    assert report["passed"] and report["format"] == "f16", report
+    assert all(p["prompt_identical"] for p in report["probes"])
+    assert report["stop_tokens"]["same"] and report["gguf"]["architecture"] == "llama"
 
 
 def test_no_verify_says_the_export_was_not_checked(run, tmp_path):

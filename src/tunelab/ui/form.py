@@ -22,7 +22,7 @@ NONE_CHOICE = "(none)"
 TRISTATE = ("true", "false")
 # the recipe's sections, in the order the form shows them; evaluate is optional as a whole
 SECTIONS = ("model", "data", "method", "train", "preference", "grpo", "evaluate")
-TOP_LEVEL = ("output", "stages")
+TOP_LEVEL = ("output", "stages", "sweep")
 
 
 @dataclass(frozen=True)

@@ -108,14 +108,18 @@ def _zygote() -> subprocess.Popen:
 
 
 def _forked(args: list[str], cwd: Path, timeout: int, env: dict) -> subprocess.CompletedProcess:
-    process = ForkedProcess(args, cwd, env)
+    return _completed(ForkedProcess(args, cwd, env), timeout)
+
+
+def _completed(process: ForkedProcess, timeout: int) -> subprocess.CompletedProcess:
+    """Wait for a forked command (killed past `timeout`) and collect what it printed."""
     try:
         code = process.wait(timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         raise
     out, err = process.output("stdout"), process.output("stderr")
-    return subprocess.CompletedProcess(["tunelab", *args], code, out, err)
+    return subprocess.CompletedProcess(process.args, code, out, err)
 
 
 def run_python(code: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -124,14 +128,7 @@ def run_python(code: str, *args: str, timeout: int = 600) -> subprocess.Complete
     if os.environ.get("TUNELAB_TEST_FRESH_CHILDREN") or not _forkable(wanted):
         return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                               text=True, timeout=timeout)  # fmt: skip
-    process = ForkedProcess(list(args), Path(os.getcwd()), wanted, code=code)
-    try:
-        returncode = process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    out, err = process.output("stdout"), process.output("stderr")
-    return subprocess.CompletedProcess(["python", "-c", "..."], returncode, out, err)
+    return _completed(ForkedProcess(list(args), Path(os.getcwd()), wanted, code=code), timeout)
 
 
 def start_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
@@ -168,7 +165,7 @@ class ForkedProcess:
         zygote.stdin.write(json.dumps(request) + "\n")
         zygote.stdin.flush()
         self.pid = int(zygote.stdout.readline())
-        self.args = ["tunelab", *args]
+        self.args = ["python", "-c", "...", *args] if code is not None else ["tunelab", *args]
         self.returncode: int | None = None
 
     def poll(self) -> int | None:

@@ -340,12 +340,13 @@ def split_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
 
 
 def saved_steps(run_path: Path) -> list[str]:
-    """The steps of the checkpoint folders a run holds, in order."""
+    """The steps of the checkpoint folders a run holds, in order (checkpoint-N only: a
+    user's copy beside them, such as checkpoint-2.bak, is not a step)."""
     names = (
         p.name.removeprefix("checkpoint-")
         for p in (run_path / CHECKPOINTS_DIR).glob("checkpoint-*")
     )
-    return sorted(names, key=lambda step: int(step) if step.isdigit() else -1)
+    return sorted((step for step in names if step.isdigit()), key=int)
 
 
 def is_run_target(target: str | Path) -> bool:

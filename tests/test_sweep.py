@@ -85,7 +85,36 @@ def test_a_killed_sweep_resumed_runs_the_same_trials_as_one_never_stopped(tmp_pa
     assert params == params_whole and values == pytest.approx(values_whole, abs=1e-6)
     states = [t["state"] for t in json.loads(
         (tmp_path / "broken" / "sweep_report.json").read_text())["trials"]]  # fmt: skip
-    assert states.count("complete") == 3 and states.count("fail") == 1
+    assert states.count("complete") == 3 and states.count("interrupted") == 1
+
+
+def test_workers_and_a_second_machine_share_one_sweep_and_no_trial_runs_twice(
+    tmp_path, tiny_model_dir
+):
+    """`--workers 2` on this machine, and the same command started again as another machine
+    would, sharing the study through a database URL."""
+    from tests.conftest import run_cli, start_cli
+
+    path = sweep_recipe(tmp_path, tiny_model_dir, trials=6)
+    shared = f"sweep.storage=sqlite:///{tmp_path / 'study.db'}"
+    first = start_cli("sweep", str(path), shared, "--workers", "2")
+    time.sleep(1.0)
+    second = run_cli("sweep", str(path), shared)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert first.wait(timeout=600) == 0
+    folder = tmp_path / "sweep"
+    report = json.loads((folder / "sweep_report.json").read_text())
+    assert sorted(t["state"] for t in report["trials"]) == ["complete"] * 6
+    assert len({t["trial"] for t in report["trials"]}) == 6
+    assert len({tuple(sorted(t["params"].items())) for t in report["trials"]}) == 6
+    runs = sorted(p.name for p in folder.glob("trial-*"))
+    assert runs == sorted(f"trial-{t['trial']:03d}" for t in report["trials"])
+    for run in runs:  # each trained once, by one worker: every step logged once
+        lines = (folder / run / "metrics.jsonl").read_text().splitlines()
+        steps = [json.loads(line)["step"] for line in lines if '"loss"' in line]
+        assert sorted(steps) == [1, 2, 3, 4], steps
+    assert "sweep trial" in (folder / "worker-1.log").read_text()
+    assert not (folder / "study.journal").exists()
 
 
 def test_sweep_mistakes_are_one_sentence(tmp_path, tiny_model_dir):

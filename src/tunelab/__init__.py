@@ -52,13 +52,13 @@ def train(recipe, overrides=(), overwrite: bool = False, resume: bool = False, c
     )
 
 
-def sweep(recipe, overrides=(), resume: bool = False):
-    """Train the recipe's sweep (Optuna over its sweep.space); returns a SweepResult with the
-    sweep folder, every trial ranked, and the best one."""
+def sweep(recipe, overrides=(), resume: bool = False, workers: int = 1):
+    """Train the recipe's sweep (Optuna over its sweep.space) with `workers` processes;
+    returns a SweepResult with the sweep folder, every trial ranked, and the best one."""
     from tunelab.recipe import load_recipe
     from tunelab.sweep import sweep as run_sweep
 
-    return run_sweep(load_recipe(recipe, list(overrides)), resume=resume)
+    return run_sweep(load_recipe(recipe, list(overrides)), resume=resume, workers=workers)
 
 
 def chat(

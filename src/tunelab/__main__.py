@@ -1,3 +1,4 @@
 from tunelab.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned process (sweep workers) imports this module too
+    main()

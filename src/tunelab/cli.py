@@ -94,6 +94,9 @@ def sweep(
         bool, typer.Option(help="go on with the sweep in the recipe's output folder")
     ] = False,
     show: Annotated[bool, typer.Option(help="print the ranking so far; train nothing")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="processes on this machine working on the sweep")
+    ] = 1,
 ):
     """Train the recipe as trials over its sweep.space, ranked by sweep.objective (Optuna);
     writes sweep_report.md/.json and best_recipe.yaml into the output folder."""
@@ -102,7 +105,7 @@ def sweep(
     from tunelab.sweep import sweep as run_sweep
 
     loaded = load_recipe(recipe, overrides or [])
-    result = show_sweep(Path(loaded.output), err) if show else run_sweep(loaded, resume, err)
+    result = show_sweep(loaded, err) if show else run_sweep(loaded, resume, err, workers)
     print(result.folder)
 
 

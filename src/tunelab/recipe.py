@@ -520,6 +520,12 @@ class SweepConfig(Section):
     prune: bool = Field(
         True, description="stop trials whose validation loss is worse than the median so far"
     )
+    storage: str | None = Field(
+        None,
+        description="where the study lives, for workers on several machines: a journal file "
+        "on a shared disk or a database URL (sqlite:///..., postgresql://...); default: "
+        "study.journal in the sweep's folder",
+    )
 
 
 class Recipe(Section):

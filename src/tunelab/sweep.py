@@ -40,19 +40,89 @@ class SweepResult:
     best: dict | None
 
 
-def sweep(recipe: Recipe, resume: bool = False, console: Console | None = None) -> SweepResult:
-    """Run the recipe's sweep (or go on with it, `resume`) and write its ranked report."""
+def sweep(
+    recipe: Recipe,
+    resume: bool = False,
+    console: Console | None = None,
+    workers: int = 1,
+) -> SweepResult:
+    """Run the recipe's sweep (or go on with it, `resume`) with `workers` processes on this
+    machine, and write its ranked report. With sweep.storage set, the same call on other
+    machines joins the study: each trial is run by one worker only."""
     console = console or Console(stderr=True)
     config = _config(recipe)
     folder = Path(recipe.output)
     study = _study(recipe, config, folder, resume)
+    helpers = start_workers(recipe, workers - 1, folder, console)
+    _work(recipe, config, study, folder, console)
+    wait_for(helpers, folder, console)
+    return report(folder, study, config, console)
+
+
+def start_workers(recipe: Recipe, count: int, folder: Path, console) -> list:
+    """`count` more processes on this machine working on the study, each writing its own
+    log (worker-N.log); the machine's cores shared among them all."""
+    if count <= 0:
+        return []
+    import multiprocessing
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // (count + 1))
+    _share_cores(threads)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads
+    helpers = []
+    for index in range(1, count + 1):
+        log = folder / f"worker-{index}.log"
+        helper = context.Process(target=_worker, args=(recipe, str(log), threads), name=log.stem)
+        helper.start()
+        helpers.append(helper)
+    console.print(f"sweep: {count + 1} workers, {threads} threads each; the others log to "
+                  f"{folder}/worker-*.log", highlight=False)  # fmt: skip
+    return helpers
+
+
+def _share_cores(threads: int) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+
+
+def _worker(recipe: Recipe, log: str, threads: int) -> None:
+    _share_cores(threads)
+    with open(log, "a", encoding="utf-8") as stream:
+        console = Console(file=stream, width=120)
+        try:
+            config = _config(recipe)
+            folder = Path(recipe.output)
+            _work(recipe, config, _study(recipe, config, folder, False, join=True), folder,
+                  console)  # fmt: skip
+        except TunelabError as exc:
+            console.print(f"error: {exc}", highlight=False)
+            raise SystemExit(2) from None
+
+
+def wait_for(helpers: list, folder: Path, console) -> None:
+    """Wait for the other workers; one that ended badly is said, with its log."""
+    for helper in helpers:
+        helper.join()
+        if helper.exitcode:
+            console.print(
+                f"sweep: {helper.name} ended with exit code {helper.exitcode}; see "
+                f"{folder / helper.name}.log (a trial it left running is rerun by --resume)",
+                highlight=False,
+            )
+
+
+def _work(recipe: Recipe, config: SweepConfig, study, folder: Path, console) -> None:
+    """Take trials from the study until its budget of trials (or time) is used up."""
     started = time.monotonic()
-    while _finished(study) < config.trials:
+    while _taken(study) < config.trials or _waiting(study):
         if config.timeout and time.monotonic() - started > config.timeout:
             console.print(f"sweep: the {config.timeout:.0f} s budget is spent", highlight=False)
-            break
-        _run_trial(recipe, config, study, folder, console)
-    return report(folder, study, config, console)
+            return
+        if not _run_trial(recipe, config, study, folder, console):
+            return
 
 
 def _config(recipe: Recipe) -> SweepConfig:
@@ -70,6 +140,8 @@ def _config(recipe: Recipe) -> SweepConfig:
         )
     for key, values in config.space.items():
         trial_recipe(recipe, {key: _first(values)}, Path(recipe.output) / "check")
+    if config.sampler == "grid":
+        _grid(config)
     return config
 
 
@@ -104,26 +176,37 @@ def direction(config: SweepConfig) -> str:
     return "maximize" if any(word in config.objective for word in RISING) else "minimize"
 
 
-def _study(recipe: Recipe, config: SweepConfig, folder: Path, resume: bool):
+def _study(recipe: Recipe, config: SweepConfig, folder: Path, resume: bool, join: bool = False):
+    """The sweep's Optuna study: made new, or continued (`resume`: after a stop, so trials
+    left running are rerun), or joined (a worker beside others: nothing is rerun)."""
     optuna = _optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    journal = folder / STUDY_FILE
-    if resume and not journal.is_file():
-        raise TunelabError(f"{folder} holds no sweep to resume ({STUDY_FILE} is missing).")
-    if not resume and folder.exists() and any(folder.iterdir()):
+    shared = join or config.storage is not None
+    existing = _existing(config, folder)
+    if resume and not existing:
+        raise TunelabError(f"{folder} holds no sweep to resume ({_where(config, folder)} has none).")
+    if existing and not (resume or shared):
+        raise TunelabError(
+            f"{folder} holds a sweep already; continue it with --resume, or set output to a "
+            "new folder."
+        )
+    if not existing and not shared and folder.exists() and any(folder.iterdir()):
         raise TunelabError(
             f"{folder} exists and is not empty; continue its sweep with --resume, or set "
             "output to a new folder."
         )
     folder.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(journal)))
     study = optuna.create_study(
-        study_name="sweep", storage=storage, load_if_exists=True,
+        study_name="sweep", storage=_storage(config, folder), load_if_exists=True,
         direction=direction(config), pruner=_pruner(optuna, config),
     )  # fmt: skip
-    wanted = config.model_dump(mode="json")
+    _same_sweep(study, config, folder)
+    if resume:
+        _requeue_interrupted(study)
+    return study
+
+
+def _same_sweep(study, config: SweepConfig, folder: Path) -> None:
+    wanted = config.model_dump(mode="json", exclude={"storage"})
     if "config" not in study.user_attrs:
         study.set_user_attr("config", wanted)
     elif study.user_attrs["config"] != wanted:
@@ -131,8 +214,36 @@ def _study(recipe: Recipe, config: SweepConfig, folder: Path, resume: bool):
             f"the recipe's sweep section differs from the one {folder} started with; resume "
             "with the same sweep, or set output to a new folder."
         )
-    _requeue_interrupted(study)
-    return study
+
+
+def _where(config: SweepConfig, folder: Path) -> str:
+    return config.storage or str(folder / STUDY_FILE)
+
+
+def _existing(config: SweepConfig, folder: Path) -> bool:
+    if config.storage is None or "://" not in config.storage:
+        return Path(_where(config, folder)).is_file()
+    import optuna
+
+    return "sweep" in optuna.study.get_all_study_names(_storage(config, folder))
+
+
+def _storage(config: SweepConfig, folder: Path):
+    """Optuna's storage: a journal file (locked, so workers on one disk share it), or a
+    database by URL."""
+    where = _where(config, folder)
+    if "://" in where:
+        from optuna.storages import RDBStorage
+
+        try:
+            return RDBStorage(where)
+        except Exception as exc:  # the driver's own error names what is wrong
+            raise TunelabError(f"sweep.storage {where} cannot be opened: {exc}") from None
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(where).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(where))
 
 
 def _optuna():
@@ -153,9 +264,9 @@ def _pruner(optuna, config: SweepConfig):
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
 
 
-def _sampler(optuna, config: SweepConfig, finished: int):
-    # the same history, the same next trial; hashed, as nearby seeds draw alike at first
-    digest = hashlib.sha256(f"{config.seed}:{finished}".encode()).digest()
+def _sampler(optuna, config: SweepConfig, position: int):
+    # the same place in the sweep, the same draw; hashed, as nearby seeds draw alike at first
+    digest = hashlib.sha256(f"{config.seed}:{position}".encode()).digest()
     seed = int.from_bytes(digest[:4], "little")
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -182,20 +293,42 @@ def _grid(config: SweepConfig) -> dict[str, list]:
 
 
 def _requeue_interrupted(study) -> None:
-    """Trials left running by a sweep that was killed: marked failed, their parameters
-    asked again first (a worker still running them elsewhere would be shown twice)."""
+    """Trials left running by a sweep that was stopped: marked failed, their parameters asked
+    again first, at their own place in the sweep (the rerun names the trial it reruns)."""
     import optuna
 
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        place = trial.user_attrs.get("position", trial.number)
+        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number,
+                                                      "position": place})  # fmt: skip
 
 
-def _finished(study) -> int:
+def _taken(study) -> int:
+    """Places of the sweep's budget taken: every trial asked, but a rerun (it keeps the
+    place of the trial it reruns) and the surplus (asked by a worker when none was left)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if not _skipped(t))
+
+
+def _skipped(trial) -> bool:
+    return "rerun_of" in trial.user_attrs or bool(trial.user_attrs.get("surplus"))
+
+
+def _waiting(study) -> int:
     import optuna
 
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=done))
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+def position(study, trial) -> int:
+    """A trial's place in the sweep: its number less the reruns and surplus asked before it.
+    Trial numbers are handed out one by one by the storage, so two workers never share a
+    place, and a sweep stopped and resumed gives each place the trial it would have had."""
+    given = trial.user_attrs.get("position")
+    if given is not None:
+        return int(given)
+    earlier = study.get_trials(deepcopy=False)
+    return trial.number - sum(1 for t in earlier if t.number < trial.number and _skipped(t))
 
 
 def _suggest(trial, config: SweepConfig) -> dict:
@@ -213,16 +346,25 @@ def _suggest(trial, config: SweepConfig) -> dict:
     return params
 
 
-def _run_trial(recipe: Recipe, config: SweepConfig, study, folder: Path, console) -> None:
+def _run_trial(recipe: Recipe, config: SweepConfig, study, folder: Path, console) -> bool:
+    """Ask the study for a trial and train it; False when the budget was used up meanwhile."""
     import optuna
 
-    study.sampler = _sampler(optuna, config, _finished(study))
+    study.sampler = _sampler(optuna, config, _taken(study))  # the grid picks at ask
     trial = study.ask()
+    place = position(study, trial)
+    if place >= config.trials:  # another worker took the last place first
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+    trial.set_user_attr("position", place)
+    if config.sampler != "grid":
+        study.sampler = _sampler(optuna, config, place)
     params = _suggest(trial, config)
     output = folder / f"trial-{trial.number:03d}"
     trial.set_user_attr("run", str(output))
     shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
-    console.rule(f"sweep trial {trial.number} ({_finished(study) + 1}/{config.trials}): {shown}")
+    console.rule(f"sweep trial {trial.number} ({place + 1}/{config.trials}): {shown}")
     from tunelab.training.runner import train
 
     pruning = prune_on_validation(trial)
@@ -233,12 +375,12 @@ def _run_trial(recipe: Recipe, config: SweepConfig, study, folder: Path, console
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         trial.set_user_attr("error", str(exc))
         console.print(f"trial {trial.number} failed: {exc}", highlight=False)
-        return
+        return True
     if pruning.pruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return
-    value = objective_value(result.summary, config.objective)
-    study.tell(trial, value)
+        return True
+    study.tell(trial, objective_value(result.summary, config.objective))
+    return True
 
 
 def objective_value(summary: dict, key: str) -> float:
@@ -303,13 +445,17 @@ def report(folder: Path, study, config: SweepConfig, console: Console) -> SweepR
 
 
 def _rows(study, folder: Path) -> list[dict]:
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
+    rows, trials = [], study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
+    for trial in trials:
+        if trial.user_attrs.get("surplus"):
+            continue
+        state = "interrupted" if trial.number in rerun else trial.state.name.lower()
         run = Path(trial.user_attrs.get("run", folder / f"trial-{trial.number:03d}"))
         summary_file = run / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         rows.append({
-            "trial": trial.number, "state": trial.state.name.lower(), "params": trial.params,
+            "trial": trial.number, "state": state, "params": trial.params,
             "value": trial.value, "run": str(run),
             "train_seconds": summary.get("train_seconds"),
             "peak_memory_bytes": summary.get("peak_memory_bytes"),
@@ -348,17 +494,12 @@ def _print(console: Console, body: dict) -> None:
     console.print(table)
 
 
-def show(folder: Path, console: Console | None = None) -> SweepResult:
-    """The ranking of the sweep in `folder`, as far as it has gone."""
+def show(recipe: Recipe, console: Console | None = None) -> SweepResult:
+    """The ranking of the recipe's sweep, as far as it has gone."""
     console = console or Console(stderr=True)
-    journal = folder / STUDY_FILE
-    if not journal.is_file():
-        raise TunelabError(f"{folder} holds no sweep ({STUDY_FILE} is missing).")
+    config, folder = _config(recipe), Path(recipe.output)
+    if not _existing(config, folder):
+        raise TunelabError(f"{folder} holds no sweep ({_where(config, folder)} has none).")
     optuna = _optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name="sweep",
-                              storage=JournalStorage(JournalFileBackend(str(journal))))  # fmt: skip
-    config = SweepConfig.model_validate(study.user_attrs["config"])
+    study = optuna.load_study(study_name="sweep", storage=_storage(config, folder))
     return report(folder, study, config, console)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -26,7 +27,8 @@ def sweep_recipe(root, model, name="sweep", trials=3, prune=False, **sweep):
         "output": str(root / name),
         "sweep": {"space": {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True},
                             "method.r": {"choices": [2, 4, 8]}},
-                  "trials": trials, "sampler": "random", "seed": 7, "prune": prune, **sweep},
+                  "trials": trials, "sampler": "random", "seed": 7, "prune": prune,
+                  "metrics": ["final_loss"], **sweep},
     }  # fmt: skip
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
@@ -54,6 +56,16 @@ def test_a_sweep_ranks_its_trials_and_its_best_recipe_trains_the_same_alone(
     assert len({t["params"]["train.lr"] for t in report["trials"]}) == 3
     markdown = (folder / "sweep_report.md").read_text()
     assert markdown.startswith("# Sweep: eval_loss (minimize)") and "| 1 |" in markdown
+    assert "| final_loss |" in markdown
+    for trial in report["trials"]:
+        summary = json.loads(Path(trial["run"], "summary.json").read_text())
+        assert trial["metrics"]["final_loss"] == pytest.approx(summary["final_loss"])
+    page = (folder / "sweep_report.html").read_text()
+    captions = ["objective per trial", "parameter importance", "parallel coordinates",
+                "loss of the best 3 trials"]  # fmt: skip
+    for caption in captions:
+        assert f"<figcaption>{caption}</figcaption>" in page
+    assert page.count("data:image/png;base64,") == 4
     alone = tunelab.train(folder / "best_recipe.yaml")
     assert alone.summary["eval_loss"] == pytest.approx(report["best"]["value"], abs=1e-5)
 

@@ -520,6 +520,11 @@ class SweepConfig(Section):
     prune: bool = Field(
         True, description="stop trials whose validation loss is worse than the median so far"
     )
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="other numbers of each trial's summary.json shown beside the objective "
+        "(e.g. before_after.probe.right_after, tokens_per_second)",
+    )
     storage: str | None = Field(
         None,
         description="where the study lives, for workers on several machines: a journal file "

@@ -23,13 +23,11 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from tunelab import sweep_report
 from tunelab.errors import TunelabError
-from tunelab.outputs import write_file
 from tunelab.recipe import Recipe, SweepConfig, load_recipe
 
 STUDY_FILE = "study.journal"
-REPORT = "sweep_report"
-BEST_RECIPE = "best_recipe.yaml"
 RISING = ("per_second", "accuracy", "reward", "hits", "correct", "gain")
 
 
@@ -183,7 +181,9 @@ def _study(recipe: Recipe, config: SweepConfig, folder: Path, resume: bool, join
     shared = join or config.storage is not None
     existing = _existing(config, folder)
     if resume and not existing:
-        raise TunelabError(f"{folder} holds no sweep to resume ({_where(config, folder)} has none).")
+        raise TunelabError(
+            f"{folder} holds no sweep to resume ({_where(config, folder)} has none)."
+        )
     if existing and not (resume or shared):
         raise TunelabError(
             f"{folder} holds a sweep already; continue it with --resume, or set output to a "
@@ -363,7 +363,7 @@ def _run_trial(recipe: Recipe, config: SweepConfig, study, folder: Path, console
     params = _suggest(trial, config)
     output = folder / f"trial-{trial.number:03d}"
     trial.set_user_attr("run", str(output))
-    shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+    shown = ", ".join(f"{k}={sweep_report.short(v)}" for k, v in params.items())
     console.rule(f"sweep trial {trial.number} ({place + 1}/{config.trials}): {shown}")
     from tunelab.training.runner import train
 
@@ -385,15 +385,23 @@ def _run_trial(recipe: Recipe, config: SweepConfig, study, folder: Path, console
 
 def objective_value(summary: dict, key: str) -> float:
     """The objective's number in a trial's summary (a dotted key reaches into it)."""
-    value: object = summary
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    value = dig(summary, key)
+    if value is None:
         found = ", ".join(k for k, v in summary.items() if isinstance(v, (int, float)))
         raise TunelabError(
             f"sweep.objective {key} is not a number in the trial's summary.json (got "
             f"{value!r}); numbers it has: {found}."
         )
+    return float(value)
+
+
+def dig(summary: dict, key: str) -> float | None:
+    """The finite number at a dotted key of a summary, else None."""
+    value: object = summary
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return None
     return float(value)
 
 
@@ -417,81 +425,19 @@ def prune_on_validation(trial):
     return PruneOnValidation()
 
 
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def report(folder: Path, study, config: SweepConfig, console: Console) -> SweepResult:
-    """sweep_report.json / .md (every trial, ranked) and best_recipe.yaml, and the ranking
-    printed; what `--show` prints too."""
-    trials = _rows(study, folder)
-    rising = direction(config) == "maximize"
-    by_state = {state: sorted((t for t in trials if t["state"] == state and t["value"] is not None),
-                              key=lambda t: t["value"], reverse=rising)
-                for state in ("complete", "pruned")}  # fmt: skip
-    ranked = by_state["complete"]
-    best = ranked[0] if ranked else None
-    rest = [t for t in trials if t not in ranked and t not in by_state["pruned"]]
-    body = {"objective": config.objective, "direction": direction(config), "best": best,
-            "trials": ranked + by_state["pruned"] + rest}  # fmt: skip
-    write_file(folder / f"{REPORT}.json", json.dumps(body, indent=2), "sweep report")
-    write_file(folder / f"{REPORT}.md", _markdown(body), "sweep report")
+    """sweep_report.json / .md / .html (every trial, ranked) and best_recipe.yaml, and the
+    ranking printed; what `--show` prints too."""
+    trials = sweep_report.rows(study, folder, config.metrics, dig)
+    body = sweep_report.ranked(trials, config.objective, direction(config), config.metrics)
+    best, recipe = body["best"], None
     if best is not None:
-        recipe = yaml.safe_load(Path(best["run"], "recipe.yaml").read_text(encoding="utf-8"))
-        recipe["output"] = str(folder / "best")
-        write_file(folder / BEST_RECIPE, yaml.safe_dump(recipe, sort_keys=False), "sweep report")
-    _print(console, body)
+        raw = yaml.safe_load(Path(best["run"], "recipe.yaml").read_text(encoding="utf-8"))
+        raw["output"] = str(folder / "best")
+        recipe = yaml.safe_dump(raw, sort_keys=False)
+    sweep_report.write(folder, body, study, recipe)
+    sweep_report.show(console, body)
     return SweepResult(folder, body["trials"], best)
-
-
-def _rows(study, folder: Path) -> list[dict]:
-    rows, trials = [], study.get_trials(deepcopy=False)
-    rerun = {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
-    for trial in trials:
-        if trial.user_attrs.get("surplus"):
-            continue
-        state = "interrupted" if trial.number in rerun else trial.state.name.lower()
-        run = Path(trial.user_attrs.get("run", folder / f"trial-{trial.number:03d}"))
-        summary_file = run / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        rows.append({
-            "trial": trial.number, "state": state, "params": trial.params,
-            "value": trial.value, "run": str(run),
-            "train_seconds": summary.get("train_seconds"),
-            "peak_memory_bytes": summary.get("peak_memory_bytes"),
-            "error": trial.user_attrs.get("error"),
-        })  # fmt: skip
-    return rows
-
-
-def _markdown(body: dict) -> str:
-    keys = sorted({k for t in body["trials"] for k in t["params"]})
-    lines = [f"# Sweep: {body['objective']} ({body['direction']})", "",
-             "| rank | trial | state | " + " | ".join(keys) + f" | {body['objective']} | "
-             "train s | peak memory |",
-             "|" + "---|" * (len(keys) + 6)]  # fmt: skip
-    for rank, t in enumerate(body["trials"], start=1):
-        values = " | ".join(_short(t["params"].get(k, "")) for k in keys)
-        value = "" if t["value"] is None else f"{t['value']:.4g}"
-        memory = f"{t['peak_memory_bytes'] / 2**30:.2f} GiB" if t["peak_memory_bytes"] else ""
-        lines.append(f"| {rank if t['state'] == 'complete' else ''} | {t['trial']} | {t['state']} "
-                     f"| {values} | {value} | {t['train_seconds'] or ''} | {memory} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _print(console: Console, body: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"sweep ranked by {body['objective']} ({body['direction']})")
-    keys = sorted({k for t in body["trials"] for k in t["params"]})
-    for column in ("rank", "trial", "state", *keys, body["objective"]):
-        table.add_column(column)
-    for rank, t in enumerate(body["trials"], start=1):
-        value = "" if t["value"] is None else f"{t['value']:.4g}"
-        shown = [_short(t["params"].get(k, "")) for k in keys]
-        table.add_row(str(rank) if t["state"] == "complete" else "", str(t["trial"]), t["state"],
-                      *shown, value)  # fmt: skip
-    console.print(table)
 
 
 def show(recipe: Recipe, console: Console | None = None) -> SweepResult:

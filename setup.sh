@@ -12,7 +12,7 @@ PYTHON="${PYTHON:-python3}"
 # distributed: DeepSpeed, for train.distributed zero2 / zero3
 # preference: TRL (its trainers, and the published chat templates in its chat_templates/ that
 # the tests check the loss mask against)
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[serve,ui,hub,preference,distributed,sweep,test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[serve,ui,hub,preference,distributed,sweep,trackers,test]"
 # GGUF export runs llama.cpp's own converter, taken once from llama-cpp-python's source on PyPI
 .venv/bin/python -c "from tunelab.exporters.llama_cpp import converter_dir; converter_dir()"
 echo "tunelab installed in .venv ($(.venv/bin/tunelab --help >/dev/null && echo ok))"

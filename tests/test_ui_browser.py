@@ -9,6 +9,7 @@ files (tests/screenshots/ when TUNELAB_SCREENSHOTS is set to a folder).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -209,3 +210,25 @@ def test_auth_asks_for_the_password_before_the_page(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_sweep_shows_its_ranking_and_its_best_trials_curves(page, tmp_path, tiny_model_dir):
+    from tests.conftest import run_cli
+    from tests.test_sweep import sweep_recipe
+
+    (tmp_path / "runs").mkdir()
+    recipe = sweep_recipe(tmp_path, tiny_model_dir, "runs/lr-sweep", trials=3)
+    assert run_cli("sweep", str(recipe)).returncode == 0
+    page.get_by_role("tab", name="Sweeps").click()
+    page.get_by_role("button", name="Refresh the sweep list").click()
+    folder = str(tmp_path / "runs" / "lr-sweep")
+    pick(page, "#sweep-pick", folder)
+    note = wait_text(page, "#sweep-note", "Ranked by", "eval_loss", "3 trials done")
+    report = json.loads(Path(folder, "sweep_report.json").read_text())
+    assert f"best: trial {report['best']['trial']}" in note
+    table = wait_text(page, "#sweep-ranking", "complete", "train.lr")
+    for trial in report["trials"]:
+        assert f"{trial['value']:.4g}" in table
+    page.wait_for_selector("#sweep-curves g.mark-line path")  # the curves are drawn
+    assert page.locator("#sweep-curves g.mark-line path").count() >= 1
+    page.screenshot(path=str(shots(tmp_path) / "sweep.png"), full_page=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -176,6 +176,10 @@ OFFLOAD_CHOICES = {
 }
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow", "swanlab", "trackio"]
+TRACKERS: tuple[str, ...] = get_args(Tracker)
+
+
 class TrainConfig(Section):
     objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
         "sft",
@@ -254,6 +258,21 @@ class TrainConfig(Section):
         "schedule still starts fresh) instead of a fresh optimizer",
     )
     tensorboard: bool = Field(True, description="write TensorBoard events into the run folder")
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="experiment trackers that get every logged loss, the recipe and the "
+        "summary: wandb (offline unless an API key or WANDB_MODE is set), mlflow "
+        "(MLFLOW_TRACKING_URI, else a local mlflow.db), swanlab (offline unless configured), "
+        "trackio (local), tensorboard",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_several(cls, value):
+        if value in ("none", None):
+            return []
+        return [value] if isinstance(value, str) else value
+
     distributed: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = Field(
         "none",
         description="with several processes (`--nproc N`, torchrun, accelerate launch): none "

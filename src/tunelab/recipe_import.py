@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.recipe import load_recipe, looks_like_llamafactory, read_yaml
+from tunelab.recipe import TRACKERS, load_recipe, looks_like_llamafactory, read_yaml
 
 SCHEDULERS = {"cosine", "linear", "constant", "constant_with_warmup"}
 IGNORED = {  # settled by tunelab itself: why each has no key of its own
@@ -262,8 +262,15 @@ def _train(keys: dict, out: Imported, origin: str) -> None:
     out.mapped.append(("disable_gradient_checkpointing", "train.gradient_checkpointing"))
     if "report_to" in keys:
         trackers = _names(keys.pop("report_to"))
+        trackers = list(TRACKERS) if "all" in trackers else trackers
         train["tensorboard"] = "tensorboard" in trackers
-        out.mapped.append(("report_to", "train.tensorboard"))
+        train["report_to"] = [name for name in TRACKERS[1:] if name in trackers]
+        out.mapped.append(("report_to", "train.tensorboard, train.report_to"))
+        for name in trackers:
+            if name not in ("none", *TRACKERS):
+                out.dropped.append(
+                    ("report_to", f"{name}: tunelab reports to {', '.join(TRACKERS)}")
+                )
     if "output_dir" in keys:
         out.recipe["output"] = keys.pop("output_dir")
         out.mapped.append(("output_dir", "output"))

@@ -449,3 +449,20 @@ def show(recipe: Recipe, console: Console | None = None) -> SweepResult:
     optuna = _optuna()
     study = optuna.load_study(study_name="sweep", storage=_storage(config, folder))
     return report(folder, study, config, console)
+
+
+def ranking(folder: Path) -> dict:
+    """The ranked report of the sweep in `folder` as far as it has gone, written nowhere
+    (for the web UI): from its study journal, else from its last sweep_report.json."""
+    journal = folder / STUDY_FILE
+    if journal.is_file():
+        optuna = _optuna()
+        study = optuna.load_study(study_name="sweep", storage=_storage(SweepConfig.model_construct(
+            storage=str(journal)), folder))  # fmt: skip
+        config = SweepConfig.model_validate(study.user_attrs["config"])
+        trials = sweep_report.rows(study, folder, config.metrics, dig)
+        return sweep_report.ranked(trials, config.objective, direction(config), config.metrics)
+    report_file = folder / f"{sweep_report.REPORT}.json"
+    if report_file.is_file():
+        return json.loads(report_file.read_text(encoding="utf-8"))
+    raise TunelabError(f"{folder} holds no sweep ({STUDY_FILE} and {report_file.name} missing).")

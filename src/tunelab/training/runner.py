@@ -74,6 +74,7 @@ from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.plots import plot_losses
 from tunelab.training.sampling import SampleAnswers
 from tunelab.training.token_budget import budget_trainer
+from tunelab.training.trackers import PROJECT, trackers
 
 
 class Interrupted(TunelabError):
@@ -392,7 +393,8 @@ def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from
     timer = StepTimer(started_at)
     metrics = MetricsWriter(run.file(METRICS_FILE))
     interrupt = SaveOnInterrupt(console)
-    events = RunEvents(ConsoleView(console), EventFile(run.file(EVENTS_FILE)))
+    tracked = trackers(recipe, run, console)
+    events = RunEvents(ConsoleView(console), EventFile(run.file(EVENTS_FILE)), *tracked)
     cfg = recipe.train
     found = [
         RunStarted(run),
@@ -410,7 +412,7 @@ def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from
             cfg.sample_max_new_tokens,
             events,
         ),
-        *_tensorboard(run, recipe, console),
+        *tracked,
         *extra,
     ]
     if init_from is not None and cfg.carry_optimizer:
@@ -701,26 +703,6 @@ def _continue_point(run: RunFolder, recipe: Recipe, console: Console) -> Path:
     return checkpoint
 
 
-def _tensorboard(run: RunFolder, recipe: Recipe, console: Console) -> list:
-    if not recipe.train.tensorboard:
-        return []
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        from transformers.integrations import TensorBoardCallback
-    except ImportError:
-        console.print("[yellow]tensorboard is not installed; no TensorBoard events written[/]")
-        return []
-    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.path / "tensorboard")
-    try:
-        return [TensorBoardCallback()]
-    finally:
-        if previous is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR")
-        else:
-            os.environ["TENSORBOARD_LOGGING_DIR"] = previous
-
-
 def _build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan, reference=None):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -793,7 +775,9 @@ def _training_arguments(recipe, run, plan: RunPlan, validate: bool, config) -> d
         save_steps=cfg.save_every or 500,
         eval_strategy=eval_strategy,
         eval_steps=eval_steps,
-        report_to="none",
+        report_to="none",  # the trackers are tunelab's callbacks (training/trackers.py)
+        run_name=run.path.name,
+        project=PROJECT,
         disable_tqdm=True,
         remove_unused_columns=False,
         # a packed row has no padding, and its pad id (often eos) also occurs in real text

@@ -65,6 +65,8 @@ def build(root: Path):
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
                 inputs, pickers = train_tab(gr, page, bench, base, first)
+            with gr.Tab("Sweeps", id="sweeps"):
+                sweeps_tab(gr, bench)
             with gr.Tab("Data", id="data"):
                 data_tab(gr, bench, base, inputs)
             with gr.Tab("Chat", id="chat"):
@@ -135,6 +137,22 @@ def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list
     stop.click(bench.stop, run_pick, launched)
     resume.click(bench.resume, run_pick, launched)
     return inputs, [run_pick]
+
+
+def sweeps_tab(gr, bench: Workbench) -> None:
+    """A sweep's ranking and its best trials' loss curves overlaid (followed while it runs)."""
+    choices = bench.sweep_choices()
+    with gr.Row():
+        pick = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
+                           label="sweep folder", elem_id="sweep-pick", scale=4)  # fmt: skip
+        again = gr.Button("Refresh the sweep list", scale=1)
+    note = gr.Markdown(elem_id="sweep-note")
+    table = gr.Dataframe(elem_id="sweep-ranking", interactive=False)
+    curves = gr.LinePlot(x="step", y="loss", color="trial", label="loss of the best trials",
+                         elem_id="sweep-curves")  # fmt: skip
+    pick.change(bench.sweep, pick, [note, table, curves])
+    gr.Timer(5.0).tick(bench.sweep, pick, [note, table, curves])
+    again.click(lambda: gr.Dropdown(choices=bench.sweep_choices()), None, pick)
 
 
 def data_tab(gr, bench: Workbench, base, inputs: list) -> None:

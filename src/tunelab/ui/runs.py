@@ -54,6 +54,19 @@ def find_runs(root: Path, depth: int = 3) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def find_sweeps(root: Path, depth: int = 3) -> list[Path]:
+    """Every sweep folder under `root` (it holds a study journal or a sweep report), newest
+    first."""
+    found = {
+        marker.parent
+        for pattern in ("study.journal", "sweep_report.json")
+        for level in range(depth + 1)
+        for marker in root.glob("/".join(["*"] * level + [pattern]))
+        if not SKIPPED.intersection(marker.relative_to(root).parts)
+    }
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def view(path: Path, root: Path) -> RunView:
     run = RunFolder(path, writer=False)
     events = run.events()

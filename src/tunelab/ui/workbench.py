@@ -171,6 +171,36 @@ class Workbench:
         )
         return status, pd.DataFrame(rows) if rows else empty, text
 
+    def sweep_choices(self) -> list[str]:
+        return [str(p) for p in run_state.find_sweeps(self.root)]
+
+    def sweep(self, folder: str | None, best: int = 5):
+        """(what the sweep ranks by, its ranking table, the loss of its best trials by step)."""
+        import pandas as pd
+
+        from tunelab import sweep_report
+        from tunelab.sweep import ranking
+
+        curves = pd.DataFrame({"step": [], "loss": [], "trial": []})
+        if not folder:
+            return "No sweep chosen.", pd.DataFrame(), curves
+        try:
+            body = ranking(Path(folder))
+        except TunelabError as exc:
+            return f"**Cannot read the sweep:** {exc}", pd.DataFrame(), curves
+        header, cells = sweep_report.table(body)
+        points = [
+            {"step": row["step"], "loss": row["loss"], "trial": f"trial {t['trial']}"}
+            for t in body["trials"][:best]
+            for row in RunFolder(Path(t["run"]), writer=False).metrics()
+            if "loss" in row
+        ]
+        done = sum(t["state"] in ("complete", "pruned") for t in body["trials"])
+        note = f"Ranked by **{body['objective']}** ({body['direction']}); {done} trials done"
+        if body.get("best"):
+            note += f"; best: trial {body['best']['trial']} (`{folder}/best_recipe.yaml`)"
+        return note, pd.DataFrame(cells, columns=header), pd.DataFrame(points) if points else curves
+
     def stop(self, run: str | None) -> str:
         try:
             pid = run_state.stop(Path(run or ""))

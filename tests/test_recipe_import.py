@@ -151,3 +151,16 @@ def test_a_deepspeed_config_beside_the_file_sets_the_strategy_and_offload(tmp_pa
     assert done.returncode == 0, done.stderr
     recipe = load_recipe(tmp_path / "r.yaml")
     assert (recipe.train.distributed, recipe.train.offload) == ("zero3", "all")
+
+
+def test_report_to_maps_onto_the_trackers():
+    from tunelab.recipe_import import import_llamafactory
+
+    source = yaml.safe_load((EXAMPLES / "train_lora/qwen3_lora_sft.yaml").read_text())
+    imported = import_llamafactory({**source, "report_to": "wandb,tensorboard,neptune"}, "x.yaml")
+    train = imported.recipe["train"]
+    assert train["report_to"] == ["wandb"] and train["tensorboard"] is True
+    assert any(key == "report_to" and "neptune" in why for key, why in imported.dropped)
+    everything = import_llamafactory({**source, "report_to": "all"}, "x.yaml").recipe["train"]
+    assert everything["report_to"] == ["wandb", "mlflow", "swanlab", "trackio"]
+    assert import_llamafactory(source, "x.yaml").recipe["train"]["report_to"] == []

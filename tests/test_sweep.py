@@ -41,6 +41,7 @@ def test_a_sweep_ranks_its_trials_and_its_best_recipe_trains_the_same_alone(
     import tunelab
 
     result = tunelab.sweep(sweep_recipe(tmp_path, tiny_model_dir))
+    assert callable(tunelab.sweep)  # not shadowed by the module that runs it
     folder = tmp_path / "sweep"
     report = json.loads((folder / "sweep_report.json").read_text())
     assert [t["state"] for t in report["trials"]] == ["complete"] * 3
@@ -98,6 +99,9 @@ def test_a_killed_sweep_resumed_runs_the_same_trials_as_one_never_stopped(tmp_pa
     states = [t["state"] for t in json.loads(
         (tmp_path / "broken" / "sweep_report.json").read_text())["trials"]]  # fmt: skip
     assert states.count("complete") == 3 and states.count("interrupted") == 1
+    shown = run_cli("sweep", str(broken), "--show")
+    assert shown.returncode == 0 and "sweep ranked by eval_loss" in shown.stderr
+    assert shown.stderr.count(" complete ") == 3 and " interrupted " in shown.stderr
 
 
 def test_workers_and_a_second_machine_share_one_sweep_and_no_trial_runs_twice(
@@ -129,6 +133,16 @@ def test_workers_and_a_second_machine_share_one_sweep_and_no_trial_runs_twice(
     assert not (folder / "study.journal").exists()
 
 
+def test_a_grid_sweep_tries_each_point_once(tmp_path, tiny_model_dir):
+    import tunelab
+
+    space = {"method.r": {"choices": [2, 4, 8]}, "train.lr": {"choices": [1e-3, 1e-2]}}
+    result = tunelab.sweep(sweep_recipe(tmp_path, tiny_model_dir, trials=5, sampler="grid",
+                                        space=space, metrics=[]))  # fmt: skip
+    tried = [(t["params"]["method.r"], t["params"]["train.lr"]) for t in result.trials]
+    assert len(tried) == 5 and len(set(tried)) == 5
+
+
 def test_sweep_mistakes_are_one_sentence(tmp_path, tiny_model_dir):
     from tests.conftest import run_cli
 
@@ -138,6 +152,8 @@ def test_sweep_mistakes_are_one_sentence(tmp_path, tiny_model_dir):
         (["data.val_ratio=null"], "holds no validation data"),
         (['sweep.space={"train.lr": {"low": 1, "high": 0.1}}'], "is not below high"),
         (["sweep.sampler=grid"], "without a step"),
+        (["sweep.sampler=grid", 'sweep.space={"method.r": {"choices": [2, 4]}}'],
+         "the grid has 2 points"),
     ]
     for overrides, words in cases:
         done = run_cli("sweep", str(path), *overrides)

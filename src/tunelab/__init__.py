@@ -56,7 +56,7 @@ def sweep(recipe, overrides=(), resume: bool = False, workers: int = 1):
     """Train the recipe's sweep (Optuna over its sweep.space) with `workers` processes;
     returns a SweepResult with the sweep folder, every trial ranked, and the best one."""
     from tunelab.recipe import load_recipe
-    from tunelab.sweep import sweep as run_sweep
+    from tunelab.sweeps import sweep as run_sweep
 
     return run_sweep(load_recipe(recipe, list(overrides)), resume=resume, workers=workers)
 

@@ -101,8 +101,8 @@ def sweep(
     """Train the recipe as trials over its sweep.space, ranked by sweep.objective (Optuna);
     writes sweep_report.md/.json and best_recipe.yaml into the output folder."""
     from tunelab.recipe import load_recipe
-    from tunelab.sweep import show as show_sweep
-    from tunelab.sweep import sweep as run_sweep
+    from tunelab.sweeps import show as show_sweep
+    from tunelab.sweeps import sweep as run_sweep
 
     loaded = load_recipe(recipe, overrides or [])
     result = show_sweep(loaded, err) if show else run_sweep(loaded, resume, err, workers)

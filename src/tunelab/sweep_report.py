@@ -102,7 +102,15 @@ def show(console: Console, body: dict) -> None:
         shown.add_column(column)
     for row in cells:
         shown.add_row(*row)
-    console.print(shown)
+    if console.is_terminal:
+        console.print(shown)
+        return
+    # a log or a pipe gets the whole table, a line per trial, not folded into 80 columns
+    kept, console.width = console.width, max(console.width, 240)
+    try:
+        console.print(shown)
+    finally:
+        console.width = kept
 
 
 def write(folder: Path, body: dict, study, best_recipe: str | None) -> None:

@@ -122,8 +122,15 @@ def said(name: str) -> Iterator[None]:
 
 
 class Following:
-    """The part every tracker shares: it follows the run's events and ends its run once (a
-    tracker that fails to end its run is said; the run's own results stand)."""
+    """The part every tracker shares: it keeps the last logged step, follows the run's events
+    and ends its run once (a tracker that fails to end its run is said; the run's own results
+    stand). First among a tracker's bases, before transformers' callback."""
+
+    step = 0
+
+    def on_log(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        return super().on_log(args, state, control, **kwargs)
 
     def __call__(self, event: RunEvent) -> None:
         if event.kind not in ("finished", "stopped", "failed"):
@@ -142,18 +149,12 @@ class Following:
 def _tensorboard(recipe: Recipe, run: RunFolder):
     from transformers.integrations import TensorBoardCallback
 
-    class TensorBoard(TensorBoardCallback, Following):
-        step = 0
-
+    class TensorBoard(Following, TensorBoardCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             super().on_train_begin(args, state, control, **kwargs)
             if self.tb_writer is not None:
                 text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
                 self.tb_writer.add_text("recipe", f"```yaml\n{text}```")
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            self.step = state.global_step
-            super().on_log(args, state, control, logs=logs, **kwargs)
 
         def on_train_end(self, args, state, control, **kwargs):
             pass  # closed when the run's summary is known
@@ -190,7 +191,7 @@ def _wandb(recipe: Recipe, run: RunFolder):
     if not online:
         defaults["WANDB_MODE"] = "offline"
 
-    class Wandb(WandbCallback, Following):
+    class Wandb(Following, WandbCallback):
         def setup(self, args, state, model, **kwargs):
             with environment(defaults), said("wandb"):
                 super().setup(args, state, model, **kwargs)
@@ -210,7 +211,7 @@ def _wandb(recipe: Recipe, run: RunFolder):
 def _mlflow(recipe: Recipe, run: RunFolder):
     from transformers.integrations import MLflowCallback
 
-    class Mlflow(MLflowCallback, Following):
+    class Mlflow(Following, MLflowCallback):
         run_id = None
 
         def setup(self, args, state, model):
@@ -248,8 +249,7 @@ def _swanlab(recipe: Recipe, run: RunFolder):
         "online" if os.environ.get("SWANLAB_API_KEY") else "offline"
     )
 
-    class SwanLab(SwanLabCallback, Following):
-        step = 0
+    class SwanLab(Following, SwanLabCallback):
         open = False
 
         def setup(self, args, state, model, **kwargs):
@@ -266,10 +266,6 @@ def _swanlab(recipe: Recipe, run: RunFolder):
             with said("swanlab"):
                 super().setup(args, state, model, **kwargs)
 
-        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-            self.step = state.global_step
-            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
-
         def close(self, summary: dict, failed: bool) -> None:
             if not self.open:
                 return
@@ -285,8 +281,7 @@ def _swanlab(recipe: Recipe, run: RunFolder):
 def _trackio(recipe: Recipe, run: RunFolder):
     from transformers.integrations import TrackioCallback
 
-    class Trackio(TrackioCallback, Following):
-        step = 0
+    class Trackio(Following, TrackioCallback):
         open = False
 
         def setup(self, args, state, model, **kwargs):
@@ -295,10 +290,6 @@ def _trackio(recipe: Recipe, run: RunFolder):
             if state.is_world_process_zero:
                 self._trackio.config.update({"recipe": recipe.model_dump(mode="json")})
                 self.open = True
-
-        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-            self.step = state.global_step
-            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
         def on_train_end(self, args, state, control, **kwargs):
             pass  # finished when the run's summary is known

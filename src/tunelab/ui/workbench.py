@@ -179,7 +179,7 @@ class Workbench:
         import pandas as pd
 
         from tunelab import sweep_report
-        from tunelab.sweep import ranking
+        from tunelab.sweeps import ranking
 
         curves = pd.DataFrame({"step": [], "loss": [], "trial": []})
         if not folder:

@@ -1,4 +1,5 @@
-"""`tunelab sweep`: the recipe trained as trials over a search space, ranked by an objective.
+"""`tunelab sweep` (and `tunelab.sweep`): the recipe trained as trials over a search space,
+ranked by an objective.
 
 Optuna does the searching (TPE, random or grid samplers) and the pruning (a median pruner fed
 each trial's validation loss); tunelab runs each trial as an ordinary run folder under the
@@ -139,7 +140,12 @@ def _config(recipe: Recipe) -> SweepConfig:
     for key, values in config.space.items():
         trial_recipe(recipe, {key: _first(values)}, Path(recipe.output) / "check")
     if config.sampler == "grid":
-        _grid(config)
+        points = math.prod(len(values) for values in _grid(config).values())
+        if config.trials > points:
+            raise TunelabError(
+                f"sweep.trials is {config.trials} and the grid has {points} points; a grid "
+                f"tries each once, so set sweep.trials to {points} or fewer."
+            )
     return config
 
 
@@ -265,13 +271,13 @@ def _pruner(optuna, config: SweepConfig):
 
 
 def _sampler(optuna, config: SweepConfig, position: int):
+    if config.sampler == "grid":  # its order is drawn once, from the sweep's seed; each trial
+        return optuna.samplers.GridSampler(_grid(config), seed=config.seed)  # takes a new point
     # the same place in the sweep, the same draw; hashed, as nearby seeds draw alike at first
     digest = hashlib.sha256(f"{config.seed}:{position}".encode()).digest()
     seed = int.from_bytes(digest[:4], "little")
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if config.sampler == "grid":
-        return optuna.samplers.GridSampler(_grid(config), seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, config.trials))
 
 

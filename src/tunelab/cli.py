@@ -65,7 +65,7 @@ def train(
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
     from tunelab.ranks import is_main
-    from tunelab.training.runner import DATA_CHANGED
+    from tunelab.training.run_opening import DATA_CHANGED
     from tunelab.training.runner import train as run_training
 
     if data_changed and not resume:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -209,14 +208,9 @@ def trackio_print() -> None:
     print(json.dumps({"train": train, "evals": evals, "summary": summary, "config": config}))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_local_mlflow_server_gets_the_run(tmp_path, tiny_model_dir):
     from tests.conftest import run_cli
+    from tests.test_serve import free_port
 
     port = free_port()
     server = subprocess.Popen(

@@ -62,6 +62,13 @@ def train(
     data_changed: Annotated[
         bool, typer.Option(help="with --resume: continue although a data file changed")
     ] = False,
+    nnodes: Annotated[
+        int, typer.Option(min=1, help="machines the run spans (the same command on each)")
+    ] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="with --nnodes: this machine's rank")] = 0,
+    master: Annotated[
+        str | None, typer.Option(help="with --nnodes: ADDR:PORT of node 0, the same on each")
+    ] = None,
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
     from tunelab.ranks import is_main
@@ -70,13 +77,14 @@ def train(
 
     if data_changed and not resume:
         raise TunelabError("--data-changed goes with --resume; a new run reads its data as it is.")
-    if nproc > 1:
-        from tunelab.training.distributed import launch
+    if nproc > 1 or nnodes > 1:
+        from tunelab.training.distributed import Nodes, launch
 
         flags = (
             ["--overwrite"] * overwrite + ["--resume"] * resume + ["--data-changed"] * data_changed
         )
-        raise typer.Exit(launch(nproc, [str(recipe), *(overrides or []), *flags]))
+        nodes = Nodes(nnodes, node_rank, master)
+        raise typer.Exit(launch(nproc, [str(recipe), *(overrides or []), *flags], nodes))
 
     resume_as = DATA_CHANGED if data_changed else resume
     result = run_training(

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tunelab.errors import TunelabError
-from tunelab.ranks import is_main
+from tunelab.ranks import is_local_main
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NO_SPACE_WORDS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27",
@@ -64,7 +64,7 @@ def report_failure(exc: BaseException, console: Console) -> int | None:
         console.print("[yellow]interrupted[/]")
         return 130
     if isinstance(exc, TunelabError):
-        if not is_main():  # each process meets the same mistake; the main one tells it
+        if not is_local_main():  # each process meets the same mistake; one per machine tells it
             return exc.exit_code
         return _say(console, str(exc), exc.exit_code)
     if is_disk_full(exc):

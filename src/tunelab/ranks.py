@@ -22,6 +22,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def is_local_main() -> bool:
+    """The first process on this machine (on several machines, each has one)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def wait_for_everyone() -> None:
     """A barrier across the launched processes (nothing to wait for in a single process)."""
     if world_size() > 1:

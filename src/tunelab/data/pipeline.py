@@ -29,7 +29,7 @@ from tunelab.data.stats import suggest_max_length
 from tunelab.data.transforms import hold_out
 from tunelab.errors import TunelabError
 from tunelab.locations import cache_dir
-from tunelab.ranks import is_main
+from tunelab.ranks import is_local_main
 from tunelab.recipe import DataConfig
 from tunelab.version import __version__
 
@@ -187,7 +187,7 @@ def render_split(
             samples.append(result)
     report.turn_samples = len(samples) - (len(conversations) - refused)
     raise_for_bad_rows(report, config.on_bad_row, split)
-    if use_cache and is_main():  # one process writes the cache
+    if use_cache and is_local_main():  # one process per machine writes the cache
         write_cache(path, samples, report)
     rendered = RenderedSplit(samples, report, key, False, time.perf_counter() - started)
     rendered.cache_problem = problem

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -16,8 +17,33 @@ from tunelab.models.load import pick_device, pick_dtype
 from tunelab.ranks import world_size
 
 
-def launch(nproc: int, arguments: list[str]) -> int:
-    """Run `tunelab train ARGUMENTS` as `nproc` processes under torchrun's launcher; the exit
+@dataclass(frozen=True)
+class Nodes:
+    """The machines a run spans: how many, which one this is, and where node 0 listens."""
+
+    count: int = 1
+    rank: int = 0
+    master: str | None = None  # ADDR:PORT of node 0
+
+    def check(self) -> None:
+        if self.count == 1:
+            return
+        if not 0 <= self.rank < self.count:
+            raise TunelabError(
+                f"--node-rank {self.rank} is not one of the {self.count} nodes (0 to "
+                f"{self.count - 1})."
+            )
+        host, _, port = (self.master or "").rpartition(":")
+        if not host or not port.isdigit():
+            raise TunelabError(
+                f"--nnodes {self.count} needs --master ADDR:PORT, the address of node 0 and a "
+                "free port on it (the same on every node), e.g. --master 10.0.0.1:29500."
+            )
+
+
+def launch(nproc: int, arguments: list[str], nodes: Nodes = Nodes()) -> int:
+    """Run `tunelab train ARGUMENTS` as `nproc` processes on this machine under torchrun's
+    launcher (on several machines: the same command on each, with its node rank); the exit
     code of the first that failed, else 0.
 
     On a CPU each process gets an equal share of the cores as its thread count (gloo); on
@@ -26,13 +52,14 @@ def launch(nproc: int, arguments: list[str]) -> int:
     import logging
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
     if world_size() > 1:
         raise TunelabError(
             "--nproc starts the processes itself, and this one was already started by a "
             "launcher; use one or the other."
         )
+    nodes.check()
     cards = torch.cuda.device_count()
     if cards and nproc > cards:
         raise TunelabError(
@@ -41,12 +68,11 @@ def launch(nproc: int, arguments: list[str]) -> int:
     if not cards and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0",
-                          run_id=f"tunelab-{os.getpid()}", max_restarts=0)  # fmt: skip
     os.environ[LAUNCHED] = "1"
     try:
-        elastic_launch(config, sys.executable)("-m", "tunelab", "train", *arguments)
+        elastic_launch(_launch_config(nproc, nodes), sys.executable)(
+            "-m", "tunelab", "train", *arguments
+        )
     except ChildFailedError as failed:
         killed = {r: f for r, f in failed.failures.items() if (f.exitcode or 0) < 0}
         if killed:
@@ -61,6 +87,21 @@ def launch(nproc: int, arguments: list[str]) -> int:
     finally:
         os.environ.pop(LAUNCHED, None)
     return 0
+
+
+def _launch_config(nproc: int, nodes: Nodes):
+    """One machine: a rendezvous on a free local port. Several: node 0's ADDR:PORT, each node
+    by its rank (torchrun's static rendezvous, as `torchrun --nnodes --node-rank` does)."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    if nodes.count == 1:
+        return LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
+                            rdzv_backend="c10d", rdzv_endpoint="localhost:0",
+                            run_id=f"tunelab-{os.getpid()}", max_restarts=0)  # fmt: skip
+    return LaunchConfig(min_nodes=nodes.count, max_nodes=nodes.count, nproc_per_node=nproc,
+                        rdzv_backend="static", rdzv_endpoint=nodes.master, run_id="tunelab",
+                        rdzv_configs={"rank": nodes.rank, "timeout": 900},
+                        max_restarts=0)  # fmt: skip
 
 
 ZERO_STAGES = {"zero2": 2, "zero3": 3}

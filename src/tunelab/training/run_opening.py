@@ -5,6 +5,7 @@ its lock held while it is written."""
 from __future__ import annotations
 
 import os
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from tunelab.data.pipeline import data_files
 from tunelab.errors import TunelabError
-from tunelab.ranks import is_main, wait_for_everyone
+from tunelab.ranks import is_main, wait_for_everyone, world_size
 from tunelab.recipe import Recipe
 from tunelab.run import (
     DEEPSPEED_FILE,
@@ -73,15 +74,47 @@ def open_run(
     if not is_main():
         wait_for_everyone()
         run = RunFolder.follow(recipe.output)
+        seen_by_all(run)
         return run, resumable_checkpoint(run.checkpoints_dir)[0] if wanted else None
     run = _open_main(recipe, overwrite, resume, protected, console)
     try:
         checkpoint = _resume_point(run, recipe, console) if wanted else None
+        nonce = secrets.token_hex(8)
+        run.file(NODES_FILE).write_text(nonce, encoding="utf-8")
+        wait_for_everyone()
+        seen_by_all(run, nonce)
     except BaseException:
         run.release()
         raise
-    wait_for_everyone()
     return run, checkpoint
+
+
+NODES_FILE = ".tunelab-nodes"  # a token the main process writes for the others to read back
+
+
+def seen_by_all(run: RunFolder, nonce: str | None = None) -> None:
+    """Every process reads the token the main one wrote into the run folder: on several
+    machines the folder must be on a disk they share. Else every process stops with the same
+    sentence naming the machines that do not see it."""
+    if world_size() == 1:
+        return
+    import socket
+
+    import torch.distributed as dist
+
+    told = [nonce]
+    dist.broadcast_object_list(told, src=0)
+    token = run.file(NODES_FILE)
+    sees = token.is_file() and token.read_text(encoding="utf-8") == told[0]
+    everyone = [None] * world_size()
+    dist.all_gather_object(everyone, (socket.gethostname(), os.environ.get("GROUP_RANK"), sees))
+    blind = sorted({(rank, host) for host, rank, saw in everyone if not saw})
+    if blind:
+        named = ", ".join(f"node {rank} ({host})" for rank, host in blind)
+        raise TunelabError(
+            f"{named} cannot see the run folder {run.path} that node 0 opened; on several "
+            "machines, set output to a folder on a disk every machine shares, at the same path."
+        )
 
 
 def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:

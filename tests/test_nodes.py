@@ -1,0 +1,67 @@
+"""Several machines, simulated on this one: two launchers (`tunelab train --nnodes 2
+--node-rank R --master 127.0.0.1:PORT`), each one process with its own data cache, train one
+run as one process does with the same global batch; a node that cannot see the run folder
+stops both with one sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import run_cli, start_cli
+from tests.test_distributed import ddp_recipe, losses
+from tests.test_serve import free_port
+
+
+def node_environment(tmp_path, rank: int) -> dict:
+    """A node's own environment: its own tunelab cache (data cache and logs)."""
+    cache = tmp_path / f"node-{rank}-cache"
+    cache.mkdir(exist_ok=True)
+    return {**os.environ, "TUNELAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+
+
+def test_two_nodes_give_the_losses_of_one_process_with_the_same_global_batch(
+    tmp_path, tiny_model_dir
+):
+    import tunelab
+
+    one = ddp_recipe(tmp_path, tiny_model_dir, "one", 4, max_steps=6, save_every=None)
+    tunelab.train(one)
+    two = ddp_recipe(tmp_path, tiny_model_dir, "two", 2, max_steps=6, save_every=None)
+    both = ["train", str(two), "--nnodes", "2", "--master", f"127.0.0.1:{free_port()}"]
+    second = start_cli(*both, "--node-rank", "1", env=node_environment(tmp_path, 1))
+    first = run_cli(*both, "--node-rank", "0", env=node_environment(tmp_path, 0))
+    assert second.wait(timeout=600) == 0, second.stdout.read()[-3000:]
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.split() == [str(tmp_path / "two")] and "Traceback" not in first.stderr
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    for rank in (0, 1):  # each node rendered the data once, into its own cache
+        assert list((tmp_path / f"node-{rank}-cache").rglob("*.safetensors"))
+
+
+def test_a_node_that_cannot_see_the_run_folder_stops_both_with_one_sentence(
+    tmp_path, tiny_model_dir
+):
+    import yaml
+
+    recipe = ddp_recipe(tmp_path, tiny_model_dir, "run", 2, max_steps=2, save_every=None)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["output"] = "runs/shared"  # relative: each node's own working folder
+    recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    folders = [tmp_path / "node-0", tmp_path / "node-1"]
+    for folder in folders:
+        folder.mkdir()
+    both = ["train", str(recipe), "--nnodes", "2", "--master", f"127.0.0.1:{free_port()}"]
+    second = start_cli(*both, "--node-rank", "1", env=node_environment(tmp_path, 1),
+                       cwd=folders[1])  # fmt: skip
+    first = run_cli(*both, "--node-rank", "0", env=node_environment(tmp_path, 0), cwd=folders[0])
+    second.wait(timeout=600)
+    said = " ".join(first.stderr.split())
+    assert first.returncode != 0 and "node 1 (" in said, said
+    assert "cannot see the run folder" in said and "Traceback" not in said
+    assert "cannot see the run folder" in second.stdout.read()
+    assert not (folders[1] / "runs" / "shared" / "summary.json").exists()

@@ -137,10 +137,10 @@ def test_a_grid_sweep_tries_each_point_once(tmp_path, tiny_model_dir):
     import tunelab
 
     space = {"method.r": {"choices": [2, 4, 8]}, "train.lr": {"choices": [1e-3, 1e-2]}}
-    result = tunelab.sweep(sweep_recipe(tmp_path, tiny_model_dir, trials=5, sampler="grid",
+    result = tunelab.sweep(sweep_recipe(tmp_path, tiny_model_dir, trials=6, sampler="grid",
                                         space=space, metrics=[]))  # fmt: skip
     tried = [(t["params"]["method.r"], t["params"]["train.lr"]) for t in result.trials]
-    assert len(tried) == 5 and len(set(tried)) == 5
+    assert len(tried) == 6 and len(set(tried)) == 6  # the whole grid, each point once
 
 
 def test_sweep_mistakes_are_one_sentence(tmp_path, tiny_model_dir):

@@ -360,6 +360,7 @@ def _run_trial(recipe: Recipe, config: SweepConfig, study, folder: Path, console
     trial = study.ask()
     place = position(study, trial)
     if place >= config.trials:  # another worker took the last place first
+        study.sampler = optuna.samplers.RandomSampler(seed=0)  # stops nothing (see below)
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return False
@@ -367,6 +368,9 @@ def _run_trial(recipe: Recipe, config: SweepConfig, study, folder: Path, console
     if config.sampler != "grid":
         study.sampler = _sampler(optuna, config, place)
     params = _suggest(trial, config)
+    # the grid sampler, told of its last point, stops Optuna's own optimize loop, which a
+    # sweep does not run (it asks and tells): results are told to a sampler that stops nothing
+    study.sampler = optuna.samplers.RandomSampler(seed=0)
     output = folder / f"trial-{trial.number:03d}"
     trial.set_user_attr("run", str(output))
     shown = ", ".join(f"{k}={sweep_report.short(v)}" for k, v in params.items())

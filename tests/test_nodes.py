@@ -65,3 +65,35 @@ def test_a_node_that_cannot_see_the_run_folder_stops_both_with_one_sentence(
     assert "cannot see the run folder" in said and "Traceback" not in said
     assert "cannot see the run folder" in second.stdout.read()
     assert not (folders[1] / "runs" / "shared" / "summary.json").exists()
+
+
+def test_a_lost_node_ends_the_other_within_a_minute_with_its_checkpoint_kept(
+    tmp_path, tiny_model_dir
+):
+    """Node 1 (its launcher and its process) SIGKILLed after the first checkpoint, as a
+    machine that goes away: node 0 ends within 60 s with one sentence, checkpoint-2 intact."""
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    recipe = ddp_recipe(tmp_path, tiny_model_dir, "run", 2, max_steps=400, save_every=2)
+    both = ["train", str(recipe), "--nnodes", "2", "--master", f"127.0.0.1:{free_port()}"]
+    second = start_cli(*both, "--node-rank", "1", env=node_environment(tmp_path, 1))
+    first = start_cli(*both, "--node-rank", "0", env=node_environment(tmp_path, 0))
+    saved = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 300
+    while not saved.is_dir() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    assert saved.is_dir(), "no checkpoint-2"
+    node = psutil.Process(second.pid)
+    for process in [*node.children(recursive=True), node]:
+        process.send_signal(signal.SIGKILL)
+    lost = time.monotonic()
+    first.wait(timeout=120)
+    took = time.monotonic() - lost
+    print(f"node 0 ended {took:.1f} s after node 1 was lost")
+    said = " ".join(first.stdout.read().split())
+    assert first.returncode != 0 and took < 60, (took, said[-2000:])
+    assert "lost contact with the other nodes" in said and "Traceback" not in said, said[-2000:]
+    assert (saved / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "run" / "summary.json").exists()

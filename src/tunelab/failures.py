@@ -25,6 +25,7 @@ NO_SPACE_WORDS = ("no space left", "file too large", "disk quota", "os error 28"
 NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+PEER_LOST = 3  # the exit code of a process whose peers stopped first (they tell why)
 LAUNCHED = "TUNELAB_LAUNCHED"  # set in the processes `--nproc N` starts (its launcher tells)
 PEER_WORDS = ("connection closed by peer", "connection reset by peer", "broken pipe",
               "gloo", "nccl", "socket timeout")  # fmt: skip
@@ -82,7 +83,7 @@ def report_failure(exc: BaseException, console: Console) -> int | None:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             _say(console, f"process {rank()} lost contact with the other processes ({first}); "
                  "another one stopped first: its message says why.", 1)  # fmt: skip
-        return 3
+        return PEER_LOST
     log = write_crash_log(exc)
     console.print(
         f"[bold red]internal error:[/] {escape(type(exc).__name__)}: "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.failures import LAUNCHED
+from tunelab.failures import LAUNCHED, PEER_LOST
 from tunelab.models.load import pick_device, pick_dtype
 from tunelab.ranks import world_size
 
@@ -82,6 +82,13 @@ def launch(nproc: int, arguments: list[str], nodes: Nodes = Nodes()) -> int:
                 f"process {rank} of {nproc} was killed ({failure.signal_name()}: out of memory, "
                 "or stopped from outside), and the others were stopped; the checkpoints saved "
                 "before it are kept: continue with `tunelab train ... --resume`."
+            ) from None
+        codes = {f.exitcode for f in failed.failures.values()}
+        if nodes.count > 1 and codes == {PEER_LOST}:
+            raise TunelabError(
+                f"the processes of node {nodes.rank} lost contact with the other nodes (one "
+                "stopped or was lost; its own message says why); the checkpoints saved before "
+                "are kept: continue with `tunelab train ... --resume` on every node."
             ) from None
         return next(iter(failed.failures.values())).exitcode or 1
     finally:

@@ -178,6 +178,24 @@ def test_the_estimate_gives_each_process_its_memory_by_strategy(tmp_path, tiny_m
         + one.parts["gradients"] // 4 + 12 * params // 4
     )  # fmt: skip
     assert trainable["zero2"] < trainable["ddp"]  # (two gathered layers are all the tiny one has)
+    weights, gradients = one.parts["weights"], one.parts["gradients"]
+    assert one.communication is None and four.communication == {
+        "ddp": round(2 * 0.75 * gradients), "zero2": round(2 * 0.75 * gradients),
+        "fsdp": round(0.75 * (2 * weights + gradients)),
+        "zero3": round(0.75 * (2 * weights + gradients)),
+    }  # fmt: skip
+
+
+def test_estimate_nnodes_counts_the_processes_of_every_machine(tmp_path, tiny_model_dir):
+    path = ddp_recipe(tmp_path, tiny_model_dir, "e", 2)
+    four = run_cli("estimate", str(path), "--nproc", "4", "--json")
+    nodes = run_cli("estimate", str(path), "--nproc", "2", "--nnodes", "2", "--json")
+    assert four.returncode == nodes.returncode == 0, nodes.stderr[-2000:]
+    a, b = json.loads(four.stdout), json.loads(nodes.stdout)
+    assert a["per_process"] == b["per_process"] and a["communication"] == b["communication"]
+    assert b["data"]["steps_per_epoch"] == 3  # 24 rows, batch 2 on each of 4 processes
+    shown = run_cli("estimate", str(path), "--nproc", "2", "--nnodes", "2")
+    assert "each process sends per step: ddp" in " ".join(shown.stdout.split())
 
 
 def test_the_estimate_leaves_offloaded_state_off_the_gpu(tmp_path, tiny_model_dir):

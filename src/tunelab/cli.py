@@ -134,6 +134,7 @@ def estimate(
     nproc: Annotated[
         int, typer.Option(min=1, help="processes to train as: each one's memory by strategy")
     ] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="machines, each with --nproc processes")] = 1,
 ):
     """Peak memory by part before anything loads, and what would fit (method, batch, length)."""
     from tunelab.estimate_view import show_estimate
@@ -141,7 +142,7 @@ def estimate(
     from tunelab.recipe import load_recipe, stage_recipes
 
     config = load_recipe(recipe, overrides or [])
-    results = estimate_run(config, device, gpu_memory, memory, nproc)
+    results = estimate_run(config, device, gpu_memory, memory, nproc * nnodes)
     stages = stage_recipes(config) if config.stages else [config]
     if as_json:
         payload = [r.as_dict() for r in results] if config.stages else results[0].as_dict()

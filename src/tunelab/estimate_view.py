@@ -59,6 +59,13 @@ def show_estimate(console: Console, result: Estimate) -> None:
             + " (train.distributed; batch_size is per process)",
             highlight=False,
         )
+    if result.communication:
+        console.print(
+            "each process sends per step: "
+            + ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in result.communication.items())
+            + " (ring collectives, on paper; between machines the slowest link sets the pace)",
+            highlight=False,
+        )
     if result.data:
         show_data_count(console, result.data)
     if result.budget_bytes is not None:

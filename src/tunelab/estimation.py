@@ -147,6 +147,7 @@ class Estimate:
     suggestions: list[str] = field(default_factory=list)
     data: DataCount | None = None  # the recipe's training data, when it was read
     per_process: dict[str, int] | None = None  # several processes: peak bytes of each, by strategy
+    communication: dict[str, int] | None = None  # several processes: bytes each sends a step
     batch_tokens: int | None = None  # sft: passes filled up to this many tokens (not batch_size)
     fused_loss: bool = False  # liger's fused loss (no logits held)
 
@@ -545,6 +546,21 @@ def per_process_bytes(
     }
 
 
+def communication_bytes(result: Estimate, processes: int) -> dict[str, int]:
+    """What each process sends (and receives) per optimizer step under each strategy, on
+    paper, with ring collectives moving (N-1)/N of a buffer per all-gather or reduce-scatter
+    and twice that per all-reduce: ddp all-reduces the gradients; zero2 reduce-scatters them
+    and all-gathers the updated trainable weights (as many bytes: DDP's volume); fsdp and
+    zero3 all-gather every weight twice (forward, and again for the backward) and
+    reduce-scatter the gradients. The same bytes cross the network between machines, so on
+    several nodes the slowest link sets the pace."""
+    share = (processes - 1) / processes
+    weights, gradients = result.parts.get("weights", 0), result.parts.get("gradients", 0)
+    sharded = round(share * (2 * weights + gradients))
+    return {"ddp": round(2 * share * gradients), "fsdp": sharded,
+            "zero2": round(2 * share * gradients), "zero3": sharded}  # fmt: skip
+
+
 def machine_memory() -> int:
     """This machine's physical memory in bytes."""
     import os
@@ -625,6 +641,8 @@ def estimate_recipe(
         )
     if processes > 1 or recipe.train.distributed in ("zero2", "zero3"):
         result.per_process = per_process_bytes(result, processes, prof, recipe.train.offload)
+        if processes > 1:
+            result.communication = communication_bytes(result, processes)
     return result
 
 

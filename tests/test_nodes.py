@@ -97,3 +97,33 @@ def test_a_lost_node_ends_the_other_within_a_minute_with_its_checkpoint_kept(
     assert "lost contact with the other nodes" in said and "Traceback" not in said, said[-2000:]
     assert (saved / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.slow  # two launches of two processes (about 60 s)
+def test_max_restarts_starts_the_processes_again_from_the_newest_checkpoint(
+    tmp_path, tiny_model_dir
+):
+    """`--nproc 2 --max-restarts 1`, one process SIGKILLed after checkpoint-2: the launcher
+    starts both again, they resume, and the run ends with the uninterrupted run's losses."""
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", 2, max_steps=8, save_every=2)
+    assert run_cli("train", str(whole), "--nproc", "2").returncode == 0
+    broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", 2, max_steps=8, save_every=2)
+    launcher = start_cli("train", str(broken), "--nproc", "2", "--max-restarts", "1")
+    saved = tmp_path / "broken" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 300
+    while not saved.is_dir() and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.05)
+    workers = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+               if "train" in p.cmdline()]  # fmt: skip
+    assert len(workers) == 2, workers
+    workers[1].send_signal(signal.SIGKILL)
+    assert launcher.wait(timeout=600) == 0, launcher.stdout.read()[-3000:]
+    said = launcher.stdout.read()
+    assert "started again after a failure: resuming" in said
+    summary = json.loads((tmp_path / "broken" / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["resumed_from"].startswith("checkpoint-")
+    assert losses(tmp_path / "broken") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)

@@ -69,6 +69,14 @@ def train(
     master: Annotated[
         str | None, typer.Option(help="with --nnodes: ADDR:PORT of node 0, the same on each")
     ] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="with --nproc/--nnodes: restart the processes this many times "
+            "after a failure, each time from the newest checkpoint",
+        ),
+    ] = 0,
 ):
     """Fine-tune a model as RECIPE says; prints the run folder at the end."""
     from tunelab.ranks import is_main
@@ -84,7 +92,8 @@ def train(
             ["--overwrite"] * overwrite + ["--resume"] * resume + ["--data-changed"] * data_changed
         )
         nodes = Nodes(nnodes, node_rank, master)
-        raise typer.Exit(launch(nproc, [str(recipe), *(overrides or []), *flags], nodes))
+        arguments = [str(recipe), *(overrides or []), *flags]
+        raise typer.Exit(launch(nproc, arguments, nodes, max_restarts))
 
     resume_as = DATA_CHANGED if data_changed else resume
     result = run_training(

@@ -41,10 +41,11 @@ class Nodes:
             )
 
 
-def launch(nproc: int, arguments: list[str], nodes: Nodes = Nodes()) -> int:
+def launch(nproc: int, arguments: list[str], nodes: Nodes = Nodes(), restarts: int = 0) -> int:
     """Run `tunelab train ARGUMENTS` as `nproc` processes on this machine under torchrun's
     launcher (on several machines: the same command on each, with its node rank); the exit
-    code of the first that failed, else 0.
+    code of the first that failed, else 0. `restarts`: after a failure the launcher starts
+    them again, this many times, and they resume from the newest whole checkpoint.
 
     On a CPU each process gets an equal share of the cores as its thread count (gloo); on
     GPUs each takes the card of its local rank (nccl). The processes tell their own errors;
@@ -69,8 +70,12 @@ def launch(nproc: int, arguments: list[str], nodes: Nodes = Nodes()) -> int:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ[LAUNCHED] = "1"
+    if restarts:
+        # processes started again must not meet the addresses their predecessors left in a
+        # store shared across restarts: each round gets its own store
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     try:
-        elastic_launch(_launch_config(nproc, nodes), sys.executable)(
+        elastic_launch(_launch_config(nproc, nodes, restarts), sys.executable)(
             "-m", "tunelab", "train", *arguments
         )
     except ChildFailedError as failed:
@@ -96,7 +101,7 @@ def launch(nproc: int, arguments: list[str], nodes: Nodes = Nodes()) -> int:
     return 0
 
 
-def _launch_config(nproc: int, nodes: Nodes):
+def _launch_config(nproc: int, nodes: Nodes, restarts: int):
     """One machine: a rendezvous on a free local port. Several: node 0's ADDR:PORT, each node
     by its rank (torchrun's static rendezvous, as `torchrun --nnodes --node-rank` does)."""
     from torch.distributed.launcher.api import LaunchConfig
@@ -104,11 +109,11 @@ def _launch_config(nproc: int, nodes: Nodes):
     if nodes.count == 1:
         return LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                             rdzv_backend="c10d", rdzv_endpoint="localhost:0",
-                            run_id=f"tunelab-{os.getpid()}", max_restarts=0)  # fmt: skip
+                            run_id=f"tunelab-{os.getpid()}", max_restarts=restarts)  # fmt: skip
     return LaunchConfig(min_nodes=nodes.count, max_nodes=nodes.count, nproc_per_node=nproc,
                         rdzv_backend="static", rdzv_endpoint=nodes.master, run_id="tunelab",
                         rdzv_configs={"rank": nodes.rank, "timeout": 900},
-                        max_restarts=0)  # fmt: skip
+                        max_restarts=restarts)  # fmt: skip
 
 
 ZERO_STAGES = {"zero2": 2, "zero3": 3}

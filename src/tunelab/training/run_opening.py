@@ -89,6 +89,19 @@ def open_run(
     return run, checkpoint
 
 
+def restarted(recipe: Recipe, overwrite: bool, resume, console: Console) -> tuple[bool, object]:
+    """(overwrite, resume) for this start: started again by the launcher after a failure
+    (`--max-restarts`), a run with a whole checkpoint resumes from it, and is never
+    overwritten; without one it starts as it was asked to."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or resume:
+        return overwrite, resume
+    folder = RunFolder.follow(recipe.output)
+    if resumable_checkpoint(folder.checkpoints_dir)[0] is None:
+        return overwrite, resume
+    console.print(f"started again after a failure: resuming {folder.path}", highlight=False)
+    return False, True
+
+
 NODES_FILE = ".tunelab-nodes"  # a token the main process writes for the others to read back
 
 

@@ -49,7 +49,7 @@ from tunelab.training.checkpoints import (
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.memory_check import memory_estimate, memory_side_by_side
 from tunelab.training.model_setup import load_for_training
-from tunelab.training.run_opening import open_run, record_distributed, writing
+from tunelab.training.run_opening import open_run, record_distributed, restarted, writing
 from tunelab.training.sampling import SampleAnswers
 from tunelab.training.saving import save_trained
 from tunelab.training.trackers import trackers
@@ -89,6 +89,7 @@ def train(
         recipe = with_overrides(recipe, overrides)  # never dropped for a loaded recipe
     else:
         recipe = load_recipe(recipe, overrides)
+    overwrite, resume = restarted(recipe, overwrite, resume, console)
     protected = preflight(recipe)  # every input readable, none inside the run folder
     for one in stage_recipes(recipe) if recipe.stages else [recipe]:
         distributed.check_distributed(one)

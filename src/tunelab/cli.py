@@ -220,7 +220,9 @@ def chat(
             err.print(reasoning, style="dim", highlight=False)
         print(answer)
         return
-    _interactive(model, system, max_new_tokens, sampling, not hide_reasoning)
+    from tunelab.chat_view import interactive
+
+    interactive(model, system, max_new_tokens, sampling, not hide_reasoning)
 
 
 def _template_args(items: list[str]) -> dict:
@@ -239,79 +241,6 @@ def _template_args(items: list[str]) -> dict:
         except yaml.YAMLError:
             found[key.strip()] = value
     return found
-
-
-def _interactive(model, system: str | None, max_new_tokens: int, sampling, show: bool) -> None:
-    err.print(
-        f"[bold]{escape(model.description)}[/]  /reset clears the history, /exit or Ctrl-D leaves"
-    )
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
-    start = list(history)
-    while True:
-        try:
-            text = input("you> ")
-        except EOFError:
-            err.print()
-            return
-        if text.strip() in {"/exit", "/quit"}:
-            return
-        if text.strip() == "/reset":
-            history = list(start)
-            continue
-        if not text.strip():
-            continue
-        history.append({"role": "user", "content": text})
-        try:
-            reply = _stream_reply(model, history, max_new_tokens, sampling, show)
-        except TunelabError as exc:  # the session goes on without that message
-            history.pop()
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-            continue
-        history.append(reply)
-
-
-def _stream_reply(model, history: list[dict], max_new_tokens: int, sampling, show: bool) -> dict:
-    """Print the answer as it is generated (reasoning dimmed, or hidden); returns the turn."""
-    import itertools
-
-    from tunelab.reasoning import ReasoningSplitter
-
-    splitter = ReasoningSplitter(model.opens_thinking(model.prompt_ids(history)))
-    pieces = model.stream(history, max_new_tokens, sampling)
-    first = next(pieces, "")  # a prompt over the context fails here, before any output
-    texts = {"reasoning": "", "content": ""}
-    shown = None
-    for piece in itertools.chain([first], pieces):
-        for kind, text in splitter.feed(piece):
-            shown = _show_part(kind, text, shown, show)
-            texts[kind] += text
-    for kind, text in splitter.flush():
-        shown = _show_part(kind, text, shown, show)
-        texts[kind] += text
-    if shown in (None, "reasoning"):
-        _show_part("content", "", shown, show)
-    print(flush=True)
-    turn = {"role": "assistant", "content": texts["content"].strip()}
-    if splitter.saw_reasoning:
-        turn["reasoning_content"] = texts["reasoning"].strip()
-    return turn
-
-
-DIM, PLAIN = "\x1b[2m", "\x1b[0m"
-
-
-def _show_part(kind: str, text: str, shown: str | None, show_reasoning: bool) -> str | None:
-    """Print one part of a streamed reply under its label; returns the kind now shown."""
-    if kind == "reasoning" and not show_reasoning:
-        return shown
-    dim = sys.stdout.isatty()
-    if kind != shown:
-        if shown is not None:
-            print(PLAIN if dim else "", flush=True)
-        label = "thinking> " if kind == "reasoning" else "assistant> "
-        print(label + (DIM if dim and kind == "reasoning" else ""), end="", flush=True)
-    print(text, end="", flush=True)
-    return kind
 
 
 @app.command()
@@ -470,6 +399,7 @@ def evaluate(
         _eval_with_harness(target, harness, limit, shots if fewshot_from else None, batch_size, out)
         return
     from tunelab.evaluation.runner import evaluate_gsm8k
+    from tunelab.evaluation.views import show_eval
 
     if task not in ("gsm8k", "preference"):
         raise TunelabError(f"--task {task} is not known; tunelab has gsm8k and preference.")
@@ -479,7 +409,7 @@ def evaluate(
     if task == "preference":
         from tunelab.evaluation.preference import evaluate_preference
 
-        _show_eval(evaluate_preference(target, data, limit, out, last), as_json)
+        show_eval(evaluate_preference(target, data, limit, out, last), as_json)
         return
     options = _task_options(
         data,
@@ -493,35 +423,7 @@ def evaluate(
         batch_size,
         max_new_tokens,
     )
-    _show_eval(evaluate_gsm8k(target, options, out, err), as_json)
-
-
-def _show_eval(summary: dict, as_json: bool) -> None:
-    """A task's summary: JSON, or its scores (stdout) and what was scored (stderr)."""
-    summary.pop("records")
-    if as_json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-        return
-    if summary["task"] == "preference":
-        err.print(f"{summary['items']} pairs", highlight=False)
-        for name, label in (
-            ("accuracy", "preference accuracy   "),
-            ("mean_margin", "mean margin           "),
-            ("accuracy_per_token", "per-token accuracy    "),
-            ("mean_margin_per_token", "per-token mean margin "),
-        ):
-            score = summary[name]
-            unit = " (log-prob)" if name.startswith("mean") else ""
-            print(f"{label}{score['score']:.4f} ± {score['stderr']:.4f}{unit}")
-        return
-    strict, flexible = summary["strict_match"], summary["flexible_extract"]
-    err.print(
-        f"{summary['items']} items, {summary['shots']}-shot ({summary['style']}), "
-        f"{summary['seconds']:.0f} s, {summary['generation_tokens_per_second']:.0f} generated tok/s",
-        highlight=False,
-    )
-    print(f"strict-match     {strict['score']:.4f} ± {strict['stderr']:.4f}")
-    print(f"flexible-extract {flexible['score']:.4f} ± {flexible['stderr']:.4f}")
+    show_eval(evaluate_gsm8k(target, options, out, err), as_json)
 
 
 def _task_options(

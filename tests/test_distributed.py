@@ -95,6 +95,7 @@ def test_nproc_2_gives_the_losses_of_one_process_with_the_same_global_batch(
         "strategy": "ddp",
         "world_size": 2,
         "backend": "gloo",
+        "global_batch": 4,
     }
 
 
@@ -111,7 +112,7 @@ def killed_at_step_5(tmp_path, recipe) -> None:
     assert killed.returncode != 0 and not (tmp_path / "broken" / "summary.json").exists()
 
 
-@pytest.mark.slow  # five launches of two processes (about 60 s)
+@pytest.mark.slow  # four launches of two processes (about 60 s)
 def test_ddp_killed_then_resumed_with_nproc_ends_as_uninterrupted(tmp_path, tiny_model_dir):
     from tests.test_resume import adapter_weights
 
@@ -119,14 +120,66 @@ def test_ddp_killed_then_resumed_with_nproc_ends_as_uninterrupted(tmp_path, tiny
     assert run_cli("train", str(whole), "--nproc", "2").returncode == 0
     broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", 2)
     killed_at_step_5(tmp_path, broken)
-    alone = run_cli("train", str(broken), "--resume")
-    assert alone.returncode == 2 and "trained by 2 process(es)" in alone.stderr
-    assert "Resume with --nproc 2" in alone.stderr and "Traceback" not in alone.stderr
     resumed = run_cli("train", str(broken), "--resume", "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert losses(tmp_path / "broken") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
     a, b = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "broken")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow  # three launches of two processes, two of one (about 80 s)
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_run_resumed_on_another_process_count_ends_as_uninterrupted(
+    tmp_path, tiny_model_dir, before, after
+):
+    """Killed at step 5 under `before` processes, resumed under `after`: the same global
+    batch (batch x accumulation x processes), the same samples in each step, so the losses
+    and the adapter of the uninterrupted run (dropout off: its masks are per process)."""
+    from tests.test_resume import KILLER, adapter_weights
+
+    batch = 4 // before  # a global batch of 4
+    whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", batch)
+    assert run_cli("train", str(whole), "--nproc", str(before)).returncode == 0
+    broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", batch)
+    if before == 2:
+        killed_at_step_5(tmp_path, broken)
+    else:
+        (tmp_path / "killer.py").write_text(KILLER, encoding="utf-8")
+        killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), str(broken), "5"],
+                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert killed.returncode != 0
+    resumed = run_cli("train", str(broken), "--resume", "--nproc", str(after))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = " ".join(resumed.stderr.split())
+    assert f"resuming {before}-process checkpoints with {after}: the global batch of 4" in said
+    assert losses(tmp_path / "broken") == pytest.approx(losses(tmp_path / "whole"), abs=1e-4)
+    a, b = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "broken")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    recorded = json.loads((tmp_path / "broken" / "distributed.json").read_text())
+    assert recorded["world_size"] == after and recorded["global_batch"] == 4
+
+
+def test_sharded_state_is_not_resumed_on_another_process_count(tmp_path, monkeypatch):
+    from tunelab.errors import TunelabError
+    from tunelab.recipe import load_recipe
+    from tunelab.run import RunFolder
+    from tunelab.training.distributed import check_same_processes
+
+    path = ddp_recipe(tmp_path, tmp_path, "z", 2)
+    (tmp_path / "z").mkdir()
+    run = RunFolder(tmp_path / "z")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for saved, words in [
+        ({"strategy": "zero2", "world_size": 2}, "sharded per process"),
+        ({"strategy": "ddp", "world_size": 3, "global_batch": 6}, "cannot share equally"),
+    ]:
+        run.write_json("distributed.json", saved)
+        monkeypatch.setenv("WORLD_SIZE", "4" if saved["world_size"] == 3 else "1")
+        with pytest.raises(TunelabError, match=words):
+            check_same_processes(run, load_recipe(path))
+    run.write_json("distributed.json", {"strategy": "ddp", "world_size": 2, "global_batch": 4})
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_same_processes(run, load_recipe(path))  # data parallel: resumed by one process
 
 
 @pytest.mark.slow  # test_fsdp_is_refused_on_cpu_processes checks the rule in the default suite

@@ -14,7 +14,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.failures import LAUNCHED, PEER_LOST
 from tunelab.models.load import pick_device, pick_dtype
-from tunelab.ranks import world_size
+from tunelab.ranks import wait_for_everyone, world_size
 
 
 @dataclass(frozen=True)
@@ -269,6 +269,7 @@ def settings(recipe, config) -> dict:
         "strategy": strategy(recipe),
         "world_size": world_size(),
         "backend": "nccl" if torch.cuda.is_available() else "gloo",
+        "global_batch": recipe.train.batch_size * recipe.train.grad_accum * world_size(),
     }
     for key, value in training_arguments(recipe, config).items():
         if key in ("fsdp", "fsdp_config", "deepspeed"):
@@ -277,21 +278,72 @@ def settings(recipe, config) -> dict:
 
 
 def check_same_processes(run, recipe) -> None:
-    """A run resumes with as many processes as it was checkpointed with: with another count
-    the global batch (and so each step's data) and the saved random states would not match."""
+    """A run resumes on another process count only where its state is whole on every process
+    (one process, or data parallel) and its global batch splits among the new count; else
+    with as many processes as it was checkpointed with."""
     from tunelab.run import DISTRIBUTED_FILE
 
     if not run.file(DISTRIBUTED_FILE).is_file():
         return
-    before, now = run.read_json(DISTRIBUTED_FILE).get("world_size", 1), world_size()
-    if before != now:
-        batch = recipe.train.batch_size * recipe.train.grad_accum
+    saved = run.read_json(DISTRIBUTED_FILE)
+    before, now = saved.get("world_size", 1), world_size()
+    if before == now:
+        return
+    again = f"Resume with {'--nproc ' + str(before) if before > 1 else 'one process (no --nproc)'}."
+    if {saved.get("strategy"), strategy(recipe)} & {"fsdp", *ZERO_STAGES}:
         raise TunelabError(
-            f"{run.path} was trained by {before} process(es), a global batch of "
-            f"{batch * before} samples; resuming with {now} would change each step's data and "
-            f"the saved random states, so it would not continue the same run. Resume with "
-            f"{'--nproc ' + str(before) if before > 1 else 'one process (no --nproc)'}."
+            f"{run.path} was trained by {before} process(es) under {saved.get('strategy')}, "
+            "whose optimizer state is sharded per process; resharding it onto another count "
+            f"is not built. {again}"
         )
+    if recipe.train.batch_tokens:
+        raise TunelabError(
+            f"{run.path} was trained by {before} process(es) on token-budget batches "
+            f"(train.batch_tokens), which are not divided anew among {now}. {again}"
+        )
+    total = global_batch(saved, recipe)
+    if total % now:
+        raise TunelabError(
+            f"{run.path} trained on a global batch of {total} samples, which {now} processes "
+            f"cannot share equally; resume with a count that divides it. {again}"
+        )
+
+
+def global_batch(saved: dict, recipe) -> int:
+    """The run's samples per optimizer step over all its processes, as it started."""
+    per_process = recipe.train.batch_size * recipe.train.grad_accum
+    return saved.get("global_batch", per_process * saved.get("world_size", 1))
+
+
+def rebatched(run, recipe, console):
+    """The recipe as a resume trains it: on another process count than made the checkpoint,
+    the same global batch, split as the recipe's batch size per process and accumulation
+    where that divides it (else as the per-process batch); the data order follows the global
+    sample position, so each step sees the samples it would have. Per-process random states
+    (dropout masks) start afresh; the recorded count is updated."""
+    from tunelab.run import DISTRIBUTED_FILE
+
+    if not run.file(DISTRIBUTED_FILE).is_file():
+        return recipe
+    saved = run.read_json(DISTRIBUTED_FILE)
+    before, now = saved.get("world_size", 1), world_size()
+    if before == now:
+        return recipe
+    total = global_batch(saved, recipe)
+    share = total // now
+    batch = recipe.train.batch_size if share % recipe.train.batch_size == 0 else share
+    accumulation = share // batch
+    console.print(
+        f"resuming {before}-process checkpoints with {now}: the global batch of {total} "
+        f"samples kept as {batch} per process x {accumulation} accumulation step(s); random "
+        "states of each process (dropout) start afresh",
+        highlight=False,
+    )
+    wait_for_everyone()  # every process has read the old count before it is replaced
+    if run.writer:
+        run.write_json(DISTRIBUTED_FILE, {**saved, "world_size": now, "global_batch": total})
+    train = recipe.train.model_copy(update={"batch_size": batch, "grad_accum": accumulation})
+    return recipe.model_copy(update={"train": train})
 
 
 def gather(value) -> list:

@@ -175,6 +175,8 @@ def _train_one(
     """
     started_at = time.perf_counter()
     quiet_libraries()
+    if checkpoint is not None:  # checkpoints of another process count: the same global batch
+        recipe = distributed.rebatched(run, recipe, console)
     plan = plan_run(recipe)
     config = plan.config
     check_method(config, recipe.method)

@@ -208,6 +208,7 @@ def trackio_print() -> None:
     print(json.dumps({"train": train, "evals": evals, "summary": summary, "config": config}))
 
 
+@pytest.mark.slow  # an MLflow server's start takes most of its 34 s
 def test_a_local_mlflow_server_gets_the_run(tmp_path, tiny_model_dir):
     from tests.conftest import run_cli
     from tests.test_serve import free_port

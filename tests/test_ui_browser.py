@@ -232,3 +232,17 @@ def test_a_sweep_shows_its_ranking_and_its_best_trials_curves(page, tmp_path, ti
     page.wait_for_selector("#sweep-curves g.mark-line path")  # the curves are drawn
     assert page.locator("#sweep-curves g.mark-line path").count() >= 1
     page.screenshot(path=str(shots(tmp_path) / "sweep.png"), full_page=True)
+
+
+def test_the_train_tab_fits_one_screen_with_the_rest_folded(page):
+    """The settings that matter, the YAML, the estimate and Launch at 1400 wide, under 1,200
+    pixels; every other setting folded under "more"."""
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.wait_for_timeout(500)
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 1200, height
+    for key in ("model.path", "data.train", "method.type", "train.lr", "train.batch_size"):
+        assert page.locator(f"#field-{key.replace('.', '-')}").is_visible()
+    assert not page.locator("#field-train-weight_decay").is_visible()  # folded
+    page.get_by_text("more: train").click()
+    page.locator("#field-train-weight_decay").wait_for(state="visible")

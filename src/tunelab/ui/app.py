@@ -8,6 +8,7 @@ Every action is the command-line tool's own code; the run folders are the state.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -16,11 +17,14 @@ from tunelab.ui.form import NONE_CHOICE, FormField
 from tunelab.ui.workbench import EXAMPLES, Workbench
 
 
-def component(gr, field: FormField, value):
-    """The input for one recipe setting: its name, description and default in place."""
+def component(gr, field: FormField, value, brief: bool = False):
+    """The input for one recipe setting: its name, description and default in place (`brief`:
+    the description's first clause only)."""
     info = field.description + (
         f" (default: {field.default})" if field.default not in (None, "", [], {}) else ""
     )
+    if brief:
+        info = re.split(r"[;:(]", field.description, maxsplit=1)[0].strip()
     label = field.label + (" (required)" if field.required else "")
     name = "field-" + field.key.replace(".", "-")
     if field.kind in ("choice", "tristate"):
@@ -36,7 +40,7 @@ def component(gr, field: FormField, value):
             precision=0 if field.kind == "integer" else None,
             elem_id=name,
         )
-    lines = 3 if field.kind == "yaml" else 1
+    lines = 3 if field.kind == "yaml" and not brief else 1
     return gr.Textbox(value=value, label=label, info=info, lines=lines, max_lines=12, elem_id=name)
 
 
@@ -50,7 +54,10 @@ def run_picker(gr, bench: Workbench, elem_id: str):
 # the verdict, YAML, estimate and launch button stay in view beside the long form
 PAGE_CSS = "#side {position: sticky; top: 8px; align-self: flex-start;}"
 SECTION_ORDER = ("model", "data", "method", "train", "preference", "grpo", "evaluate", "")
-OPEN_SECTIONS = ("model", "data", "method", "train", "")
+# the choices that matter, on one screen above the folded sections
+ESSENTIALS = ("model.path", "data.train", "method.type", "output",
+              "train.epochs", "train.max_steps", "train.lr", "train.batch_size",
+              "data.max_length")  # fmt: skip
 
 
 def build(root: Path):
@@ -83,27 +90,58 @@ def build(root: Path):
 
 
 def recipe_form(gr, bench: Workbench, values: dict) -> list:
-    """One input per recipe setting, section by section."""
-    inputs = []
-    for section in SECTION_ORDER:
-        members = [f for f in bench.fields if f.key.partition(".")[0] == section]
-        if not section:
-            members = [f for f in bench.fields if "." not in f.key]
-        with gr.Accordion(section or "output and stages", open=section in OPEN_SECTIONS):
-            inputs += [component(gr, field, values[field.key]) for field in members]
-    return inputs
+    """The settings that matter first, on two rows; each section's other settings folded
+    under "more"; the inputs returned in the form's own order."""
+    fields = {f.key: f for f in bench.fields}
+    made = {}
+    with gr.Group(elem_id="essentials"):
+        for row in (ESSENTIALS[:4], ESSENTIALS[4:]):
+            with gr.Row():
+                for key in row:
+                    made[key] = component(gr, fields[key], values[key], brief=True)
+    half = (len(SECTION_ORDER) + 1) // 2
+    with gr.Row():
+        for column in (SECTION_ORDER[:half], SECTION_ORDER[half:]):
+            with gr.Column(min_width=200):
+                for section in column:
+                    _folded(gr, bench, section, values, made)
+    return [made[f.key] for f in bench.fields]
+
+
+def _folded(gr, bench: Workbench, section: str, values: dict, made: dict) -> None:
+    """A section's settings not among the essentials, folded under "more"."""
+    members = [f for f in bench.fields if f.key.partition(".")[0] == section]
+    if not section:
+        members = [f for f in bench.fields if "." not in f.key]
+    with gr.Accordion(f"more: {section or 'output and stages'}", open=False):
+        for field in members:
+            if field.key not in made:
+                made[field.key] = component(gr, field, values[field.key])
 
 
 def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list]:
     """The recipe form, its YAML and estimate, launch, and the run's live view; (the form's
     inputs, the run pickers)."""
     examples = sorted(p.name for p in EXAMPLES.glob("*.yaml")) if EXAMPLES.is_dir() else []
-    with gr.Row():
+    with gr.Row(equal_height=True):
         example = gr.Dropdown(choices=examples, value=None, label="load an example")
-        upload = gr.File(
-            label="or load a recipe .yaml", file_types=[".yaml", ".yml"], type="filepath"
-        )
-    with gr.Accordion("the run: status, loss, sample answers", open=True):
+        upload = gr.File(label="or load a recipe .yaml", file_types=[".yaml", ".yml"],
+                         type="filepath", height=100)  # fmt: skip
+    with gr.Row():
+        with gr.Column(scale=3):
+            inputs = recipe_form(gr, bench, dict(zip([f.key for f in bench.fields], first[1:])))
+        with gr.Column(scale=2, elem_id="side"):
+            # what is wrong with the recipe (the field and why), kept in view beside the form
+            verdict = gr.Markdown(elem_id="recipe-verdict")
+            yaml_view = gr.Code(language="yaml", label="recipe.yaml", elem_id="recipe-yaml",
+                                max_lines=14)  # fmt: skip
+            download = gr.DownloadButton("Download recipe.yaml")
+            estimate = gr.Code(label="memory and time estimate", language=None, elem_id="estimate",
+                               max_lines=8)  # fmt: skip
+            launch = gr.Button("Launch training", variant="primary", elem_id="launch")
+            launched = gr.Markdown(elem_id="launched")
+    # the run's view opens once there is a run to show
+    with gr.Accordion("the run: status, loss, sample answers", open=False) as panel:
         with gr.Row():
             run_pick = run_picker(gr, bench, "run-pick")
             stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
@@ -112,17 +150,6 @@ def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list
         with gr.Row():
             plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="loss-plot", scale=3)
             samples = gr.Textbox(label="sample answers", lines=8, elem_id="samples", scale=2)
-    with gr.Row():
-        with gr.Column(scale=3):
-            inputs = recipe_form(gr, bench, dict(zip([f.key for f in bench.fields], first[1:])))
-        with gr.Column(scale=2, elem_id="side"):
-            # what is wrong with the recipe (the field and why), kept in view beside the form
-            verdict = gr.Markdown(elem_id="recipe-verdict")
-            yaml_view = gr.Code(language="yaml", label="recipe.yaml", elem_id="recipe-yaml")
-            download = gr.DownloadButton("Download recipe.yaml")
-            estimate = gr.Code(label="memory and time estimate", language=None, elem_id="estimate")
-            launch = gr.Button("Launch training", variant="primary", elem_id="launch")
-            launched = gr.Markdown(elem_id="launched")
 
     form = [base, *inputs]
     for each in inputs:
@@ -133,6 +160,7 @@ def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list
     gr.Timer(3.0).tick(bench.estimate, form, estimate)  # the estimate follows the form
     download.click(bench.download, inputs, download)
     launch.click(bench.start, form, [launched, run_pick])
+    run_pick.change(lambda run: gr.Accordion(open=bool(run)), run_pick, panel)
     gr.Timer(1.0).tick(bench.watch, run_pick, [status, plot, samples])
     stop.click(bench.stop, run_pick, launched)
     resume.click(bench.resume, run_pick, launched)

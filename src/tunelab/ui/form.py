@@ -129,9 +129,8 @@ def shown(field: FormField, value: Any) -> Any:
 
 def yaml_text(value: Any) -> str:
     """A value as a YAML field shows it (short lists and mappings on one line)."""
-    return yaml.safe_dump(
-        value, sort_keys=False, allow_unicode=True, default_flow_style=None
-    ).strip()
+    text = yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=None)
+    return text.removesuffix("...\n").strip()  # a lone scalar's end-of-document marker
 
 
 class FormError(ValueError):

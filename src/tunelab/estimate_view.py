@@ -52,20 +52,17 @@ def show_estimate(console: Console, result: Estimate) -> None:
             f"measured fp32 matmul rate of {result.matmul_flops_per_second / 1e9:.0f} GFLOP/s)",
             highlight=False,
         )
-    if result.per_process:
-        console.print(
-            "each process: "
-            + ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in result.per_process.items())
-            + " (train.distributed; batch_size is per process)",
-            highlight=False,
-        )
-    if result.communication:
-        console.print(
-            "each process sends per step: "
-            + ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in result.communication.items())
-            + " (ring collectives, on paper; between machines the slowest link sets the pace)",
-            highlight=False,
-        )
+    by_strategy = {
+        "each process": (result.per_process, "train.distributed; batch_size is per process"),
+        "each process sends per step": (
+            result.communication,
+            "ring collectives, on paper; between machines the slowest link sets the pace",
+        ),
+    }
+    for title, (values, why) in by_strategy.items():
+        if values:
+            shown = ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in values.items())
+            console.print(f"{title}: {shown} ({why})", highlight=False)
     if result.data:
         show_data_count(console, result.data)
     if result.budget_bytes is not None:

@@ -27,6 +27,7 @@ from rich.console import Console
 from tunelab import sweep_report
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, SweepConfig, load_recipe
+from tunelab.run import RunFolder
 
 STUDY_FILE = "study.journal"
 RISING = ("per_second", "accuracy", "reward", "hits", "correct", "gain")
@@ -202,7 +203,7 @@ def _study(recipe: Recipe, config: SweepConfig, folder: Path, resume: bool, join
         )
     folder.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        study_name="sweep", storage=_storage(config, folder), load_if_exists=True,
+        study_name="sweep", storage=_storage(_where(config, folder)), load_if_exists=True,
         direction=direction(config), pruner=_pruner(optuna, config),
     )  # fmt: skip
     _same_sweep(study, config, folder)
@@ -231,13 +232,12 @@ def _existing(config: SweepConfig, folder: Path) -> bool:
         return Path(_where(config, folder)).is_file()
     import optuna
 
-    return "sweep" in optuna.study.get_all_study_names(_storage(config, folder))
+    return "sweep" in optuna.study.get_all_study_names(_storage(config.storage))
 
 
-def _storage(config: SweepConfig, folder: Path):
+def _storage(where: str):
     """Optuna's storage: a journal file (locked, so workers on one disk share it), or a
     database by URL."""
-    where = _where(config, folder)
     if "://" in where:
         from optuna.storages import RDBStorage
 
@@ -438,16 +438,21 @@ def prune_on_validation(trial):
 def report(folder: Path, study, config: SweepConfig, console: Console) -> SweepResult:
     """sweep_report.json / .md / .html (every trial, ranked) and best_recipe.yaml, and the
     ranking printed; what `--show` prints too."""
-    trials = sweep_report.rows(study, folder, config.metrics, dig)
-    body = sweep_report.ranked(trials, config.objective, direction(config), config.metrics)
+    body = _ranked(study, folder, config)
     best, recipe = body["best"], None
     if best is not None:
-        raw = yaml.safe_load(Path(best["run"], "recipe.yaml").read_text(encoding="utf-8"))
+        raw = RunFolder.follow(best["run"]).read_recipe()
         raw["output"] = str(folder / "best")
         recipe = yaml.safe_dump(raw, sort_keys=False)
     sweep_report.write(folder, body, study, recipe)
     sweep_report.show(console, body)
     return SweepResult(folder, body["trials"], best)
+
+
+def _ranked(study, folder: Path, config: SweepConfig) -> dict:
+    """Every trial of the study as a report row, ranked by the sweep's objective."""
+    trials = sweep_report.rows(study, folder, config.metrics, dig)
+    return sweep_report.ranked(trials, config.objective, direction(config), config.metrics)
 
 
 def show(recipe: Recipe, console: Console | None = None) -> SweepResult:
@@ -457,7 +462,7 @@ def show(recipe: Recipe, console: Console | None = None) -> SweepResult:
     if not _existing(config, folder):
         raise TunelabError(f"{folder} holds no sweep ({_where(config, folder)} has none).")
     optuna = _optuna()
-    study = optuna.load_study(study_name="sweep", storage=_storage(config, folder))
+    study = optuna.load_study(study_name="sweep", storage=_storage(_where(config, folder)))
     return report(folder, study, config, console)
 
 
@@ -467,11 +472,8 @@ def ranking(folder: Path) -> dict:
     journal = folder / STUDY_FILE
     if journal.is_file():
         optuna = _optuna()
-        study = optuna.load_study(study_name="sweep", storage=_storage(SweepConfig.model_construct(
-            storage=str(journal)), folder))  # fmt: skip
-        config = SweepConfig.model_validate(study.user_attrs["config"])
-        trials = sweep_report.rows(study, folder, config.metrics, dig)
-        return sweep_report.ranked(trials, config.objective, direction(config), config.metrics)
+        study = optuna.load_study(study_name="sweep", storage=_storage(str(journal)))
+        return _ranked(study, folder, SweepConfig.model_validate(study.user_attrs["config"]))
     report_file = folder / f"{sweep_report.REPORT}.json"
     if report_file.is_file():
         return json.loads(report_file.read_text(encoding="utf-8"))

@@ -23,10 +23,9 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.events import RunEvent
-from tunelab.recipe import TRACKERS, Recipe
+from tunelab.recipe import Recipe
 from tunelab.run import RunFolder
 
-PACKAGES = {name: name for name in TRACKERS}  # each tracker's package is named for it
 PROJECT = "tunelab"  # the project (experiment) runs land in unless the tracker's own is set
 
 
@@ -41,10 +40,10 @@ def wanted(recipe: Recipe) -> list[str]:
 def check_installed(recipe: Recipe) -> None:
     """One sentence for a tracker the recipe names whose package is missing."""
     for name in recipe.train.report_to:
-        if importlib.util.find_spec(PACKAGES[name]) is None:
+        if importlib.util.find_spec(name) is None:  # each package is named for its tracker
             raise TunelabError(
                 f"train.report_to names {name}, and its package is not installed; install it "
-                f"with `pip install {PACKAGES[name]}` (or `pip install 'tunelab[trackers]'` for "
+                f"with `pip install {name}` (or `pip install 'tunelab[trackers]'` for "
                 "every tracker), or take it out of train.report_to."
             )
 

@@ -127,20 +127,24 @@ def test_ddp_killed_then_resumed_with_nproc_ends_as_uninterrupted(tmp_path, tiny
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
-@pytest.mark.slow  # three launches of two processes, two of one (about 80 s)
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+@pytest.mark.slow  # three launches of two processes, two of one (about 80 s; ZeRO 110 s)
+@pytest.mark.parametrize(
+    "before, after, strategy",
+    [(2, 1, "ddp"), (1, 2, "ddp"), (2, 1, "zero2"), (1, 2, "zero3")],
+)
 def test_a_run_resumed_on_another_process_count_ends_as_uninterrupted(
-    tmp_path, tiny_model_dir, before, after
+    tmp_path, tiny_model_dir, before, after, strategy
 ):
     """Killed at step 5 under `before` processes, resumed under `after`: the same global
     batch (batch x accumulation x processes), the same samples in each step, so the losses
-    and the adapter of the uninterrupted run (dropout off: its masks are per process)."""
+    and the adapter of the uninterrupted run (dropout off: its masks are per process). Under
+    ZeRO the optimizer shards are resharded through DeepSpeed's universal checkpoint."""
     from tests.test_resume import KILLER, adapter_weights
 
     batch = 4 // before  # a global batch of 4
-    whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", batch)
+    whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", batch, distributed=strategy)
     assert run_cli("train", str(whole), "--nproc", str(before)).returncode == 0
-    broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", batch)
+    broken = ddp_recipe(tmp_path, tiny_model_dir, "broken", batch, distributed=strategy)
     if before == 2:
         killed_at_step_5(tmp_path, broken)
     else:
@@ -157,20 +161,24 @@ def test_a_run_resumed_on_another_process_count_ends_as_uninterrupted(
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     recorded = json.loads((tmp_path / "broken" / "distributed.json").read_text())
     assert recorded["world_size"] == after and recorded["global_batch"] == 4
+    assert ("checkpoint-4: DeepSpeed's shards -> a universal checkpoint" in said) == (
+        strategy != "ddp"
+    )
+    print(f"{strategy} {before} -> {after}: {len(losses(tmp_path / 'broken'))} steps equal")
 
 
 def test_sharded_state_is_not_resumed_on_another_process_count(tmp_path, monkeypatch):
     from tunelab.errors import TunelabError
     from tunelab.recipe import load_recipe
     from tunelab.run import RunFolder
-    from tunelab.training.distributed import check_same_processes
+    from tunelab.training.resharding import check_same_processes
 
     path = ddp_recipe(tmp_path, tmp_path, "z", 2)
     (tmp_path / "z").mkdir()
     run = RunFolder(tmp_path / "z")
     monkeypatch.setenv("WORLD_SIZE", "1")
     for saved, words in [
-        ({"strategy": "zero2", "world_size": 2}, "sharded per process"),
+        ({"strategy": "fsdp", "world_size": 2}, "resharding FSDP state onto another count"),
         ({"strategy": "ddp", "world_size": 3, "global_batch": 6}, "cannot share equally"),
     ]:
         run.write_json("distributed.json", saved)
@@ -180,6 +188,8 @@ def test_sharded_state_is_not_resumed_on_another_process_count(tmp_path, monkeyp
     run.write_json("distributed.json", {"strategy": "ddp", "world_size": 2, "global_batch": 4})
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_same_processes(run, load_recipe(path))  # data parallel: resumed by one process
+    run.write_json("distributed.json", {"strategy": "zero2", "world_size": 2, "global_batch": 4})
+    check_same_processes(run, load_recipe(path, ["train.distributed=zero2"]))  # universal
 
 
 @pytest.mark.slow  # test_fsdp_is_refused_on_cpu_processes checks the rule in the default suite

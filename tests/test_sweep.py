@@ -152,8 +152,10 @@ def test_sweep_mistakes_are_one_sentence(tmp_path, tiny_model_dir):
         (["data.val_ratio=null"], "holds no validation data"),
         (['sweep.space={"train.lr": {"low": 1, "high": 0.1}}'], "is not below high"),
         (["sweep.sampler=grid"], "without a step"),
-        (["sweep.sampler=grid", 'sweep.space={"method.r": {"choices": [2, 4]}}'],
-         "the grid has 2 points"),
+        (
+            ["sweep.sampler=grid", 'sweep.space={"method.r": {"choices": [2, 4]}}'],
+            "the grid has 2 points",
+        ),
     ]
     for overrides, words in cases:
         done = run_cli("sweep", str(path), *overrides)

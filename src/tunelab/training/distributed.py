@@ -14,7 +14,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.failures import LAUNCHED, PEER_LOST
 from tunelab.models.load import pick_device, pick_dtype
-from tunelab.ranks import wait_for_everyone, world_size
+from tunelab.ranks import world_size
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,11 @@ def check_distributed(recipe) -> None:
         )
 
 
-def training_arguments(recipe, config) -> dict:
+def training_arguments(recipe, config, universal: bool = False) -> dict:
     """What the recipe's `train.distributed` adds to the TrainingArguments (nothing for one
     process, or data parallel, which the Trainer does when launched as several); `config` is
-    the model's (its width sizes DeepSpeed's buckets)."""
+    the model's (its width sizes DeepSpeed's buckets); `universal`: a ZeRO resume reads a
+    universal checkpoint (made for another process count)."""
     chosen = strategy(recipe)
     if chosen == "fsdp":
         return {"fsdp": "full_shard auto_wrap", "fsdp_config": fsdp_config(recipe.train.offload)}
@@ -165,6 +166,8 @@ def training_arguments(recipe, config) -> dict:
         return {"ddp_find_unused_parameters": False}
     if chosen in ZERO_STAGES:
         written = deepspeed_config(recipe, run_dtype(recipe), hidden_size(config))
+        if universal:
+            written["checkpoint"] = {"load_universal": True}
         return {"deepspeed": written, "bf16": written["bf16"]["enabled"],
                 "fp16": written["fp16"]["enabled"]}  # fmt: skip
     return {}
@@ -275,75 +278,6 @@ def settings(recipe, config) -> dict:
         if key in ("fsdp", "fsdp_config", "deepspeed"):
             record[key] = value
     return record
-
-
-def check_same_processes(run, recipe) -> None:
-    """A run resumes on another process count only where its state is whole on every process
-    (one process, or data parallel) and its global batch splits among the new count; else
-    with as many processes as it was checkpointed with."""
-    from tunelab.run import DISTRIBUTED_FILE
-
-    if not run.file(DISTRIBUTED_FILE).is_file():
-        return
-    saved = run.read_json(DISTRIBUTED_FILE)
-    before, now = saved.get("world_size", 1), world_size()
-    if before == now:
-        return
-    again = f"Resume with {'--nproc ' + str(before) if before > 1 else 'one process (no --nproc)'}."
-    if {saved.get("strategy"), strategy(recipe)} & {"fsdp", *ZERO_STAGES}:
-        raise TunelabError(
-            f"{run.path} was trained by {before} process(es) under {saved.get('strategy')}, "
-            "whose optimizer state is sharded per process; resharding it onto another count "
-            f"is not built. {again}"
-        )
-    if recipe.train.batch_tokens:
-        raise TunelabError(
-            f"{run.path} was trained by {before} process(es) on token-budget batches "
-            f"(train.batch_tokens), which are not divided anew among {now}. {again}"
-        )
-    total = global_batch(saved, recipe)
-    if total % now:
-        raise TunelabError(
-            f"{run.path} trained on a global batch of {total} samples, which {now} processes "
-            f"cannot share equally; resume with a count that divides it. {again}"
-        )
-
-
-def global_batch(saved: dict, recipe) -> int:
-    """The run's samples per optimizer step over all its processes, as it started."""
-    per_process = recipe.train.batch_size * recipe.train.grad_accum
-    return saved.get("global_batch", per_process * saved.get("world_size", 1))
-
-
-def rebatched(run, recipe, console):
-    """The recipe as a resume trains it: on another process count than made the checkpoint,
-    the same global batch, split as the recipe's batch size per process and accumulation
-    where that divides it (else as the per-process batch); the data order follows the global
-    sample position, so each step sees the samples it would have. Per-process random states
-    (dropout masks) start afresh; the recorded count is updated."""
-    from tunelab.run import DISTRIBUTED_FILE
-
-    if not run.file(DISTRIBUTED_FILE).is_file():
-        return recipe
-    saved = run.read_json(DISTRIBUTED_FILE)
-    before, now = saved.get("world_size", 1), world_size()
-    if before == now:
-        return recipe
-    total = global_batch(saved, recipe)
-    share = total // now
-    batch = recipe.train.batch_size if share % recipe.train.batch_size == 0 else share
-    accumulation = share // batch
-    console.print(
-        f"resuming {before}-process checkpoints with {now}: the global batch of {total} "
-        f"samples kept as {batch} per process x {accumulation} accumulation step(s); random "
-        "states of each process (dropout) start afresh",
-        highlight=False,
-    )
-    wait_for_everyone()  # every process has read the old count before it is replaced
-    if run.writer:
-        run.write_json(DISTRIBUTED_FILE, {**saved, "world_size": now, "global_batch": total})
-    train = recipe.train.model_copy(update={"batch_size": batch, "grad_accum": accumulation})
-    return recipe.model_copy(update={"train": train})
 
 
 def gather(value) -> list:

@@ -23,8 +23,11 @@ from tunelab.run import (
 
 def _check_packed_rows(recipe: Recipe, plan: RunPlan, model) -> RunPlan:
     """The plan, with padded batches if the loaded model lets a packed row's samples read
-    each other (measured on one short row; see `models.packing`)."""
-    if not plan.batching.packed:
+    each other (measured on one short row; see `models.packing`). Weights loaded already
+    sharded (ZeRO-3) run no forward before DeepSpeed gathers them: their config decides."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not plan.batching.packed or is_deepspeed_zero3_enabled():
         return plan
     leak = packed_rows_leak(model)
     if leak is None:

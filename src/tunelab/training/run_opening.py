@@ -25,7 +25,7 @@ from tunelab.run import (
     RunFolder,
     describe_environment,
 )
-from tunelab.training import distributed
+from tunelab.training import distributed, resharding
 from tunelab.training.callbacks import (
     keep_rows_up_to,
 )
@@ -135,7 +135,7 @@ def _open_main(recipe, overwrite, resume, protected, console) -> RunFolder:
         run = RunFolder.reopen(recipe.output)
         try:
             check_same_recipe(run, recipe)
-            distributed.check_same_processes(run, recipe)
+            resharding.check_same_processes(run, recipe)
             check_same_data(run, recipe, accept=resume == DATA_CHANGED, console=console)
         except TunelabError:
             run.release()

@@ -28,7 +28,7 @@ from tunelab.run import (
     SUMMARY_FILE,
     RunFolder,
 )
-from tunelab.training import distributed, grpo, preference
+from tunelab.training import distributed, grpo, preference, resharding
 from tunelab.training.callbacks import (
     ConsoleView,
     EventSource,
@@ -176,7 +176,7 @@ def _train_one(
     started_at = time.perf_counter()
     quiet_libraries()
     if checkpoint is not None:  # checkpoints of another process count: the same global batch
-        recipe = distributed.rebatched(run, recipe, console)
+        recipe = resharding.rebatched(run, recipe, checkpoint, console)
     plan = plan_run(recipe)
     config = plan.config
     check_method(config, recipe.method)
@@ -203,7 +203,9 @@ def _train_one(
         console.print("reference: a frozen copy of the starting weights", highlight=False)
     renderer = ConversationRenderer(tokenizer, template, template_args=recipe.model.template_args)
     watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
-    trainer = build_trainer(recipe, run, model, tokenizer, data, watchers.all, plan, reference)
+    trainer = build_trainer(
+        recipe, run, model, tokenizer, data, watchers.all, plan, reference, checkpoint
+    )
     if checkpoint is not None:
         console.print(f"resuming from {checkpoint}", highlight=False)
     try:

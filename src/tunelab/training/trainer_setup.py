@@ -22,15 +22,20 @@ from tunelab.training.collator import (
     make_collator,
     trained_positions_loss,
 )
+from tunelab.training.resharding import loads_universal
 from tunelab.training.token_budget import budget_trainer
 from tunelab.training.trackers import PROJECT
 
 
-def build_trainer(recipe, run, model, tokenizer, data, callbacks, plan: RunPlan, reference=None):
+def build_trainer(
+    recipe, run, model, tokenizer, data, callbacks, plan: RunPlan, reference=None, resume=None
+):
+    """The run's trainer; `resume` is the checkpoint it will start from, if any."""
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    arguments = _training_arguments(recipe, run, plan, bool(data.eval), model.config)
+    arguments = _training_arguments(recipe, run, plan, bool(data.eval))
+    arguments.update(distributed.training_arguments(recipe, model.config, loads_universal(resume)))
     if recipe.train.objective == "grpo":
         trainer = _grpo_trainer(recipe, run, arguments, model, tokenizer, data, callbacks)
     elif recipe.train.objective != "sft":
@@ -71,7 +76,7 @@ def _grpo_trainer(recipe, run: RunFolder, arguments: dict, model, tokenizer, dat
     return grpo.build(recipe, arguments, model, tokenizer, data, callbacks, rewards, log)
 
 
-def _training_arguments(recipe, run, plan: RunPlan, validate: bool, config) -> dict:
+def _training_arguments(recipe, run, plan: RunPlan, validate: bool) -> dict:
     """The TrainingArguments every run shares, whatever its objective."""
     cfg = recipe.train
     batching, kernels = plan.batching, plan.kernels
@@ -111,7 +116,6 @@ def _training_arguments(recipe, run, plan: RunPlan, validate: bool, config) -> d
         torch_compile=cfg.compile,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
-        **distributed.training_arguments(recipe, config),
     )
 
 

@@ -104,6 +104,41 @@ def test_a_lost_node_ends_the_other_within_a_minute_with_its_checkpoint_kept(
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def test_a_hung_node_ends_the_other_after_the_collective_timeout(tmp_path, tiny_model_dir):
+    """Node 1 stopped (SIGSTOP: alive, answering nothing, as a machine that hangs) after the
+    first checkpoint: node 0 waits train.collective_timeout seconds in the gradient exchange,
+    then ends with one sentence, checkpoint-2 intact (torch's default wait is 30 minutes)."""
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    recipe = ddp_recipe(tmp_path, tiny_model_dir, "run", 2, max_steps=400, save_every=2,
+                        collective_timeout=10)  # fmt: skip
+    both = ["train", str(recipe), "--nnodes", "2", "--master", f"127.0.0.1:{free_port()}"]
+    second = start_cli(*both, "--node-rank", "1", env=node_environment(tmp_path, 1))
+    first = start_cli(*both, "--node-rank", "0", env=node_environment(tmp_path, 0))
+    saved = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 300
+    while not saved.is_dir() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    assert saved.is_dir(), "no checkpoint-2"
+    node = [*psutil.Process(second.pid).children(recursive=True), psutil.Process(second.pid)]
+    try:
+        for process in node:
+            process.send_signal(signal.SIGSTOP)
+        hung = time.monotonic()
+        first.wait(timeout=120)
+        took = time.monotonic() - hung
+    finally:
+        for process in node:
+            process.send_signal(signal.SIGKILL)
+    print(f"node 0 ended {took:.1f} s after node 1 hung (collective_timeout 10)")
+    said = " ".join(first.stdout.read().split())
+    assert first.returncode != 0 and 8 < took < 60, (took, said[-2000:])
+    assert "lost contact with the other nodes" in said and "Traceback" not in said, said[-2000:]
+    assert (saved / "adapter_model.safetensors").is_file()
+
+
 @pytest.mark.slow  # two launches of two processes (about 60 s)
 def test_max_restarts_starts_the_processes_again_from_the_newest_checkpoint(
     tmp_path, tiny_model_dir

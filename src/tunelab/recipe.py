@@ -282,6 +282,14 @@ class TrainConfig(Section):
         "also as one process, where offload lets one GPU hold more); one process ignores "
         "none, ddp and fsdp",
     )
+    collective_timeout: int = Field(
+        1800,
+        ge=5,
+        le=86400,
+        description="with several processes: seconds one waits for the others in a "
+        "collective (a gradient exchange, a barrier) before the run stops with a sentence; a "
+        "process or node that hangs rather than dies is noticed after this long",
+    )
     offload: Literal["none", "optimizer", "all"] = Field(
         "none",
         description="with fsdp, zero2 or zero3: keep state in CPU memory instead of the GPU's; "

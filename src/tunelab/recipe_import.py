@@ -20,7 +20,8 @@ IGNORED = {  # settled by tunelab itself: why each has no key of its own
     "do_train": "tunelab train always trains",
     "preprocessing_num_workers": "tunelab renders with the tokenizer's own threads and caches it",
     "dataloader_num_workers": "data is tokenized once, before training",
-    "ddp_timeout": "tunelab sets the timeouts of its own processes",
+    "ddp_timeout": "train.collective_timeout (default 1800 s) bounds each wait for the other "
+    "processes; a wait of years would hide a hung node",
     "plot_loss": "every run writes its loss plot",
     "save_only_model": "checkpoints always hold what exact resume needs",
     "overwrite_output_dir": "pass --overwrite to tunelab train (only a tunelab run is replaced)",

@@ -92,7 +92,8 @@ def launch(nproc: int, arguments: list[str], nodes: Nodes = Nodes(), restarts: i
         if nodes.count > 1 and codes == {PEER_LOST}:
             raise TunelabError(
                 f"the processes of node {nodes.rank} lost contact with the other nodes (one "
-                "stopped or was lost; its own message says why); the checkpoints saved before "
+                "stopped, was lost, or answered nothing for train.collective_timeout seconds; "
+                "its own message says why); the checkpoints saved before "
                 "are kept: continue with `tunelab train ... --resume` on every node."
             ) from None
         return next(iter(failed.failures.values())).exitcode or 1
@@ -129,6 +130,18 @@ def strategy(recipe) -> str:
     if world_size() < 2:
         return "none"
     return "ddp" if chosen == "none" else chosen
+
+
+def join_group(recipe) -> None:
+    """This process's group with the others, made before anything waits on it, so that every
+    collective waits at most `train.collective_timeout` seconds (nothing for one process)."""
+    if world_size() < 2:
+        return
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    PartialState(timeout=timedelta(seconds=recipe.train.collective_timeout))
 
 
 def check_distributed(recipe) -> None:

@@ -94,6 +94,7 @@ def train(
     for one in stage_recipes(recipe) if recipe.stages else [recipe]:
         distributed.check_distributed(one)
         check_batch_tokens(one)
+    distributed.join_group(recipe)
     if recipe.stages:
         result = _train_stages(recipe, overwrite, resume, console, callbacks, protected)
     else:

@@ -115,6 +115,7 @@ def _training_arguments(recipe, run, plan: RunPlan, validate: bool) -> dict:
         use_liger_kernel=kernels.liger and cfg.objective == "sft",
         torch_compile=cfg.compile,
         dataloader_num_workers=0,
+        ddp_timeout=cfg.collective_timeout,
         use_cpu=not torch.cuda.is_available(),
     )
 

@@ -12,6 +12,12 @@ zero3 (fsdp is GPU-only in the Trainer). With GPUs, fsdp too, and offload varian
 
     python benchmarks/distributed.py                          # CPU: 1 vs 2 processes
     python benchmarks/distributed.py --nproc 8 --gpu          # a machine with 8 GPUs
+
+Several machines, on paper (nothing trains): each process's memory by strategy from the
+estimate, the bytes it sends per optimizer step, and what that costs per step over a link of
+the given speed between the machines (the slowest link sets the pace):
+
+    python benchmarks/distributed.py --paper --nproc 8 --nnodes 2 --link-gbit 200
 """
 
 from __future__ import annotations
@@ -101,6 +107,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def on_paper(recipe: str, overrides: list[str], nproc: int, nnodes: int, gbit: float) -> str:
+    """Each strategy's per-process GPU memory and bytes sent per step, for nproc x nnodes
+    processes, as a table."""
+    from tunelab.estimation import communication_bytes, estimate_recipe
+    from tunelab.recipe import load_recipe
+
+    processes = nproc * nnodes
+    loaded = load_recipe(recipe, overrides)
+    result = estimate_recipe(loaded, "cuda", processes=processes)
+    sent = communication_bytes(result, processes)
+    lines = [
+        f"{nnodes} machine(s) x {nproc} process(es), {loaded.model.path}, "
+        f"method {loaded.method.type}, on paper (GPU):",
+        f"| strategy | GiB per process | GiB sent per step | s per step at {gbit:g} Gbit/s |",
+        "|---|---|---|---|",
+    ]
+    for strategy, memory in result.per_process.items():
+        seconds = sent[strategy] * 8 / (gbit * 1e9)
+        lines.append(
+            f"| {strategy} | {memory / 2**30:.2f} | {sent[strategy] / 2**30:.3f} | {seconds:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(HERE.parent / "examples" / "identity.yaml"))
@@ -111,7 +141,14 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="also fsdp and the offload variants")
     parser.add_argument("--out", default="/tmp/tunelab-bench-distributed")
     parser.add_argument("--json", default=str(HERE / "results" / "distributed-cpu.json"))
+    parser.add_argument("--paper", action="store_true", help="several machines, on paper")
+    parser.add_argument("--nnodes", type=int, default=2, help="with --paper: machines")
+    parser.add_argument("--link-gbit", type=float, default=200.0, help="with --paper")
     args = parser.parse_args()
+    if args.paper:
+        overrides = [f"method.type={args.method}", f"train.batch_size={args.global_batch}"]
+        print(on_paper(args.recipe, overrides, args.nproc, args.nnodes, args.link_gbit))
+        return
     os.environ.pop("OMP_NUM_THREADS", None)  # --nproc shares the cores out itself
     rows = []
     for name, processes, extra in configurations(args.nproc, args.gpu):

@@ -167,3 +167,55 @@ def test_max_restarts_starts_the_processes_again_from_the_newest_checkpoint(
     summary = json.loads((tmp_path / "broken" / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["resumed_from"].startswith("checkpoint-")
     assert losses(tmp_path / "broken") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
+
+
+@pytest.mark.slow  # two accelerate launchers and one plain run (about 40 s)
+def test_accelerate_launch_on_two_nodes_gives_the_losses_of_one_process(tmp_path, tiny_model_dir):
+    """`accelerate launch --num_machines 2 --machine_rank R` on each "node" (127.0.0.1, its
+    own cache) trains the run one process does with the same global batch."""
+    import subprocess
+    import sys
+
+    import tunelab
+
+    one = ddp_recipe(tmp_path, tiny_model_dir, "one", 4, max_steps=4, save_every=None)
+    tunelab.train(one)
+    two = ddp_recipe(tmp_path, tiny_model_dir, "two", 2, max_steps=4, save_every=None)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    port = free_port()
+    launchers = [
+        subprocess.Popen(
+            [
+                accelerate,
+                "launch",
+                "--multi_gpu",
+                "--num_processes",
+                "2",
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                str(port),
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                "-m",
+                "tunelab",
+                "train",
+                str(two),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=node_environment(tmp_path, rank),
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    said = [launcher.communicate(timeout=600)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], said[0][-3000:]
+    assert json.loads((tmp_path / "two" / "distributed.json").read_text())["world_size"] == 2
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)

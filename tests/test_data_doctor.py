@@ -14,8 +14,8 @@ from tunelab.data.doctor import preview_segments
 from tunelab.data.load import load_conversations
 from tunelab.data.render import IGNORE_INDEX, ConversationRenderer
 from tunelab.data.stats import cutoff_cost, full_report, suggest_max_length
+from tunelab.objectives.collator import PaddingCollator, SampleDataset
 from tunelab.recipe import DataConfig
-from tunelab.training.collator import PaddingCollator, SampleDataset
 
 runner = CliRunner()
 RECORDS = [{"instruction": f"Say {i}", "input": "", "output": f"{i} " * (i + 1)} for i in range(40)]

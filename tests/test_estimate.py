@@ -10,8 +10,9 @@ import yaml
 
 from tests.conftest import run_cli
 from tunelab.errors import TunelabError
-from tunelab.estimation import _saved_bytes, estimate_for, parse_size, profile, worst_case_batch
+from tunelab.estimation import _saved_bytes, estimate_for, parse_size, profile
 from tunelab.methods import count_parameters, get_method
+from tunelab.objectives.sft import worst_case_batch
 from tunelab.recipe import MethodConfig
 
 

@@ -125,12 +125,13 @@ def test_the_format_reward_follows_the_template_shape(thinker_dir, tiny_model_di
 
 def test_data_check_and_estimate_of_a_grpo_recipe(tmp_path, tiny_model_dir):
     from tunelab.data import doctor
+    from tunelab.data_tools import check_data
     from tunelab.estimation import estimate_recipe
 
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(grpo_recipe(tmp_path, tiny_model_dir)), encoding="utf-8")
     recipe = load_recipe(path)
-    result = doctor.check(doctor.open_target(str(path), None))
+    result = check_data(doctor.open_target(str(path), None))
     assert result.preference_rows == 4 and not result.problems
     estimate = estimate_recipe(recipe, "cpu")
     _, _, data = recipe_data(recipe, resolve_model(str(tiny_model_dir)))

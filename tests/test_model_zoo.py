@@ -17,9 +17,9 @@ from tunelab.data.render import IGNORE_INDEX
 from tunelab.methods import get_method
 from tunelab.models import attention
 from tunelab.models.packing import packed_rows_leak, packing_fit
+from tunelab.objectives.collator import PaddingCollator, make_collator
 from tunelab.plan import Kernels, attention_implementation, choose_batching
 from tunelab.recipe import MethodConfig
-from tunelab.training.collator import PaddingCollator, make_collator
 
 CPU = torch.device("cpu")
 # Models whose layers keep a packed row's samples apart on a CPU; every other one must be

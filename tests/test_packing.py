@@ -11,8 +11,8 @@ import yaml
 import tunelab
 from tunelab.data.render import IGNORE_INDEX
 from tunelab.models import attention
+from tunelab.objectives.collator import PaddingCollator, make_collator, trained_positions_loss
 from tunelab.plan import choose_batching
-from tunelab.training.collator import PaddingCollator, make_collator, trained_positions_loss
 
 PACKED = choose_batching(packing=True, group_by_length=None, method_family="lora")
 LENGTHS = [7, 19, 4, 12]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from tests.test_published_templates import FOLDER, TAG, _source
-from tunelab.data.doctor import check, open_target
+from tunelab.data.doctor import open_target
 from tunelab.data.preference import (
     _final_turn,
     read_preferences,
@@ -17,6 +17,7 @@ from tunelab.data.preference import (
     render_preferences,
 )
 from tunelab.data.render import ConversationRenderer
+from tunelab.data_tools import check_data as check
 
 LF = SHARED_DATA / "llamafactory"
 needs_data = pytest.mark.skipif(not LF.is_dir(), reason="../shared/data not present")

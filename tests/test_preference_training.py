@@ -15,8 +15,8 @@ from tunelab.data.preference import read_preferences, render_preference
 from tunelab.data.render import ConversationRenderer
 from tunelab.data_tools import recipe_data
 from tunelab.errors import TunelabError
+from tunelab.objectives import TrainerParts, objective_of
 from tunelab.recipe import load_recipe
-from tunelab.training import preference
 
 PAIRS = [
     {"prompt": "Is the sky blue?", "chosen": "Yes, it is blue.", "rejected": "No idea, maybe green."},
@@ -72,7 +72,8 @@ def test_trl_trains_the_pairs_as_tunelab_renders_them(tmp_path, thinker_dir):
     )
     arguments = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4,
                  "report_to": "none", "use_cpu": True, "train_sampling_strategy": "sequential"}  # fmt: skip
-    trainer = preference.build(recipe, arguments, model, None, tokenizer, data, [])
+    parts = TrainerParts(recipe, None, arguments, model, tokenizer, data, [])
+    trainer = objective_of(recipe).build_trainer(parts)
     batch = next(iter(trainer.get_train_dataloader()))
 
     rows, _ = read_preferences(pairs_file(tmp_path), "preference")
@@ -182,7 +183,8 @@ def test_objectives_refuse_what_they_cannot_train(tmp_path, tiny_model_dir):
 @pytest.mark.skipif(not REGISTRY.is_file(), reason="../shared/data not present")
 def test_data_check_of_a_preference_recipe_reads_pairs_and_their_lengths():
     from tests.conftest import REPO
-    from tunelab.data.doctor import check, open_target
+    from tunelab.data.doctor import open_target
+    from tunelab.data_tools import check_data as check
     from tunelab.data_tools import length_stats
 
     target = open_target(REPO / "examples" / "dpo.yaml")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tunelab.data.load import data_kinds, resolve_source
+from tunelab.data.load import resolve_source
 from tunelab.errors import TunelabError
+from tunelab.objectives import objective_of
 from tunelab.recipe import load_recipe, nearest_key, stage_recipes
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -24,7 +25,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_every_example_recipe_parses_and_its_data_resolves(example):
     recipe = load_recipe(example)
     for each in [recipe, *stage_recipes(recipe)]:
-        kinds = data_kinds(each.train.objective)
+        kinds = objective_of(each).registry_kinds
         for source in each.data.sources("train"):
             assert resolve_source(source, each.data, each.source_dir, kinds).file.is_file()
 

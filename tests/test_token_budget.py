@@ -87,8 +87,8 @@ def test_a_budget_step_has_the_loss_of_its_samples_in_one_batch(tmp_path, tiny_m
     from tunelab.data_tools import recipe_data
     from tunelab.models.load import load_config
     from tunelab.models.sources import resolve_model
+    from tunelab.objectives.collator import PaddingCollator
     from tunelab.recipe import load_recipe
-    from tunelab.training.collator import PaddingCollator
 
     path = budget_recipe(
         tmp_path, tiny_model_dir, "budget", grad_accum=2, max_steps=1, batch_tokens=400

@@ -102,9 +102,10 @@ def check_data(target: str | Path, model: str | None = None):
 
     Returns a CheckResult: `.report` (counts, `bad_rows`), `.conversations`, `.problems`.
     """
+    from tunelab import data_tools
     from tunelab.data import doctor
 
-    return doctor.check(doctor.open_target(target, model))
+    return data_tools.check_data(doctor.open_target(target, model))
 
 
 def data_stats(target: str | Path, model: str | None = None, png: str | Path | None = None):

@@ -557,10 +557,10 @@ def data_check(
     """List every bad row with its location and reason; exit 2 if there is any."""
     from tunelab.data import doctor
     from tunelab.data.views import show_check, show_stats
-    from tunelab.data_tools import length_stats
+    from tunelab.data_tools import check_data, length_stats
 
     found = doctor.open_target(target, model)
-    result = doctor.check(found)
+    result = check_data(found)
     show_check(err, found, result)
     if lengths and (result.conversations or result.preference_rows):
         show_stats(err, length_stats(found))

@@ -22,6 +22,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.methods import meta_model
 from tunelab.models.config_values import config_value
+from tunelab.objectives import objective_of
 from tunelab.recipe import MethodConfig
 
 GiB = 2**30
@@ -435,66 +436,11 @@ def what_fits(
     return lines
 
 
-def worst_case_batch(samples, batch_size: int, packed: bool = True) -> tuple[int, int]:
-    """(tokens, trained tokens) of the largest forward pass the data can make: its
-    `batch_size` longest samples, concatenated (packed) or each padded to the longest."""
-    longest = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)[:batch_size]
-    if not longest:
-        return 0, 0
-    tokens = sum(len(s.input_ids) for s in longest)
-    if not packed:
-        tokens = len(longest) * len(longest[0].input_ids)
-    return tokens, sum(s.trained_tokens for s in longest)
-
-
-def worst_case_budget(samples, budget: int) -> tuple[int, int]:
-    """(tokens, trained tokens) of the fullest token-budget batch the data makes."""
-    from tunelab.data.token_batches import budget_batches
-
-    batches = budget_batches([len(s.input_ids) for s in samples], budget)
-    if not batches:
-        return 0, 0
-    fullest = max(batches, key=lambda batch: sum(len(samples[i].input_ids) for i in batch))
-    return (
-        sum(len(samples[i].input_ids) for i in fullest),
-        sum(samples[i].trained_tokens for i in fullest),
-    )
-
-
-def worst_case_pairs(samples, batch_size: int) -> int:
-    """Tokens of a preference run's largest step: its `batch_size` longest rows, each answer
-    after the prompt, all padded to the longest (as TRL's trainers batch them)."""
-
-    def longest(sample) -> int:
-        return len(sample.prompt_ids) + max(len(a) for a in sample.answers)
-
-    rows = sorted(samples, key=longest, reverse=True)[:batch_size]
-    return sum(len(s.answers) for s in rows) * longest(rows[0]) if rows else 0
-
-
-def largest_step(recipe, data, packed: bool) -> tuple[int, int | None]:
-    """(tokens, positions with logits: None for all) of the largest step the data can make."""
-    if recipe.train.objective == "grpo":  # the longest prompt, each answer as long as allowed
-        longest = max(len(s.prompt_ids) for s in data.train)
-        return recipe.train.batch_size * (longest + recipe.grpo.max_completion_length), None
-    if recipe.train.objective != "sft":
-        return worst_case_pairs(data.train, recipe.train.batch_size), None
-    if recipe.train.batch_tokens and packed:
-        return worst_case_budget(data.train, recipe.train.batch_tokens)
-    tokens, trained = worst_case_batch(data.train, recipe.train.batch_size, packed)
-    return tokens, trained if packed else None
-
-
 def reference_bytes(recipe, prof: Profile) -> int:
-    """What a preference or grpo run's reference costs: none for orpo and simpo, precomputed
-    log-probs or grpo without a KL term, a copy of the adapter (LoRA family), else a frozen
-    copy of the weights."""
-    objective = recipe.train.objective
-    if objective in ("sft", "orpo", "simpo"):
-        return 0
-    if objective == "grpo" and recipe.grpo.beta == 0:
-        return 0
-    if objective != "grpo" and recipe.preference.reference == "precompute":
+    """What the objective's reference costs: none where it has none (orpo, simpo, grpo
+    without a KL term) or precomputes its log-probs, a copy of the adapter (LoRA family),
+    else a frozen copy of the weights."""
+    if not objective_of(recipe).reference(recipe):
         return 0
     adapter = recipe.method.type in ("lora", "dora", "qlora")
     return prof.trainable_bytes if adapter else prof.weight_bytes
@@ -504,11 +450,10 @@ def add_objective_parts(result: Estimate, recipe, prof: Profile) -> Estimate:
     """What an objective adds to the estimate, each as its own part: a preference or grpo
     run's reference, and grpo's generation (the key/value cache of every sampled answer and
     the fp32 logits of one decoding step)."""
-    extra = {"reference": reference_bytes(recipe, prof)}
-    if recipe.train.objective == "grpo":
-        batch = recipe.train.batch_size
-        cache = prof.kv_bytes_per_token * result.tokens_per_step
-        extra["generation"] = cache + 2 * batch * prof.vocab_size * 4
+    extra = {
+        "reference": reference_bytes(recipe, prof),
+        "generation": objective_of(recipe).generation_bytes(recipe, prof, result.tokens_per_step),
+    }
     for name, value in extra.items():
         if value:
             result.parts[name] = value
@@ -622,6 +567,7 @@ def estimate_recipe(
     from tunelab.plan import check_batch_tokens, plan_run
 
     check_batch_tokens(recipe)
+    objective_of(recipe).check(recipe)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plan = plan_run(recipe, torch.device(device), load=False)
     config = plan.config
@@ -630,15 +576,9 @@ def estimate_recipe(
     check_batch_tokens(recipe, data.max_length, plan.fit)  # refused as the run would refuse it
     prof = profile(config, recipe.method, plan.dtype)
     result = estimate_planned(recipe, plan, config, data, prof, budget, suggest=True)
-    if recipe.train.objective == "grpo":
-        cfg = recipe.grpo
-        result.data = DataCount.of(
-            data, recipe.train, cfg.generations, cfg.max_completion_length, processes
-        )
-    else:
-        result.data = DataCount.of(
-            data, recipe.train, processes=processes, batch_tokens=result.batch_tokens
-        )
+    repeat, answer_tokens = objective_of(recipe).sampling(recipe)
+    result.data = DataCount.of(data, recipe.train, repeat, answer_tokens, processes,
+                               result.batch_tokens)  # fmt: skip
     if processes > 1 or recipe.train.distributed in ("zero2", "zero3"):
         result.per_process = per_process_bytes(result, processes, prof, recipe.train.offload)
         if processes > 1:
@@ -653,7 +593,8 @@ def estimate_planned(
     does not fit `budget` is estimated again with liger's fused loss, and takes it if that fits
     (its `fused_loss` then says so, and the runner turns liger on). `suggest`: say what would
     fit the budget."""
-    tokens, logit_tokens = largest_step(recipe, data, plan.trained_logits_only)
+    objective = objective_of(recipe)
+    tokens, logit_tokens = objective.largest_step(recipe, data, plan.trained_logits_only)
 
     def one(fused_loss: bool, kept: int | None) -> Estimate:
         return estimate_for(
@@ -671,12 +612,12 @@ def estimate_planned(
             fused_loss=fused_loss,
         )
 
-    sft = recipe.train.objective == "sft"
     result = one(plan.kernels.liger, logit_tokens)
-    if budget is not None and sft and plan.kernels.liger_standby and not fits(result, budget):
+    standby = objective.fused_loss and plan.kernels.liger_standby
+    if budget is not None and standby and not fits(result, budget):
         fused = one(True, None)
         result = fused if fits(fused, budget) else result
-    if sft and plan.batching.packed:
+    if plan.batching.packed:  # token-budget batches fill packed rows
         result.batch_tokens = recipe.train.batch_tokens
     add_objective_parts(result, recipe, prof)
     return result

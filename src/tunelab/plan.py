@@ -25,6 +25,7 @@ from tunelab.models import attention
 from tunelab.models.load import load_config, pick_device, pick_dtype
 from tunelab.models.packing import PackingFit, packing_fit
 from tunelab.models.sources import ModelSource, resolve_model
+from tunelab.objectives import Batching, get_objective, objective_of
 from tunelab.recipe import Recipe
 
 
@@ -77,12 +78,8 @@ def plan_run(recipe: Recipe, device: torch.device | None = None, load: bool = Tr
         dtype = torch.bfloat16  # what a CUDA card with bf16 gets (planned without one here)
     else:
         dtype = pick_dtype(recipe.model.dtype, device)
-    batching = choose_batching(
-        recipe.data.packing,
-        recipe.train.group_by_length,
-        method.family,
-        recipe.train.objective,
-        fit,
+    batching = objective_of(recipe).batching(
+        recipe.data.packing, recipe.train.group_by_length, method.family, fit
     )
     kernels = choose_kernels(recipe.train.fused_kernels, device, dtype, fit)
     options = method.load_options(recipe.method, device) if load else {}
@@ -107,20 +104,6 @@ def padded_instead(plan: RunPlan, reason: str, group_by_length: bool | None) -> 
     return replace(plan, batching=batching, fit=replace(plan.fit, packable=False, reason=reason))
 
 
-@dataclass(frozen=True)
-class Batching:
-    """How a run's batches are built, and why."""
-
-    packed: bool
-    group_by_length: bool
-    reason: str
-
-    def describe(self) -> str:
-        shape = "packed (padding-free)" if self.packed else "padded"
-        grouped = ", grouped by length" if self.group_by_length else ""
-        return f"batches: {shape}{grouped}{f' ({self.reason})' if self.reason else ''}"
-
-
 def choose_batching(
     packing: bool,
     group_by_length: bool | None,
@@ -128,29 +111,10 @@ def choose_batching(
     objective: str = "sft",
     fit: PackingFit | None = None,
 ) -> Batching:
-    """Packed unless switched off, the method prepends learned tokens (prompt family), or the
-    model's layers cannot keep a packed row's samples apart (`fit`).
-
-    Prompt-learning adapters add virtual tokens with their own attention mask and positions,
-    which a packed row cannot carry, so those runs use padded batches. Preference objectives
-    run on TRL's trainers, which pad each answer after its prompt and order their own batches.
-    """
-    reason = ""
-    packed = packing
-    if objective == "grpo":  # each prompt's group of answers is sampled and padded together
-        return Batching(False, False, "TRL's grpo trainer pads the answers sampled per prompt")
-    if objective != "sft":  # KTO's KL term pairs answers within fixed batches: never regrouped
-        grouped = objective != "kto" and group_by_length is not False
-        why = f"TRL's {objective} trainer pads each answer after its prompt"
-        return Batching(False, grouped, why)
-    if packing and method_family == "prompt":
-        packed, reason = False, "prompt-learning methods need padded batches"
-    elif packing and fit is not None and not fit.packable:
-        packed, reason = False, fit.reason
-    elif not packing:
-        reason = "data.packing is off"
-    grouped = (not packed) if group_by_length is None else group_by_length
-    return Batching(packed=packed, group_by_length=grouped, reason=reason)
+    """How the objective's batches are built: sft packs unless switched off, the method
+    prepends learned tokens, or the model's layers cannot keep a packed row's samples apart
+    (`fit`); TRL's trainers pad (see each objective's `batching`)."""
+    return get_objective(objective).batching(packing, group_by_length, method_family, fit)
 
 
 @dataclass(frozen=True)
@@ -221,18 +185,14 @@ def check_batch_tokens(
         return
     if max_length is None and isinstance(recipe.data.max_length, int):
         max_length = recipe.data.max_length
+    objective = objective_of(recipe)
+    objective.check_batch_tokens(recipe)
     family = get_method(recipe.method.type).family
-    packed = choose_batching(recipe.data.packing, None, family, recipe.train.objective).packed
+    packed = objective.batching(recipe.data.packing, None, family, None).packed
     if packed and fit is not None and not fit.packable:
         raise TunelabError(
             f"train.batch_tokens fills packed rows, and this model trains on padded batches "
             f"({fit.reason}); remove batch_tokens and set train.batch_size."
-        )
-    if recipe.train.objective != "sft":
-        raise TunelabError(
-            f"train.batch_tokens applies to sft runs, not train.objective "
-            f"{recipe.train.objective} (its trainer batches pairs or prompts itself); remove "
-            "batch_tokens and set train.batch_size."
         )
     if not packed:
         raise TunelabError(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tunelab.data.load import data_kinds, find_path, resolve_source
+from tunelab.data.load import find_path, resolve_source
 from tunelab.errors import TunelabError
+from tunelab.objectives import objective_of
 from tunelab.recipe import Recipe, stage_recipes
 from tunelab.templates import template_file
 
@@ -38,7 +39,7 @@ def _inputs_of_one(recipe: Recipe) -> list[tuple[str, Path]]:
         found.append(("data.registry", find_path(recipe.data.registry, where)))
     for split in ("train", "eval"):
         for item in recipe.data.sources(split):
-            kinds = data_kinds(recipe.train.objective)
+            kinds = objective_of(recipe).registry_kinds
             resolved = resolve_source(item, recipe.data, where, kinds)
             if resolved.origin != "builtin":
                 found.append((f"data.{split} `{item.path}`", resolved.file))

@@ -180,13 +180,26 @@ Tracker = Literal["tensorboard", "wandb", "mlflow", "swanlab", "trackio"]
 TRACKERS: tuple[str, ...] = get_args(Tracker)
 
 
+# The objectives a recipe may name; `tunelab.objectives.register` adds to it.
+OBJECTIVE_NAMES: list[str] = ["sft", "dpo", "orpo", "simpo", "kto", "grpo"]
+
+
 class TrainConfig(Section):
-    objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
+    objective: str = Field(
         "sft",
         description="sft: learn the answers; dpo, orpo, simpo: prefer the chosen answer of a "
         "pair over the rejected one; kto: answers rated desirable or not (see `preference`); "
         "grpo: sample answers to each prompt and learn from their rewards (see `grpo`)",
+        json_schema_extra={"choices": OBJECTIVE_NAMES},
     )
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        if value not in OBJECTIVE_NAMES:
+            raise ValueError(f"Input should be one of {', '.join(map(repr, OBJECTIVE_NAMES))}")
+        return value
+
     epochs: float = Field(3, gt=0, le=10_000, description="passes over the training data")
     max_steps: int | None = Field(
         None, gt=0, le=BIG, description="stop after this many optimizer steps"
@@ -593,15 +606,6 @@ class Recipe(Section):
     # Where the recipe came from, so relative data paths can be resolved beside it.
     source_dir: Path | None = Field(None, exclude=True, repr=False)
     source_file: Path | None = Field(None, exclude=True, repr=False)
-
-    @model_validator(mode="after")
-    def _grpo_needs_rewards(self):
-        if self.train.objective == "grpo" and not self.grpo.rewards:
-            raise ValueError(
-                "train.objective grpo learns from rewards; list them in grpo.rewards, e.g. "
-                "rewards: [gsm8k, format]"
-            )
-        return self
 
     @field_validator("output")
     @classmethod

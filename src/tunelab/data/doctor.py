@@ -27,7 +27,7 @@ class Target:
     registry_entries: list[dict] = field(default_factory=list)
     template_args: dict = field(default_factory=dict)
     trust_remote_code: bool = False  # the recipe's model.trust_remote_code
-    objective: str = "sft"  # the recipe's train.objective: preference ones read pairs
+    objective: str = "sft"  # the recipe's train.objective, whose rows are read
 
 
 def open_target(path: str | Path, model: str | None = None) -> Target:
@@ -128,21 +128,14 @@ class CheckResult:
         return len(self.report.bad_rows) + missing + preference + len(self.empty_sources)
 
 
-def check(target: Target) -> CheckResult:
-    """Read every record of every source, collecting all bad rows instead of stopping."""
+def check(target: Target, read: tuple[list, DataReport] | None = None) -> CheckResult:
+    """Read every record of every source, collecting all bad rows instead of stopping;
+    `read`: the (rows, report) an objective read itself (prompts, pairs), else conversations
+    are read here."""
+    if read is not None:
+        rows, report = read
+        return CheckResult(report, [], target.registry_entries, len(rows))
     config = target.config.model_copy(update={"on_bad_row": "skip"})
-    if target.objective == "grpo":  # prompts, with the columns rewards read
-        from tunelab.data.prompt_pipeline import read_prompts
-
-        report = DataReport()
-        rows = [row for source in config.sources("train")
-                for row in read_prompts(source, config, target.base_dir, report)]  # fmt: skip
-        return CheckResult(report, [], target.registry_entries, len(rows))
-    if target.objective != "sft":
-        from tunelab.data.preference_pipeline import read_split
-
-        rows, report = read_split(config, target.base_dir, "train", target.objective)
-        return CheckResult(report, [], target.registry_entries, len(rows))
     if target.registry_entries and not any(e["status"] == "sft" for e in target.registry_entries):
         return CheckResult(DataReport(), [], target.registry_entries)
     thinking = target.template_args.get("enable_thinking")

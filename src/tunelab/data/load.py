@@ -100,12 +100,6 @@ def builtin_data_path(name: str) -> Path:
     return Path(str(resources.files("tunelab.data.builtin").joinpath(BUILTIN_DATA[name])))
 
 
-def data_kinds(objective: str) -> tuple[str, ...]:
-    """The registry entry kinds a training objective reads: SFT conversations, preference
-    pairs, or (kto) rated answers and pairs."""
-    return {"sft": ("sft",), "kto": ("preference", "kto")}.get(objective, ("preference",))
-
-
 def resolve_source(
     source: DataSource,
     config: DataConfig,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.data.conversation import Conversation, RowError
-from tunelab.data.load import DataReport, data_kinds, raise_for_bad_rows, resolve_source
+from tunelab.data.load import DataReport, raise_for_bad_rows, resolve_source
 from tunelab.data.pipeline import cut_samples
 from tunelab.data.preference import (
     KTO,
@@ -35,7 +35,24 @@ from tunelab.data.transforms import (
 from tunelab.errors import TunelabError
 from tunelab.recipe import DataConfig, DataSource
 
-PAIRED = ("dpo", "orpo", "simpo")
+
+@dataclass(frozen=True)
+class Asked:
+    """What a preference objective reads: its name (for messages) and the kind of its rows,
+    chosen/rejected pairs (PAIR) or rated answers (KTO, which also takes a pair as two rated
+    answers)."""
+
+    objective: str
+    kind: str = PAIR
+
+    @property
+    def noun(self) -> str:
+        return "rated answers" if self.kind == KTO else "preference pairs"
+
+    @property
+    def registry_kinds(self) -> tuple[str, ...]:
+        """The dataset_info.json entry kinds it reads."""
+        return ("preference", "kto") if self.kind == KTO else ("preference",)
 
 
 @dataclass
@@ -58,45 +75,38 @@ def prepare_preferences(
     tokenizer,
     template: str,
     seed: int,
-    objective: str,
+    asked: Asked,
     context: int | None = None,
     template_args: dict | None = None,
 ) -> PreparedPreferences:
-    """Everything a preference trainer needs from the data section (`objective`: dpo, orpo,
-    simpo or kto)."""
+    """Everything a preference trainer needs from the data section (`asked`: what the
+    objective reads)."""
     renderer = ConversationRenderer(tokenizer, template, template_args=template_args)
     thinking = (template_args or {}).get("enable_thinking")
-    train, report = _rendered_split(config, base_dir, "train", renderer, objective, thinking)
+    train, report = _rendered_split(config, base_dir, "train", renderer, asked, thinking)
     max_length, note = _max_length(config, train, context)
     train = _cut_all(train, max_length, report, config.on_bad_row)
-    notes = [f"train data: {len(train)} {_noun(objective)} rendered with the chat template"]
+    notes = [f"train data: {len(train)} {asked.noun} rendered with the chat template"]
     evaluation = None
     if config.eval:
-        held_out, held_report = _rendered_split(
-            config, base_dir, "eval", renderer, objective, thinking
-        )
+        held_out, held_report = _rendered_split(config, base_dir, "eval", renderer, asked, thinking)
         evaluation = _cut_all(held_out, max_length, held_report, config.on_bad_row)
     elif config.val_ratio:
-        train, evaluation, split_note = hold_out(train, config.val_ratio, seed, _noun(objective))
+        train, evaluation, split_note = hold_out(train, config.val_ratio, seed, asked.noun)
         notes.append(split_note)
     report.truncated = sum(s.truncated for s in train)
-    kind = KTO if objective == "kto" else PAIR
-    prepared = PreparedPreferences(train, evaluation, report, max_length, note, kind, notes)
+    prepared = PreparedPreferences(train, evaluation, report, max_length, note, asked.kind, notes)
     stops = set(tokenizer.all_special_ids)
     prepared.stop_token_trained = sum(bool(s.chosen_ids) and s.chosen_ids[-1] in stops
                                       for s in train)  # fmt: skip
     return prepared
 
 
-def _noun(objective: str) -> str:
-    return "rated answers" if objective == "kto" else "preference pairs"
-
-
 def _rendered_split(
-    config: DataConfig, base_dir, split: str, renderer, objective: str, thinking
+    config: DataConfig, base_dir, split: str, renderer, asked: Asked, thinking
 ) -> tuple[list[PreferenceSample], DataReport]:
     """Every row of a split read, transformed and rendered; bad rows in the report."""
-    rows, report = read_split(config, base_dir, split, objective)
+    rows, report = read_split(config, base_dir, split, asked)
     report.placeholders_replaced = _transform(rows, config, thinking, report)
     rows = _short_answers(rows, config.max_answer_chars, report)
     samples = []
@@ -107,29 +117,29 @@ def _rendered_split(
             samples.append(sample)
     raise_for_bad_rows(report, config.on_bad_row, split)
     if not samples:
-        raise TunelabError(f"the {split} data has no usable {_noun(objective)}.")
+        raise TunelabError(f"the {split} data has no usable {asked.noun}.")
     return samples, report
 
 
 def read_split(
-    config: DataConfig, base_dir, split: str, objective: str
+    config: DataConfig, base_dir, split: str, asked: Asked
 ) -> tuple[list[PreferenceRow], DataReport]:
     """Every row of a split read and checked (KTO: pairs become two rated answers), with the
     report of each source and every bad row; nothing rendered yet."""
     report = DataReport()
     rows: list[PreferenceRow] = []
     for source in config.sources(split):
-        rows += _read_source(source, config, base_dir, objective, report)
-    if objective == "kto":
+        rows += _read_source(source, config, base_dir, asked, report)
+    if asked.kind == KTO:
         rows = [rated for row in rows for rated in unpaired(row)]
     return rows, report
 
 
 def _read_source(
-    source: DataSource, config: DataConfig, base_dir, objective: str, report: DataReport
+    source: DataSource, config: DataConfig, base_dir, asked: Asked, report: DataReport
 ) -> list[PreferenceRow]:
-    resolved = resolve_source(source, config, base_dir, data_kinds(objective))
-    kind = resolved.kind or _file_kind(resolved.file, objective)
+    resolved = resolve_source(source, config, base_dir, asked.registry_kinds)
+    kind = resolved.kind or _file_kind(resolved.file, asked)
     rows, bad = read_preferences(resolved.file, kind, resolved.columns, resolved.limit)
     report.bad_rows += bad
     report.sources.append(
@@ -146,7 +156,7 @@ def _read_source(
     return rows
 
 
-def _file_kind(file: Path, objective: str, look: int = 100) -> str:
+def _file_kind(file: Path, asked: Asked, look: int = 100) -> str:
     """Pairs or rated answers, from the keys of the first records that tell (a bad first row
     is reported as such later); refused if the objective cannot train on it."""
     first = None
@@ -161,14 +171,14 @@ def _file_kind(file: Path, objective: str, look: int = 100) -> str:
         location, record = first
         keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
         raise TunelabError(
-            f"{location}: train.objective {objective} needs preference data, but this record "
+            f"{location}: train.objective {asked.objective} needs preference data, but this record "
             f"has neither `chosen` and `rejected` answers nor a true/false `label` (its keys: "
             f"{keys}); check data.train or the objective."
         )
-    if kind == KTO and objective in PAIRED:
+    if kind == KTO and asked.kind == PAIR:
         raise TunelabError(
             f"{file} holds answers rated true/false (KTO data), but train.objective "
-            f"{objective} needs chosen/rejected pairs; use train.objective: kto."
+            f"{asked.objective} needs chosen/rejected pairs; use train.objective: kto."
         )
     return kind
 

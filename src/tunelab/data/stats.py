@@ -126,3 +126,37 @@ PLOT_KIND = "length plot"
 
 def _format(path: Path) -> str:
     return path.suffix.lstrip(".").lower() or "png"
+
+
+def reasoning_share(target, tokenizer) -> dict:
+    """How many answers carry reasoning (after `data.reasoning`), how many had it dropped, and
+    the reasoning's share of the assistant tokens."""
+    from tunelab.data.load import load_conversations
+    from tunelab.reasoning import split_reasoning
+
+    config = target.config.model_copy(update={"on_bad_row": "skip"})
+    thinking = target.template_args.get("enable_thinking")
+    conversations, report = load_conversations(
+        config, target.base_dir, allow_empty=True, thinking=thinking
+    )
+    reasoning_tokens = answer_tokens = 0
+    for conversation in conversations:
+        for message in conversation.messages:
+            if message.role != "assistant":
+                continue
+            reasoning, answer = message.reasoning, message.content
+            if reasoning is None and message.has_reasoning:
+                reasoning, answer = split_reasoning(message.content)
+            reasoning_tokens += _count(tokenizer, reasoning or "")
+            answer_tokens += _count(tokenizer, answer)
+    total = reasoning_tokens + answer_tokens
+    return {
+        "answers": report.reasoning_turns,
+        "dropped": report.reasoning_dropped,
+        "reasoning_tokens": reasoning_tokens,
+        "token_share": round(reasoning_tokens / total, 4) if total else 0.0,
+    }
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0

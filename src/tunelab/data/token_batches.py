@@ -3,7 +3,7 @@
 The batches are made once, before training: samples sorted longest first, each put into the
 fullest batch it still fits (best fit decreasing), so that a batch is nearly full and no sample
 is ever split across two. Each epoch then visits the batches in its own seeded order, which
-also fixes where a resumed run picks up. Training (training/token_budget.py) and the estimate
+also fixes where a resumed run picks up. Training (objectives/token_budget.py) and the estimate
 both batch this way.
 """
 

@@ -68,10 +68,7 @@ def show_check(console: Console, target: Target, result: CheckResult) -> None:
 
 def show_stats(console: Console, stats: dict) -> None:
     """Length percentiles, the cutoff table, and the suggestion."""
-    what = {"grpo": "prompts (answers are sampled)"}.get(
-        stats.get("objective"),
-        "sequences (each answer after its prompt)" if stats.get("objective") else "samples",
-    )
+    what = stats.get("measured", "samples")  # what the objective's rows are
     table = Table(title=f"token lengths of {stats['samples']} {what} ({stats['model']} tokenizer)")
     keys = ["min", "mean", "p50", "p90", "p95", "p99", "max"]
     table.add_column("")

@@ -3,6 +3,7 @@ previous stage's weights continued), padded batches where packed samples would r
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,3 +74,11 @@ def _continue_adapter(model, method: Method, adapter: Path):
     if method.name == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+
+
+def reference_copy(model):
+    """A frozen copy of the model before training, for the reference log-probabilities."""
+    reference = copy.deepcopy(model).eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    return reference

@@ -15,6 +15,7 @@ from tunelab.evaluation.after_training import evaluate_after
 from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import check_method, count_parameters
 from tunelab.models.load import remote_code_files
+from tunelab.objectives import objective_of
 from tunelab.plan import RunPlan, check_batch_tokens, plan_run, with_fused_loss
 from tunelab.preflight import preflight
 from tunelab.quiet import quiet_libraries
@@ -23,12 +24,11 @@ from tunelab.recipe import Recipe, load_recipe, stage_recipes, with_overrides
 from tunelab.run import (
     DATA_REPORT_FILE,
     METRICS_FILE,
-    REWARDS_FILE,
     SAMPLES_FILE,
     SUMMARY_FILE,
     RunFolder,
 )
-from tunelab.training import distributed, grpo, preference, resharding
+from tunelab.training import distributed, resharding
 from tunelab.training.callbacks import (
     ConsoleView,
     EventSource,
@@ -48,7 +48,7 @@ from tunelab.training.checkpoints import (
 )
 from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.memory_check import memory_estimate, memory_side_by_side
-from tunelab.training.model_setup import load_for_training
+from tunelab.training.model_setup import load_for_training, reference_copy
 from tunelab.training.run_opening import open_run, record_distributed, restarted, writing
 from tunelab.training.sampling import SampleAnswers
 from tunelab.training.saving import save_trained
@@ -181,8 +181,8 @@ def _train_one(
     plan = plan_run(recipe)
     config = plan.config
     check_method(config, recipe.method)
-    preference.check_objective(recipe)
-    grpo.check_grpo(recipe)
+    objective = objective_of(recipe)
+    objective.check(recipe)
     tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
     check_batch_tokens(recipe, data.max_length, plan.fit)
     if run.writer and checkpoint is None:
@@ -199,8 +199,8 @@ def _train_one(
     for note in plan.notes():
         console.print(note, highlight=False)
     reference = None
-    if preference.needs_reference_copy(recipe, plan.method):
-        reference = preference.reference_copy(model)
+    if objective.keeps_reference_copy(recipe, plan.method):
+        reference = reference_copy(model)
         console.print("reference: a frozen copy of the starting weights", highlight=False)
     renderer = ConversationRenderer(tokenizer, template, template_args=recipe.model.template_args)
     watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
@@ -245,8 +245,7 @@ def _train_and_save(
     summary = _summary(recipe, trainer, output, watchers, data, plan)
     summary.update(eval_loss=eval_loss, resumed_from=checkpoint.name if checkpoint else None)
     summary["remote_code"] = remote_code_files(plan.source)  # what ran because it was asked
-    if recipe.train.objective == "grpo":
-        summary.update(run.read_json(REWARDS_FILE))  # the sampling engine and each reward
+    summary.update(objective_of(recipe).summary(run))
     return summary
 
 

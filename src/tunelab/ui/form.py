@@ -67,6 +67,9 @@ def _field(key: str, info) -> FormField:
     if isinstance(default, BaseModel):
         default = default.model_dump(mode="json")
     kind, choices = _kind(annotation)
+    listed = (info.json_schema_extra or {}).get("choices")
+    if listed is not None:  # names a registry extends (the objectives)
+        kind, choices = "choice", tuple(listed)
     if kind == "switch" and optional:  # yes, no, or not set (then the run decides)
         kind, choices = "tristate", TRISTATE
     return FormField(

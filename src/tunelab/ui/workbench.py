@@ -220,7 +220,7 @@ class Workbench:
     def data_report(self, base: str, *given):
         from tunelab.data import doctor
         from tunelab.data.views import show_check, show_stats
-        from tunelab.data_tools import length_stats, preview_samples
+        from tunelab.data_tools import check_data, length_stats, preview_samples
 
         try:
             raw = run_state.rebase(recipe_of(self.values(*given)), Path(base or self.root))
@@ -228,7 +228,7 @@ class Workbench:
             recipe_file = folder / "recipe.yaml"
             recipe_file.write_text(yaml_text(raw), encoding="utf-8")
             found = doctor.open_target(recipe_file, None)
-            result = doctor.check(found)
+            result = check_data(found)
             report = rich_text(lambda console: show_check(console, found, result))
             if result.problems:
                 return report, None, []
@@ -262,8 +262,6 @@ class Workbench:
     def preview(found, preview_samples) -> list:
         from tunelab.data.views import preview_segments
 
-        if found.objective != "sft":
-            return []
         samples, tokenizer = preview_samples(found, 2)
         pieces = []
         for sample in samples:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.render import IGNORE_INDEX, RenderedSample
-from tunelab.plan import Batching
+from tunelab.objectives.base import Batching
 
 
 class SampleDataset(torch.utils.data.Dataset):

@@ -12,29 +12,107 @@ import json
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.objectives.base import Batching, Objective, TrainerParts
 from tunelab.ranks import is_main
 from tunelab.rewards import RewardContext, Rewards, build_rewards
+from tunelab.run import REWARDS_FILE, SAMPLES_FILE
 
 ENGINES = ("transformers generate", "vLLM (colocated)")
 
 
-def check_grpo(recipe) -> None:
-    """A grpo recipe's batch holds whole groups, and its method has weights to train."""
-    if recipe.train.objective != "grpo":
-        return
-    cfg, group = recipe.train, recipe.grpo.generations
-    if recipe.method.type in ("ptuning", "prefix", "prompt"):
-        raise TunelabError(
-            f"train.objective grpo needs weights or a LoRA adapter to train, and method.type "
-            f"{recipe.method.type} learns virtual tokens; use method.type lora (or dora, "
-            "qlora, freeze, full)."
-        )
-    if (cfg.batch_size * cfg.grad_accum) % group:
-        raise TunelabError(
-            f"train.batch_size x train.grad_accum ({cfg.batch_size} x {cfg.grad_accum}) counts "
-            f"sampled answers per step and must be a multiple of grpo.generations ({group}), "
-            f"so each prompt's group is whole; e.g. train.batch_size: {group * 2}."
-        )
+class GRPO(Objective):
+    """Answers sampled per prompt, scored by the recipe's rewards, learned from by their
+    advantage within the group (TRL's GRPOTrainer)."""
+
+    name = "grpo"
+    samples_noun = "prompts"
+
+    def check(self, recipe) -> None:
+        """Its rewards are listed, a batch holds whole groups, its method has weights."""
+        cfg, group = recipe.train, recipe.grpo.generations
+        if not recipe.grpo.rewards:
+            raise TunelabError(
+                "train.objective grpo learns from rewards; list them in grpo.rewards, e.g. "
+                "rewards: [gsm8k, format]"
+            )
+        if recipe.method.type in ("ptuning", "prefix", "prompt"):
+            raise TunelabError(
+                f"train.objective grpo needs weights or a LoRA adapter to train, and method.type "
+                f"{recipe.method.type} learns virtual tokens; use method.type lora (or dora, "
+                "qlora, freeze, full)."
+            )
+        if (cfg.batch_size * cfg.grad_accum) % group:
+            raise TunelabError(
+                f"train.batch_size x train.grad_accum ({cfg.batch_size} x {cfg.grad_accum}) "
+                f"counts sampled answers per step and must be a multiple of grpo.generations "
+                f"({group}), so each prompt's group is whole; e.g. train.batch_size: {group * 2}."
+            )
+
+    def batching(self, packing: bool, group_by_length, method_family: str, fit) -> Batching:
+        return Batching(False, False, "TRL's grpo trainer pads the answers sampled per prompt")
+
+    def prepare(self, recipe, tokenizer, template: str, context: int | None):
+        from tunelab.data.prompt_pipeline import prepare_prompts
+
+        room = context - recipe.grpo.max_completion_length if context else None
+        return prepare_prompts(recipe.data, recipe.source_dir, tokenizer, template,
+                               recipe.train.seed, room, recipe.model.template_args,
+                               recipe.grpo.max_completion_length)  # fmt: skip
+
+    def lengths(self, target, tokenizer, template: str) -> tuple[dict, list]:
+        """Each prompt as rendered (the answers are sampled)."""
+        from tunelab.data.prompt_pipeline import prepare_prompts
+        from tunelab.data.stats import length_stats
+
+        config = target.config.model_copy(update={"on_bad_row": "skip"})
+        prepared = prepare_prompts(config, target.base_dir, tokenizer, template, 0,
+                                   template_args=target.template_args)  # fmt: skip
+        stats = {**length_stats(prepared.train), "model": target.model, "objective": self.name,
+                 "measured": "prompts (answers are sampled)"}  # fmt: skip
+        return stats, prepared.train
+
+    def preview(self, target, tokenizer, template: str, n: int) -> list:
+        from tunelab.objectives.sft import rendered_preview
+
+        return rendered_preview(target, tokenizer, template, n)
+
+    def read_rows(self, target, config):
+        """The prompts, with the columns rewards read."""
+        from tunelab.data.load import DataReport
+        from tunelab.data.prompt_pipeline import read_prompts
+
+        report = DataReport()
+        rows = [row for source in config.sources("train")
+                for row in read_prompts(source, config, target.base_dir, report)]  # fmt: skip
+        return rows, report
+
+    def largest_step(self, recipe, data, packed: bool) -> tuple[int, int | None]:
+        """The longest prompt, each answer as long as allowed."""
+        longest = max(len(s.prompt_ids) for s in data.train)
+        return recipe.train.batch_size * (longest + recipe.grpo.max_completion_length), None
+
+    def reference(self, recipe) -> bool:
+        return recipe.grpo.beta != 0  # a KL term against the starting weights
+
+    def generation_bytes(self, recipe, prof, tokens_per_step: int) -> int:
+        """The key/value cache of every sampled answer, the fp32 logits of one step."""
+        cache = prof.kv_bytes_per_token * tokens_per_step
+        return cache + 2 * recipe.train.batch_size * prof.vocab_size * 4
+
+    def sampling(self, recipe) -> tuple[int, int]:
+        return recipe.grpo.generations, recipe.grpo.max_completion_length
+
+    def build_trainer(self, parts: TrainerParts):
+        """GRPO's trainer with the recipe's rewards (what each one is goes into rewards.json)."""
+        recipe, run, tokenizer = parts.recipe, parts.run, parts.tokenizer
+        rewards = rewards_for(recipe, parts.data, tokenizer, parts.model, tokenizer.chat_template)
+        if run.writer:
+            run.write_json(REWARDS_FILE, {"generation": engine(recipe), "rewards": rewards.record})
+        log = CompletionLog(run.file(SAMPLES_FILE), recipe.train.sample_every)
+        return build(parts, rewards, log)
+
+    def summary(self, run) -> dict:
+        return run.read_json(REWARDS_FILE)  # the sampling engine and each reward
 
 
 def engine(recipe) -> str:
@@ -72,15 +150,16 @@ def dataset(samples):
     return Dataset.from_list(rows)
 
 
-def build(recipe, arguments: dict, model, tokenizer, data, callbacks, rewards: Rewards, log):
+def build(parts: TrainerParts, rewards: Rewards, log):
     """The TRL trainer for a grpo recipe, over already rendered prompts."""
     from trl import GRPOConfig
 
+    recipe, data = parts.recipe, parts.data
     cfg = recipe.grpo
     use_vllm = engine(recipe) == ENGINES[1]
     args = GRPOConfig(
         # the weights' dtype decides, as in SFT runs (DeepSpeed's config says it too)
-        **{"bf16": False, **arguments},
+        **{"bf16": False, **parts.arguments},
         gradient_checkpointing=False,  # set on the model by the runner when asked
         num_generations=cfg.generations,
         max_completion_length=cfg.max_completion_length,
@@ -99,13 +178,13 @@ def build(recipe, arguments: dict, model, tokenizer, data, callbacks, rewards: R
         shuffle_dataset=True,
     )
     trainer = _trainer_class()(
-        model=model,
+        model=parts.model,
         reward_funcs=rewards.functions,
         args=args,
         train_dataset=dataset(data.train),
         eval_dataset=dataset(data.eval) if data.eval else None,
-        processing_class=tokenizer,
-        callbacks=callbacks,
+        processing_class=parts.tokenizer,
+        callbacks=parts.callbacks,
     )
     trainer.completion_log = log
     return trainer

@@ -122,8 +122,10 @@ def estimate(
     device: str | None = None,
     gpu_memory: str | None = None,
     memory: str | None = None,
+    processes: int = 1,
 ):
-    """Peak memory by part and what fits, before anything loads (`tunelab estimate`).
+    """Peak memory by part and what fits, before anything loads (`tunelab estimate`);
+    `processes`: each one's peak by strategy, and the steps of all of them together.
 
     Returns one Estimate per stage (a list of one for a recipe without stages).
     """
@@ -131,7 +133,7 @@ def estimate(
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, list(overrides))
-    return estimate_run(recipe, device, gpu_memory, memory)
+    return estimate_run(recipe, device, gpu_memory, memory, processes)
 
 
 def evaluate(

@@ -84,3 +84,37 @@ def _show_part(kind: str, text: str, shown: str | None, show_reasoning: bool) ->
         print(label + (DIM if dim and kind == "reasoning" else ""), end="", flush=True)
     print(text, end="", flush=True)
     return kind
+
+
+def answer_once(model, prompt: str, system: str | None, max_new_tokens: int, sampling,
+                show: bool) -> str:  # fmt: skip
+    """One answer to `prompt`: its reasoning (shown dimmed on stderr when `show`) apart from
+    the answer, which is returned."""
+    from tunelab.reasoning import split_reasoning
+
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    ids = model.prompt_ids(messages)  # rendered once, for the answer and its reasoning
+    text = model.generate_ids([ids], max_new_tokens, sampling=sampling)[0][0]
+    reasoning, answer = split_reasoning(text, model.opens_thinking(ids))
+    if reasoning and show:
+        err.print(reasoning, style="dim", highlight=False)
+    return answer
+
+
+def template_args(items: list[str]) -> dict:
+    """KEY=VALUE options as a dict, values read as YAML (false, 3, text)."""
+    import yaml
+
+    found = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TunelabError(
+                f"--template-arg `{item}` is not KEY=VALUE, e.g. enable_thinking=false."
+            )
+        try:
+            found[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            found[key.strip()] = value
+    return found

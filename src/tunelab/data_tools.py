@@ -64,3 +64,51 @@ def preview_samples(target: Target, n: int) -> tuple[list[RenderedSample], objec
     """The first `n` training sequences as the trainer gets them, and their tokenizer."""
     tokenizer, template = _tokenizer_and_template(target)
     return get_objective(target.objective).preview(target, tokenizer, template, n), tokenizer
+
+
+CONVERTED = "converted data file"
+
+
+def convert_file(
+    source: Path, to: str, out: Path, fmt: str = "auto", overwrite: bool = False
+) -> int:
+    """`source` rewritten as `to` (messages, sharegpt or alpaca) into `out` (.jsonl, or .json
+    for one array); every bad row is reported and none is written. The records written."""
+    import json
+
+    from tunelab.data.doctor import convert_records
+    from tunelab.data.load import load_conversations
+    from tunelab.errors import TunelabError
+    from tunelab.outputs import check_target, write_file
+    from tunelab.recipe import DataConfig, DataSource
+
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise TunelabError(f"--out {out} is the file being converted; write to another file.")
+    if out.is_dir():
+        raise TunelabError(f"--out {out} is a folder; give a .jsonl or .json file.")
+    if out.exists() and not overwrite:
+        raise TunelabError(f"--out {out} exists; pass --overwrite to replace it.")
+    check_target(out, CONVERTED)  # --overwrite replaces only a file this command wrote
+    config = DataConfig(train=[DataSource(path=str(source), format=fmt)])
+    conversations, _ = load_conversations(config)
+    records = convert_records(conversations, to)
+    if out.suffix.lower() == ".json":
+        text = json.dumps(records, ensure_ascii=False, indent=1)
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_file(out, text, CONVERTED)
+    return len(records)
+
+
+def check_command(console, target: Path, model: str | None, lengths: bool) -> int:
+    """`tunelab data check`: every bad row shown, then the lengths (`lengths`); the count of
+    problems."""
+    from tunelab.data.doctor import open_target
+    from tunelab.data.views import show_check, show_stats
+
+    found = open_target(target, model)
+    result = check_data(found)
+    show_check(console, found, result)
+    if lengths and (result.conversations or result.preference_rows):
+        show_stats(console, length_stats(found))
+    return result.problems

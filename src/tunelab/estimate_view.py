@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
@@ -97,3 +99,22 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def show_estimates(recipe, results: list, as_json: bool) -> None:
+    """`tunelab estimate`: each stage's estimate as a table (a rule between stages), or all
+    of them as JSON on stdout."""
+    import json
+
+    from tunelab.recipe import stage_recipes
+
+    if as_json:
+        payload = [r.as_dict() for r in results] if recipe.stages else results[0].as_dict()
+        print(json.dumps(payload, indent=1))
+        return
+    out = Console()
+    stages = stage_recipes(recipe) if recipe.stages else [recipe]
+    for index, (stage, result) in enumerate(zip(stages, results), start=1):
+        if recipe.stages:
+            out.rule(f"stage {index}/{len(stages)}: {Path(stage.output).name}")
+        show_estimate(out, result)

@@ -292,6 +292,8 @@ def import_file(path: Path, out: Path) -> Imported:
     to `out` (never over an existing file)."""
     import yaml
 
+    if not path.is_file():
+        raise TunelabError(f"{path} does not exist; give a LLaMA-Factory training .yaml file.")
     if out.exists():
         raise TunelabError(f"--out {out} exists; give a new file name.")
     raw, _ = read_yaml(path)
@@ -315,3 +317,17 @@ def import_file(path: Path, out: Path) -> Imported:
 
 
 KNOWN = (*OTHER_KEYS, *PLAIN_TRAIN, *IGNORED)
+
+
+def show_import(console, imported: Imported, out: Path) -> None:
+    """What the import mapped and dropped (stdout), and how to train the recipe (stderr)."""
+    from rich.markup import escape
+
+    for key, target in imported.mapped:
+        print(f"mapped   {key} -> {target}")
+    for key, why in imported.dropped:
+        print(f"dropped  {key}: {why}")
+    console.print(
+        f"wrote {escape(str(out))}; train it with `tunelab train {escape(str(out))}`",
+        highlight=False,
+    )

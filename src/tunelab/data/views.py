@@ -119,3 +119,13 @@ def show_preview(console: Console, samples, tokenizer, plain: bool) -> None:
             else:
                 text.append(chunk, style="bold black on green" if trained else "dim")
         console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def show_stats_or_json(console: Console, stats: dict, as_json: bool) -> None:
+    """`tunelab data stats`: the tables, or the figures as JSON on stdout."""
+    if as_json:
+        import json
+
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+    else:
+        show_stats(console, stats)

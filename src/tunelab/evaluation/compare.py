@@ -283,3 +283,16 @@ padding:.4em;vertical-align:top;white-space:pre-wrap}}tr.changed td:last-child{{
 <p><b>{esc(report["summary_line"])}</b></p>{task_html}<h2>Prompts</h2>
 <table><tr><th>prompt</th><th>before</th><th>after</th></tr>{rows}</table></body></html>
 """
+
+
+def compare_command(
+    before: str, after: str, prompts: Path, out: Path, task, max_new_tokens: int, console
+) -> list:
+    """`tunelab compare`: the report's files checked before the work, the comparison shown,
+    the report written into `out`; the files written."""
+    from tunelab.outputs import check_files
+
+    check_files(out, REPORT_FILES, REPORT_KIND)
+    report = compare(before, after, read_prompts(prompts), task, min(max_new_tokens, 128), console)
+    show(console, report)
+    return write_report(out, report)

@@ -36,3 +36,9 @@ def show_eval(summary: dict, as_json: bool) -> None:
     )
     print(f"strict-match     {strict['score']:.4f} ± {strict['stderr']:.4f}")
     print(f"flexible-extract {flexible['score']:.4f} ± {flexible['stderr']:.4f}")
+
+
+def show_harness(summary: dict) -> None:
+    """An lm-evaluation-harness run's summary as JSON (without its samples)."""
+    summary.pop("samples")
+    print(json.dumps(summary, indent=2, ensure_ascii=False))

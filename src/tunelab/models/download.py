@@ -22,8 +22,13 @@ def download(repo_id: str, source: str = "hf", revision: str | None = None, to=N
         raise TunelabError(f"--from {source} is not one of {', '.join(SOURCES)}.")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise TunelabError(f"`{repo_id}` is not a model id; write it as owner/name.")
+    to = Path(to) if to else None
+    if to is not None and to.exists() and not to.is_dir():
+        raise TunelabError(f"--to {to} is a file; give a new or empty folder to put the model in.")
+    if to is not None and to.exists() and any(to.iterdir()) and not (to / "config.json").exists():
+        raise TunelabError(f"--to {to} holds other files; give an empty or new folder.")
     fetch = _from_hf if source == "hf" else _from_modelscope
-    return fetch(repo_id, revision, Path(to) if to else None)
+    return fetch(repo_id, revision, to)
 
 
 def command_for(repo_id: str, source: str = "hf") -> str:

@@ -51,15 +51,7 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        return {
-            "status": "ok",
-            "models": list(models),
-            "running": scheduler.running,
-            "queued": scheduler.queued,
-            "batches": scheduler.batches,
-            "cancelled": scheduler.cancelled,
-            "generated_tokens": scheduler.generated_tokens,
-        }
+        return _health(models, scheduler)
 
     @app.get("/v1/models", dependencies=[authorized])
     async def list_models():
@@ -85,19 +77,35 @@ def create_app(
             )
         if not await _wait(job, request):
             return JSONResponse({}, status_code=499)  # the client is gone; nobody reads this
-        row = job.row
-        reasoning, answer = split_reasoning(row.text, model.opens_thinking(row.prompt))
-        logprobs = None
-        if body.logprobs:
-            logprobs = schemas.logprobs_content(
-                row.token_logprobs, lambda i: model.tokenizer.decode([i])
-            )
-        return schemas.completion(
-            cid, body.model, answer, row.finish_reason, len(row.prompt), len(row.tokens),
-            reasoning, logprobs,
-        )  # fmt: skip
+        return _completion(model, body, job.row, cid)
 
     return app
+
+
+def _health(models: dict, scheduler: Scheduler) -> dict:
+    return {
+        "status": "ok",
+        "models": list(models),
+        "running": scheduler.running,
+        "queued": scheduler.queued,
+        "batches": scheduler.batches,
+        "cancelled": scheduler.cancelled,
+        "generated_tokens": scheduler.generated_tokens,
+    }
+
+
+def _completion(model: ChatModel, body, row, cid: str) -> dict:
+    """A finished row as one chat completion: its reasoning apart, log-probs if asked."""
+    reasoning, answer = split_reasoning(row.text, model.opens_thinking(row.prompt))
+    logprobs = None
+    if body.logprobs:
+        logprobs = schemas.logprobs_content(
+            row.token_logprobs, lambda i: model.tokenizer.decode([i])
+        )
+    return schemas.completion(
+        cid, body.model, answer, row.finish_reason, len(row.prompt), len(row.tokens),
+        reasoning, logprobs,
+    )  # fmt: skip
 
 
 _NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

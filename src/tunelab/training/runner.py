@@ -12,7 +12,6 @@ from tunelab.data.render import ConversationRenderer
 from tunelab.data_tools import recipe_data
 from tunelab.errors import TunelabError
 from tunelab.evaluation.after_training import evaluate_after
-from tunelab.events import EVENTS_FILE, EventFile, RunEvents
 from tunelab.methods import check_method, count_parameters
 from tunelab.models.load import remote_code_files
 from tunelab.objectives import objective_of
@@ -23,25 +22,14 @@ from tunelab.ranks import is_main, wait_for_everyone
 from tunelab.recipe import Recipe, load_recipe, stage_recipes, with_overrides
 from tunelab.run import (
     DATA_REPORT_FILE,
-    METRICS_FILE,
-    SAMPLES_FILE,
     SUMMARY_FILE,
     RunFolder,
 )
 from tunelab.training import distributed, resharding
 from tunelab.training.callbacks import (
-    ConsoleView,
-    EventSource,
-    MetricsWriter,
     RunStarted,
-    StepTimer,
 )
 from tunelab.training.checkpoints import (
-    OPTIMIZER_FILE,
-    AtomicCheckpoints,
-    CarryOptimizer,
-    NonFiniteGuard,
-    SaveOnInterrupt,
     checkpoint_read,
     latest_checkpoint,
     saving_into,
@@ -50,11 +38,11 @@ from tunelab.training.memory import peak_memory_bytes
 from tunelab.training.memory_check import memory_estimate, memory_side_by_side
 from tunelab.training.model_setup import load_for_training, reference_copy
 from tunelab.training.run_opening import open_run, record_distributed, restarted, writing
-from tunelab.training.sampling import SampleAnswers
 from tunelab.training.saving import save_trained
-from tunelab.training.trackers import trackers
 from tunelab.training.trainer_setup import build_trainer
 from tunelab.training.views import show_data, show_done
+from tunelab.training.watchers import Watchers
+from tunelab.training.watchers import watchers as run_watchers
 
 
 class Interrupted(TunelabError):
@@ -149,17 +137,6 @@ def _train_stages(
     return result
 
 
-@dataclass
-class Watchers:
-    """The callbacks that watch a run, and the ones whose numbers the summary reads."""
-
-    timer: StepTimer
-    metrics: MetricsWriter
-    interrupt: SaveOnInterrupt
-    events: RunEvents
-    all: list
-
-
 def _train_one(
     recipe: Recipe,
     run: RunFolder,
@@ -178,32 +155,11 @@ def _train_one(
     quiet_libraries()
     if checkpoint is not None:  # checkpoints of another process count: the same global batch
         recipe = resharding.rebatched(run, recipe, checkpoint, console)
-    plan = plan_run(recipe)
-    config = plan.config
-    check_method(config, recipe.method)
-    objective = objective_of(recipe)
-    objective.check(recipe)
-    tokenizer, template, data = _prepare_data(recipe, run, plan.source, config, console)
-    check_batch_tokens(recipe, data.max_length, plan.fit)
-    if run.writer and checkpoint is None:
-        record_distributed(run, recipe, config)
-    estimated = memory_estimate(recipe, plan, config, data, console)
-    if estimated and estimated[0].fused_loss and not plan.kernels.liger:
-        plan = with_fused_loss(
-            plan,
-            "liger-kernel on: the run fits this GPU only with its fused loss "
-            "(train.fused_kernels: false refuses it, true always takes it)",
-        )
-    sharded_loading = distributed.prepare(recipe, config)  # alive while training
-    model, plan = load_for_training(recipe, plan, init_from, console)
-    for note in plan.notes():
-        console.print(note, highlight=False)
-    reference = None
-    if objective.keeps_reference_copy(recipe, plan.method):
-        reference = reference_copy(model)
-        console.print("reference: a frozen copy of the starting weights", highlight=False)
+    plan, (tokenizer, template, data), estimated = _planned(recipe, run, checkpoint, console)
+    sharded_loading = distributed.prepare(recipe, plan.config)  # alive while training
+    model, plan, reference = _model(recipe, plan, init_from, console)
     renderer = ConversationRenderer(tokenizer, template, template_args=recipe.model.template_args)
-    watchers = _watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
+    watchers = run_watchers(recipe, run, renderer, started_at, console, [*callbacks], init_from)
     trainer = build_trainer(
         recipe, run, model, tokenizer, data, watchers.all, plan, reference, checkpoint
     )
@@ -215,9 +171,10 @@ def _train_one(
         )
     except BaseException as exc:
         if run.writer:
-            error = str(exc) or type(exc).__name__
             kind = "stopped" if isinstance(exc, Interrupted) else "failed"
-            watchers.events.emit(kind, trainer.state.global_step, error=error)
+            watchers.events.emit(
+                kind, trainer.state.global_step, error=str(exc) or type(exc).__name__
+            )
         raise
     del sharded_loading
     summary["memory"] = memory_side_by_side(
@@ -225,11 +182,43 @@ def _train_one(
     )
     run.write_json(SUMMARY_FILE, summary)
     wait_for_everyone()  # the weights are saved before any process goes on
-    if not run.writer:
-        return TrainResult(run.path, summary, trainer.model)
-    watchers.events.emit("finished", summary["steps"], summary=summary)
-    show_done(console, summary)
+    if run.writer:
+        watchers.events.emit("finished", summary["steps"], summary=summary)
+        show_done(console, summary)
     return TrainResult(run.path, summary, trainer.model)
+
+
+def _planned(recipe: Recipe, run: RunFolder, checkpoint: Path | None, console: Console):
+    """(plan, (tokenizer, template, data), estimate) of a run, checked before weights load;
+    a GPU run that fits only with liger's fused loss gets it."""
+    plan = plan_run(recipe)
+    check_method(plan.config, recipe.method)
+    objective_of(recipe).check(recipe)
+    prepared = _prepare_data(recipe, run, plan.source, plan.config, console)
+    check_batch_tokens(recipe, prepared[2].max_length, plan.fit)
+    if run.writer and checkpoint is None:
+        record_distributed(run, recipe, plan.config)
+    estimated = memory_estimate(recipe, plan, plan.config, prepared[2], console)
+    if estimated and estimated[0].fused_loss and not plan.kernels.liger:
+        plan = with_fused_loss(
+            plan,
+            "liger-kernel on: the run fits this GPU only with its fused loss "
+            "(train.fused_kernels: false refuses it, true always takes it)",
+        )
+    return plan, prepared, estimated
+
+
+def _model(recipe: Recipe, plan: RunPlan, init_from: Path | None, console: Console):
+    """(model, plan, reference): the weights with the method applied, and the frozen copy the
+    objective learns against where it keeps one."""
+    model, plan = load_for_training(recipe, plan, init_from, console)
+    for note in plan.notes():
+        console.print(note, highlight=False)
+    reference = None
+    if objective_of(recipe).keeps_reference_copy(recipe, plan.method):
+        reference = reference_copy(model)
+        console.print("reference: a frozen copy of the starting weights", highlight=False)
+    return model, plan, reference
 
 
 def _train_and_save(
@@ -247,37 +236,6 @@ def _train_and_save(
     summary["remote_code"] = remote_code_files(plan.source)  # what ran because it was asked
     summary.update(objective_of(recipe).summary(run))
     return summary
-
-
-def _watchers(recipe, run, renderer, started_at, console, extra: list, init_from) -> Watchers:
-    timer = StepTimer(started_at)
-    metrics = MetricsWriter(run.file(METRICS_FILE))
-    interrupt = SaveOnInterrupt(console)
-    tracked = trackers(recipe, run, console)
-    events = RunEvents(ConsoleView(console), EventFile(run.file(EVENTS_FILE)), *tracked)
-    cfg = recipe.train
-    found = [
-        RunStarted(run),
-        timer,
-        metrics,
-        EventSource(events),
-        interrupt,
-        NonFiniteGuard(run.checkpoints_dir, cfg.lr),
-        AtomicCheckpoints(run.checkpoints_dir, cfg.keep_last, events),
-        SampleAnswers(
-            run.file(SAMPLES_FILE),
-            renderer,
-            cfg.sample_prompts,
-            cfg.sample_every,
-            cfg.sample_max_new_tokens,
-            events,
-        ),
-        *tracked,
-        *extra,
-    ]
-    if init_from is not None and cfg.carry_optimizer:
-        found.append(CarryOptimizer(init_from / OPTIMIZER_FILE))
-    return Watchers(timer, metrics, interrupt, events, found)
 
 
 def _run_trainer(trainer, run: RunFolder, checkpoint: Path | None, watchers):

@@ -7,8 +7,8 @@ import json
 
 from typer.testing import CliRunner
 
-from tests.test_published_templates import _trained_runs
-from tests.test_template_args import qwen3  # noqa: F401 - the fixture
+from tests.data.test_published_templates import _trained_runs
+from tests.data.test_template_args import qwen3  # noqa: F401 - the fixture
 from tunelab.cli import app
 from tunelab.data.load import load_conversations
 from tunelab.data.render import ConversationRenderer

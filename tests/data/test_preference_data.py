@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import SHARED_DATA
-from tests.test_published_templates import FOLDER, TAG, _source
+from tests.data.test_published_templates import FOLDER, TAG, _source
 from tunelab.data.doctor import open_target
 from tunelab.data.preference import (
     _final_turn,

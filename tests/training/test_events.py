@@ -7,7 +7,7 @@ import yaml
 from transformers import TrainerCallback
 
 import tunelab
-from tests.test_resume import write_recipe
+from tests.training.test_resume import write_recipe
 from tunelab.run import RunFolder
 
 

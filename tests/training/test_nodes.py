@@ -11,8 +11,8 @@ import os
 import pytest
 
 from tests.conftest import run_cli, start_cli
-from tests.test_distributed import ddp_recipe, losses
-from tests.test_serve import free_port
+from tests.serve.test_serve import free_port
+from tests.training.test_distributed import ddp_recipe, losses
 
 
 def node_environment(tmp_path, rank: int) -> dict:

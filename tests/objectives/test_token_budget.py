@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import tunelab
-from tests.test_resume import DATA, adapter_weights, write_recipe
+from tests.training.test_resume import DATA, adapter_weights, write_recipe
 from tunelab.data.token_batches import TokenBudgetSampler, budget_batches
 from tunelab.errors import TunelabError
 

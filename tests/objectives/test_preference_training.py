@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from tests.conftest import SHARED_DATA, run_cli
-from tests.test_resume import killed_at, resumed_like_whole
+from tests.training.test_resume import killed_at, resumed_like_whole
 from tunelab import train
 from tunelab.data.preference import read_preferences, render_preference
 from tunelab.data.render import ConversationRenderer

@@ -3,7 +3,7 @@ llama.cpp's converter, run by llama.cpp itself (llama-cpp-python), its logits th
 prompt longer than any sliding window (and inside the declared context where the file caps
 it), and read back by transformers too where transformers reads the architecture.
 
-`pytest -m slow tests/test_gguf_zoo.py` (needs llama-cpp-python: `pip install
+`pytest -m slow tests/exporters/test_gguf_zoo.py` (needs llama-cpp-python: `pip install
 llama-cpp-python`, a 5-minute source build on 2 cores; about 4 minutes).
 """
 
@@ -57,7 +57,7 @@ def sentencepiece_tokenizer(layout: str, folder):
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     texts = [line for line in (root / "README.md").read_text().splitlines() if line.strip()]
     model = io.BytesIO()
     ids = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}

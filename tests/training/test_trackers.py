@@ -181,9 +181,9 @@ def test_each_tracker_gets_the_losses_the_recipe_and_the_summary(tmp_path, tiny_
     assert scalars["summary/train_seconds"][4] == summary["train_seconds"]
     assert swan_config["recipe"]["value"]["train"]["lr"] == 1e-3
 
-    import_trackio = f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})"
+    import_trackio = f"import sys; sys.path.insert(0, {str(Path(__file__).parents[2])!r})"
     read = subprocess.run(
-        [sys.executable, "-c", f"{import_trackio}; from tests.test_trackers import trackio_print;"
+        [sys.executable, "-c", f"{import_trackio}; from tests.training.test_trackers import trackio_print;"
          "trackio_print()"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -211,7 +211,7 @@ def trackio_print() -> None:
 @pytest.mark.slow  # an MLflow server's start takes most of its 34 s
 def test_a_local_mlflow_server_gets_the_run(tmp_path, tiny_model_dir):
     from tests.conftest import run_cli
-    from tests.test_serve import free_port
+    from tests.serve.test_serve import free_port
 
     port = free_port()
     server = subprocess.Popen(

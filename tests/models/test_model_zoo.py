@@ -4,7 +4,7 @@ adapt (no routers, nothing PEFT refuses), and a LoRA step and a full step run, w
 and padded batches giving the same loss where both apply.
 
 The end-to-end part (the CLI: train LoRA and full, chat, merge, serve) is
-`pytest -m slow tests/test_model_zoo.py`.
+`pytest -m slow tests/models/test_model_zoo.py`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _train(root, model, method: str) -> dict:
 
 
 def _served_answer(run) -> str:
-    from tests.test_serve import client, free_port, start_server, wait_healthy
+    from tests.serve.test_serve import client, free_port, start_server, wait_healthy
 
     port = free_port()
     server = start_server(str(run), "--api-key", "k", port=port)
@@ -128,7 +128,7 @@ def _served_answer(run) -> str:
 def test_architecture_end_to_end(model_type, builtin_tokenizer, tmp_path):
     """train LoRA and full -> chat -> export (merged, checked by the parity gate) -> resume
     the LoRA run for a third step -> serve, through the CLI; `pytest -m slow
-    tests/test_model_zoo.py`."""
+    tests/models/test_model_zoo.py`."""
     import json
     import os
 

@@ -17,7 +17,7 @@ import yaml
 import tunelab
 from tests.conftest import REPO, run_cli
 from tests.test_hardening import DATA, snapshot
-from tests.test_resume import KILLER
+from tests.training.test_resume import KILLER
 
 HOLDER = """
 import sys, time

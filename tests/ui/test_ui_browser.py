@@ -25,7 +25,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def start_ui(root: Path, *options: str):
     """`tunelab ui` on a free port; (process, its address as it printed it)."""
-    from tests.test_serve import free_port
+    from tests.serve.test_serve import free_port
 
     port = free_port()
     process = subprocess.Popen(
@@ -129,7 +129,7 @@ def test_train_a_tiny_model_then_chat_with_it(page, tmp_path, tiny_model_dir):
     assert "bad row" in report or "rows" in report
     page.screenshot(path=str(folder / "data.png"), full_page=True)
 
-    registry = Path(__file__).parents[2] / "shared" / "data" / "dataset_info.json"
+    registry = Path(__file__).parents[3] / "shared" / "data" / "dataset_info.json"
     if registry.is_file():  # pick registry entries: they become data.train
         page.locator("#registry textarea, #registry input").first.fill(str(registry))
         page.get_by_role("button", name="List its entries").click()

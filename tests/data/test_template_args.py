@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from tests.test_published_templates import FOLDER, _trained_runs
+from tests.data.test_published_templates import FOLDER, _trained_runs
 from tunelab.data.conversation import Conversation, Message
 from tunelab.data.render import ConversationRenderer
 from tunelab.recipe import load_recipe

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import run_cli
-from tests.test_faults import write_recipe
+from tests.training.test_faults import write_recipe
 
 
 @pytest.mark.parametrize("stages", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -63,7 +63,7 @@ def ddp_recipe(root, model_dir, name, batch_size, **train):
     """The resume tests' data and LoRA settings, no dropout, as `name`."""
     import yaml
 
-    from tests.test_resume import write_recipe
+    from tests.training.test_resume import write_recipe
 
     path = write_recipe(root, model_dir, name, batch_size=batch_size, **train)
     recipe = yaml.safe_load(path.read_text())
@@ -101,7 +101,7 @@ def test_nproc_2_gives_the_losses_of_one_process_with_the_same_global_batch(
 
 def killed_at_step_5(tmp_path, recipe) -> None:
     """Two torchrun processes on `recipe`, each killed (SIGKILL) after step 5."""
-    from tests.test_resume import KILLER
+    from tests.training.test_resume import KILLER
 
     (tmp_path / "killer.py").write_text(KILLER, encoding="utf-8")
     killed = subprocess.run(
@@ -114,7 +114,7 @@ def killed_at_step_5(tmp_path, recipe) -> None:
 
 @pytest.mark.slow  # four launches of two processes (about 60 s)
 def test_ddp_killed_then_resumed_with_nproc_ends_as_uninterrupted(tmp_path, tiny_model_dir):
-    from tests.test_resume import adapter_weights
+    from tests.training.test_resume import adapter_weights
 
     whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", 2)
     assert run_cli("train", str(whole), "--nproc", "2").returncode == 0
@@ -139,7 +139,7 @@ def test_a_run_resumed_on_another_process_count_ends_as_uninterrupted(
     batch (batch x accumulation x processes), the same samples in each step, so the losses
     and the adapter of the uninterrupted run (dropout off: its masks are per process). Under
     ZeRO the optimizer shards are resharded through DeepSpeed's universal checkpoint."""
-    from tests.test_resume import KILLER, adapter_weights
+    from tests.training.test_resume import KILLER, adapter_weights
 
     batch = 4 // before  # a global batch of 4
     whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", batch, distributed=strategy)
@@ -357,7 +357,7 @@ def test_zero3_on_two_processes_trains_and_saves_like_one(tmp_path, tiny_model_d
 
 @pytest.mark.slow  # three launches of two processes
 def test_zero2_killed_then_resumed_ends_as_uninterrupted(tmp_path, tiny_model_dir):
-    from tests.test_resume import adapter_weights
+    from tests.training.test_resume import adapter_weights
 
     zero2 = ["train.distributed=zero2"]
     whole = ddp_recipe(tmp_path, tiny_model_dir, "whole", 2)

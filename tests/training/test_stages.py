@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 import tunelab
 from tests.conftest import run_cli
-from tests.test_resume import DATA, killed_at
+from tests.training.test_resume import DATA, killed_at
 
 
 def staged_recipe(root, tiny_model_dir, name, method="lora"):

@@ -78,7 +78,7 @@ def test_a_thinking_run_answers_with_reasoning_then_stops(tmp_path):
     assert "makes" in chat.stderr  # the reasoning, shown apart
 
     # the server returns the two parts apart
-    from tests.test_serve import free_port, start_server, wait_healthy
+    from tests.serve.test_serve import free_port, start_server, wait_healthy
 
     port = free_port()
     server = start_server(str(tmp_path / "thinker"), port=port)

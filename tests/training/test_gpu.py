@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tunelab
-from tests.test_packing import recipe_file
+from tests.models.test_packing import recipe_file
 from tunelab.methods import METHODS
 from tunelab.models import attention
 

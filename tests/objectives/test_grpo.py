@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.test_resume import killed_at, resumed_like_whole
+from tests.training.test_resume import killed_at, resumed_like_whole
 from tunelab import train
 from tunelab.data.render import ConversationRenderer
 from tunelab.data_tools import recipe_data

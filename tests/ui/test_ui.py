@@ -1,6 +1,6 @@
 """The web UI's parts without a browser: the recipe form made from the recipe's own sections
 (every shipped example goes in and comes back out the same), run folders as its state, and
-stop / resume of a real `tunelab train` process. The page itself: tests/test_ui_browser.py."""
+stop / resume of a real `tunelab train` process. The page itself: tests/ui/test_ui_browser.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tunelab.recipe import load_recipe
 from tunelab.ui import runs as run_state
 from tunelab.ui.form import FormError, form_fields, recipe_of, values_of
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
@@ -78,11 +78,11 @@ def wait_for(condition, seconds: float = 120):
 
 
 @pytest.mark.slow  # two real `tunelab train` processes (about 30 s); Ctrl-C and resume are in
-# the default suite through tests/test_resume.py, the UI's launch in the browser test
+# the default suite through tests/training/test_resume.py, the UI's launch in the browser test
 def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_model_dir):
     """The page's Stop is Ctrl-C (the run saves a checkpoint and says how to continue); Resume
     continues it to the end; a restarted UI finds the run on disk in each state."""
-    from tests.test_resume import write_recipe
+    from tests.training.test_resume import write_recipe
     from tunelab.errors import TunelabError
 
     raw = load_recipe(write_recipe(tmp_path, tiny_model_dir, "r", max_steps=150, save_every=None))
@@ -109,7 +109,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_mode
 
 
 def test_launching_over_an_existing_run_is_refused(tmp_path, tiny_model_dir):
-    from tests.test_resume import write_recipe
+    from tests.training.test_resume import write_recipe
     from tunelab.errors import TunelabError
 
     (tmp_path / "runs" / "taken").mkdir(parents=True)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.test_resume import write_recipe
+from tests.training.test_resume import write_recipe
 
 
 class HalfLossSFT:

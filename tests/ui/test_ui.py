@@ -158,3 +158,39 @@ def test_ui_on_a_taken_port_is_one_sentence_and_port_0_picks_a_free_one(tmp_path
     finally:
         child.terminate()
         child.wait(timeout=30)
+
+
+def test_the_runs_tab_lists_overlays_and_opens_runs_and_chat_streams_a_checkpoint(
+    tmp_path, tiny_model_dir
+):
+    """Two finished runs: the table row of each (its summary's figures), both loss curves on
+    one chart, one run opened; the chat picks RUN@STEP and streams each answer in pieces."""
+    import tunelab
+    from tests.training.test_resume import write_recipe
+    from tunelab.ui.workbench import Workbench
+
+    (tmp_path / "runs").mkdir()
+    for name, lr in (("a", 5e-3), ("b", 1e-3)):
+        path = write_recipe(tmp_path, tiny_model_dir, f"runs/{name}", max_steps=4, lr=lr)
+        tunelab.train(path)
+    bench = Workbench(tmp_path)
+    table = bench.runs_table()
+    row = table.set_index("run").loc["runs/a"]
+    summary = json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())
+    assert row["status"] == "finished" and row["steps"] == 4 and row["method"] == "lora"
+    assert row["final loss"] == round(summary["final_loss"], 4)
+    assert set(table["run"]) == {"runs/a", "runs/b"}
+    figure, said = bench.runs_curves([str(tmp_path / "runs/a"), "runs/b"], "loss")
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["runs/a", "runs/b"]
+    assert "runs/a: 4 points" in said and "runs/b: 4 points" in said
+    assert figure.axes[0].get_xlabel() == "step" and figure.axes[0].get_ylabel() == "loss"
+    assert "logged no eval_loss" in bench.runs_curves(["runs/a"], "eval_loss")[1]
+    shown, _, _ = bench.open_run("runs/a")
+    assert '"steps": 4' in shown
+    assert f"{tmp_path / 'runs' / 'a'}@2" in bench.chat_choices()
+    updates = list(bench.chat(f"{tmp_path / 'runs' / 'a'}@2", "Who are you?", [], [], "Be brief.",
+                              0.0, 12, False))  # fmt: skip
+    assert len(updates) > 4 and updates[-1][2].endswith("answered.")
+    tuned, base, _ = updates[-1]
+    assert [m["role"] for m in tuned] == ["user", "assistant"] and tuned[1]["content"]
+    assert base[0]["content"] == "Who are you?" and base[1]["content"]

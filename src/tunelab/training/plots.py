@@ -1,4 +1,5 @@
-"""The loss plot written into the run folder at the end."""
+"""The loss plot written into the run folder at the end, and several runs' curves overlaid on
+one chart (the web UI's Runs tab)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,23 @@ def plot_losses(metrics_file: Path, out: Path) -> Path | None:
     figure.savefig(out)
     plt.close(figure)
     return out
+
+
+def overlaid(series: dict[str, list[tuple[float, float]]], metric: str):
+    """A matplotlib figure with one line per run (its name in the legend), titled axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(10, 4.2), dpi=100)
+    for name, points in series.items():
+        axis.plot(*zip(*points), label=name, linewidth=1.6)
+    axis.set_xlabel("step")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    if series:
+        axis.legend(loc="best", fontsize=9)
+    figure.tight_layout()
+    plt.close(figure)  # gradio draws it; pyplot need not keep it
+    return figure

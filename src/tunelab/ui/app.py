@@ -72,6 +72,8 @@ def build(root: Path):
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
                 inputs, pickers = train_tab(gr, page, bench, base, first)
+            with gr.Tab("Runs", id="runs") as runs:
+                runs_tab(gr, bench, runs)
             with gr.Tab("Sweeps", id="sweeps"):
                 sweeps_tab(gr, bench)
             with gr.Tab("Data", id="data"):
@@ -124,7 +126,8 @@ def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list
     inputs, the run pickers)."""
     examples = sorted(p.name for p in EXAMPLES.glob("*.yaml")) if EXAMPLES.is_dir() else []
     with gr.Row(equal_height=True):
-        example = gr.Dropdown(choices=examples, value=None, label="load an example")
+        example = gr.Dropdown(choices=examples, value=None, label="load an example",
+                              elem_id="example")  # fmt: skip
         upload = gr.File(label="or load a recipe .yaml", file_types=[".yaml", ".yml"],
                          type="filepath", height=100)  # fmt: skip
     with gr.Row():
@@ -165,6 +168,37 @@ def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list
     stop.click(bench.stop, run_pick, launched)
     resume.click(bench.resume, run_pick, launched)
     return inputs, [run_pick]
+
+
+def runs_tab(gr, bench: Workbench, tab) -> None:
+    """Every run with its status and figures; several picked runs' curves overlaid; one run
+    opened (summary, sample answers, report)."""
+    from tunelab.ui.runs import CURVES
+
+    gr.Dataframe(value=bench.runs_table, interactive=False, elem_id="runs-table",
+                         every=5.0)  # fmt: skip
+    with gr.Row():
+        picked = gr.Dropdown(choices=bench.run_choices(), multiselect=True, scale=4,
+                             allow_custom_value=True, label="runs to compare",
+                             elem_id="runs-pick")  # fmt: skip
+        metric = gr.Dropdown(choices=list(CURVES), value="loss", label="curve", scale=1,
+                             elem_id="runs-metric")  # fmt: skip
+        again = gr.Button("Refresh the list", scale=1)
+    curves = gr.Plot(label="curves", elem_id="runs-curves")
+    lines = gr.Markdown(elem_id="runs-lines")
+    opened = gr.Dropdown(choices=bench.run_choices(), label="open a run",
+                         allow_custom_value=True, elem_id="runs-open")  # fmt: skip
+    with gr.Row():
+        summary = gr.Markdown(elem_id="runs-summary")
+        samples = gr.Textbox(label="sample answers", lines=10, elem_id="runs-samples")
+    report = gr.Markdown(elem_id="runs-report")
+    picked.change(bench.runs_curves, [picked, metric], [curves, lines])
+    metric.change(bench.runs_curves, [picked, metric], [curves, lines])
+    gr.Timer(5.0).tick(bench.runs_curves, [picked, metric], [curves, lines])
+    opened.change(bench.open_run, opened, [summary, samples, report])
+    listed = lambda: [gr.Dropdown(choices=bench.run_choices())] * 2  # noqa: E731
+    again.click(listed, None, [picked, opened])
+    tab.select(listed, None, [picked, opened])  # runs started since the page opened
 
 
 def sweeps_tab(gr, bench: Workbench) -> None:
@@ -213,15 +247,25 @@ def data_tab(gr, bench: Workbench, base, inputs: list) -> None:
 
 
 def chat_tab(gr, bench: Workbench):
-    """A run and its base, side by side; the run picker."""
-    chat_run = run_picker(gr, bench, "chat-run")
+    """A run (or RUN@STEP) and its base, side by side, each answer streamed; the picker."""
+    chat_run = gr.Dropdown(choices=bench.chat_choices(), label="run (or RUN@STEP)",
+                           allow_custom_value=True, elem_id="chat-run")  # fmt: skip
+    with gr.Row():
+        system = gr.Textbox(label="system prompt", elem_id="chat-system", scale=3)
+        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0: greedy)",
+                                elem_id="chat-temperature")  # fmt: skip
+        longest = gr.Number(value=128, precision=0, minimum=1, maximum=4096, label="max tokens",
+                            elem_id="chat-max-tokens")  # fmt: skip
+        thinking = gr.Checkbox(value=True, label="thinking (reasoning templates)",
+                               elem_id="chat-thinking")  # fmt: skip
     with gr.Row():
         tuned = gr.Chatbot(label="the run", elem_id="chat-tuned")
         base_chat = gr.Chatbot(label="its base model", elem_id="chat-base")
     message = gr.Textbox(label="message", elem_id="chat-message")
     send = gr.Button("Send", elem_id="chat-send")
     chat_status = gr.Markdown(elem_id="chat-status")
-    send.click(bench.chat, [chat_run, message, tuned, base_chat], [tuned, base_chat, chat_status])
+    asked = [chat_run, message, tuned, base_chat, system, temperature, longest, thinking]
+    send.click(bench.chat, asked, [tuned, base_chat, chat_status])
     return chat_run
 
 

@@ -171,3 +171,57 @@ def last_error_line(log: Path) -> str | None:
         if lines[index].startswith(("error:", "internal error:")):
             return " ".join(line for line in lines[index : index + 6] if line)
     return next((line for line in reversed(lines) if line), None)
+
+
+CURVES = ("loss", "eval_loss", "lr", "reward", "grad_norm")  # what the Runs tab can overlay
+
+
+def part_of(path: Path) -> str:
+    """What a run belongs to: the sweep whose trial it is, or its stages; else nothing."""
+    parent = path.parent
+    if (parent / "study.journal").is_file() or (parent / "sweep_report.json").is_file():
+        return f"sweep {parent.name}"
+    stages = sorted(p.name for p in path.glob("stage-*"))
+    return f"{len(stages)} stages" if stages else ""
+
+
+def table_row(path: Path, root: Path) -> dict:
+    """One run as the Runs tab lists it (its figures from summary.json once it has one)."""
+    shown = view(path, root)
+    folder = RunFolder(path, writer=False)
+    summary = folder.summary() or {}
+    try:
+        recipe = folder.read_recipe()
+    except (OSError, ValueError, TunelabError):
+        recipe = {}
+
+    def figure(key: str, scale: float = 1.0, digits: int = 4):
+        value = summary.get(key)
+        return round(value / scale, digits) if isinstance(value, (int, float)) else None
+
+    return {
+        "run": str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
+        "status": shown.state,
+        "steps": summary.get("steps", shown.step),
+        "final loss": figure("final_loss"),
+        "validation loss": figure("eval_loss"),
+        "tok/s": figure("tokens_per_second", digits=0),
+        "peak GiB": figure("peak_memory_bytes", 2**30, 2),
+        "method": (recipe.get("method") or {}).get("type", ""),
+        "objective": (recipe.get("train") or {}).get("objective", "sft"),
+        "part of": part_of(path),
+    }
+
+
+def curve_points(paths: list[Path], metric: str, root: Path) -> list[dict]:
+    """(run, step, value) of `metric` for each run, its stages one after another."""
+    points = []
+    for path in paths:
+        name = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        offset = 0
+        for stage in sorted(path.glob("stage-*")) or [path]:
+            rows = RunFolder(stage, writer=False).metrics()
+            points += [{"run": name, "step": offset + row["step"], metric: row[metric]}
+                       for row in rows if isinstance(row.get(metric), (int, float))]  # fmt: skip
+            offset += max((row.get("step", 0) for row in rows), default=0)
+    return points

@@ -171,6 +171,55 @@ class Workbench:
         )
         return status, pd.DataFrame(rows) if rows else empty, text
 
+    # -- runs -------------------------------------------------------------------------
+    def runs_table(self):
+        """Every run under the root, as the Runs tab lists it."""
+        import pandas as pd
+
+        rows = [run_state.table_row(p, self.root) for p in run_state.find_runs(self.root)]
+        return pd.DataFrame(rows) if rows else pd.DataFrame({"run": []})
+
+    def runs_curves(self, picked: list | None, metric: str):
+        """(the picked runs' `metric` by step on one chart, what each line is in words)."""
+        from tunelab.training.plots import overlaid
+
+        paths = [self.resolve(run) for run in picked or []]
+        series: dict[str, list] = {}
+        for point in run_state.curve_points(paths, metric, self.root):
+            series.setdefault(point["run"], []).append((point["step"], point[metric]))
+        if not picked:
+            return None, "Pick runs to compare their curves."
+        said = "; ".join(f"{name}: {len(p)} points, last {metric} {p[-1][1]:.4g}"
+                         for name, p in series.items())  # fmt: skip
+        missing = len(picked) - len(series)
+        if missing:
+            said += f"{'; ' if said else ''}{missing} run(s) logged no {metric}"
+        return overlaid(series, metric), said
+
+    def resolve(self, run: str) -> Path:
+        path = Path(run)
+        return path if path.is_absolute() else self.root / path
+
+    def open_run(self, run: str | None) -> tuple[str, str, str]:
+        """(summary, latest sample answers, the before/after report) of one run."""
+        import json
+
+        if not run:
+            return "Pick a run.", "", ""
+        folder = RunFolder(self.resolve(run), writer=False)
+        summary = folder.summary()
+        shown = "No summary yet (the run has not finished)."
+        if summary:
+            kept = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+            shown = "```json\n" + json.dumps(kept, indent=1, default=str) + "\n```"
+        samples = folder.samples()[-6:]
+        text = "\n\n".join(
+            f"step {s.get('step')}: {s.get('prompt')}\n-> {s.get('answer', s.get('completion'))}"
+            for s in samples
+        )
+        report = folder.path / "report" / "report.md"
+        return shown, text, report.read_text("utf-8") if report.is_file() else "No report."
+
     def sweep_choices(self) -> list[str]:
         return [str(p) for p in run_state.find_sweeps(self.root)]
 
@@ -278,22 +327,36 @@ class Workbench:
             self.models = {run: open_chat_models([run], with_base=True)}  # one run at a time
         return self.models[run]
 
-    def chat(self, run: str | None, message: str, tuned: list, base: list):
+    def chat_choices(self) -> list[str]:
+        """Every run, and each of its checkpoints as RUN@STEP."""
+        from tunelab.run import saved_steps
+
+        runs = run_state.find_runs(self.root)
+        return [str(p) for p in runs] + [f"{p}@{n}" for p in runs for n in saved_steps(p)]
+
+    def chat(self, run, message, tuned, base, system="", temperature=0.0, longest=128,
+             thinking=True):  # fmt: skip
+        """The run's answer, then its base's, each streamed piece by piece into its column."""
+        from tunelab.inference.chat_model import GREEDY, Sampling
+
         if not run:
-            yield tuned, base, "Choose a finished run first."
+            yield tuned, base, "Choose a run (or RUN@STEP) first."
             return
         try:
             models = self.open_models(run)
         except TunelabError as exc:
             yield tuned, base, f"**Cannot chat:** {exc}"
             return
+        sampling = Sampling(float(temperature)) if temperature else GREEDY
         names = list(models)
         for name, history in ((names[0], tuned), (names[-1], base)):
+            models[name].renderer.template_args["enable_thinking"] = bool(thinking)
             asked = [*history, {"role": "user", "content": message}]
             answer = {"role": "assistant", "content": ""}
             history[:] = [*asked, answer]
-            messages = [{"role": m["role"], "content": m["content"]} for m in asked]
-            for piece in models[name].stream(messages, max_new_tokens=128):
+            messages = [{"role": "system", "content": system}] if system else []
+            messages += [{"role": m["role"], "content": m["content"]} for m in asked]
+            for piece in models[name].stream(messages, int(longest), sampling):
                 answer["content"] += piece
                 yield tuned, base, f"answering with {name}"
         yield tuned, base, f"{names[0]} (left) and {names[-1]} (right) answered."

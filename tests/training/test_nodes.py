@@ -72,6 +72,23 @@ def test_a_node_that_cannot_see_the_run_folder_stops_both_with_one_sentence(
     assert not (folders[1] / "runs" / "shared" / "summary.json").exists()
 
 
+def two_nodes_at_checkpoint_2(tmp_path, tiny_model_dir, **train):
+    """Two simulated nodes training one run until its checkpoint-2 is whole: (node 0's
+    launcher, node 1's launcher, checkpoint-2)."""
+    import time
+
+    recipe = ddp_recipe(tmp_path, tiny_model_dir, "run", 2, max_steps=400, save_every=2, **train)
+    both = ["train", str(recipe), "--nnodes", "2", "--master", f"127.0.0.1:{free_port()}"]
+    second = start_cli(*both, "--node-rank", "1", env=node_environment(tmp_path, 1))
+    first = start_cli(*both, "--node-rank", "0", env=node_environment(tmp_path, 0))
+    saved = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 300
+    while not saved.is_dir() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    assert saved.is_dir(), "no checkpoint-2"
+    return first, second, saved
+
+
 def test_a_lost_node_ends_the_other_within_a_minute_with_its_checkpoint_kept(
     tmp_path, tiny_model_dir
 ):
@@ -81,15 +98,7 @@ def test_a_lost_node_ends_the_other_within_a_minute_with_its_checkpoint_kept(
     import time
 
     psutil = pytest.importorskip("psutil")
-    recipe = ddp_recipe(tmp_path, tiny_model_dir, "run", 2, max_steps=400, save_every=2)
-    both = ["train", str(recipe), "--nnodes", "2", "--master", f"127.0.0.1:{free_port()}"]
-    second = start_cli(*both, "--node-rank", "1", env=node_environment(tmp_path, 1))
-    first = start_cli(*both, "--node-rank", "0", env=node_environment(tmp_path, 0))
-    saved = tmp_path / "run" / "checkpoints" / "checkpoint-2"
-    deadline = time.monotonic() + 300
-    while not saved.is_dir() and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.1)
-    assert saved.is_dir(), "no checkpoint-2"
+    first, second, saved = two_nodes_at_checkpoint_2(tmp_path, tiny_model_dir)
     node = psutil.Process(second.pid)
     for process in [*node.children(recursive=True), node]:
         process.send_signal(signal.SIGKILL)
@@ -112,16 +121,8 @@ def test_a_hung_node_ends_the_other_after_the_collective_timeout(tmp_path, tiny_
     import time
 
     psutil = pytest.importorskip("psutil")
-    recipe = ddp_recipe(tmp_path, tiny_model_dir, "run", 2, max_steps=400, save_every=2,
-                        collective_timeout=10)  # fmt: skip
-    both = ["train", str(recipe), "--nnodes", "2", "--master", f"127.0.0.1:{free_port()}"]
-    second = start_cli(*both, "--node-rank", "1", env=node_environment(tmp_path, 1))
-    first = start_cli(*both, "--node-rank", "0", env=node_environment(tmp_path, 0))
-    saved = tmp_path / "run" / "checkpoints" / "checkpoint-2"
-    deadline = time.monotonic() + 300
-    while not saved.is_dir() and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.1)
-    assert saved.is_dir(), "no checkpoint-2"
+    first, second, saved = two_nodes_at_checkpoint_2(tmp_path, tiny_model_dir,
+                                                     collective_timeout=10)  # fmt: skip
     node = [*psutil.Process(second.pid).children(recursive=True), psutil.Process(second.pid)]
     try:
         for process in node:

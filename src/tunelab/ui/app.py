@@ -144,7 +144,8 @@ def train_tab(gr, page, bench: Workbench, base, first: list) -> tuple[list, list
             launch = gr.Button("Launch training", variant="primary", elem_id="launch")
             launched = gr.Markdown(elem_id="launched")
     # the run's view opens once there is a run to show
-    with gr.Accordion("the run: status, loss, sample answers", open=False) as panel:
+    with gr.Accordion("the run: status, loss, sample answers", open=False,
+                      elem_id="run-panel") as panel:  # fmt: skip
         with gr.Row():
             run_pick = run_picker(gr, bench, "run-pick")
             stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
@@ -233,9 +234,8 @@ def data_tab(gr, bench: Workbench, base, inputs: list) -> None:
     check = gr.Button("Check data", elem_id="check-data")
     report = gr.Code(label="data check", language=None, elem_id="data-report")
     histogram = gr.Image(label="length histogram", type="filepath")
-    preview = gr.HighlightedText(
-        label="preview (trained tokens highlighted)", color_map={"trained": "green"}
-    )
+    preview = gr.HighlightedText(label="preview (trained tokens highlighted)",
+                                 color_map={"trained": "green"}, elem_id="data-preview")  # fmt: skip
     keys = [f.key for f in bench.fields]
     check.click(bench.data_report, [base, *inputs], [report, histogram, preview])
     list_entries.click(bench.registry_entries, [base, registry], [entries, registry_note])

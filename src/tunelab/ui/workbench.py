@@ -183,12 +183,12 @@ class Workbench:
         """(the picked runs' `metric` by step on one chart, what each line is in words)."""
         from tunelab.training.plots import overlaid
 
-        paths = [self.resolve(run) for run in picked or []]
+        if not picked:
+            return None, "Pick runs to compare their curves."
+        paths = [self.resolve(run) for run in picked]
         series: dict[str, list] = {}
         for point in run_state.curve_points(paths, metric, self.root):
             series.setdefault(point["run"], []).append((point["step"], point[metric]))
-        if not picked:
-            return None, "Pick runs to compare their curves."
         said = "; ".join(f"{name}: {len(p)} points, last {metric} {p[-1][1]:.4g}"
                          for name, p in series.items())  # fmt: skip
         missing = len(picked) - len(series)
